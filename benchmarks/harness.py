@@ -1,0 +1,114 @@
+"""Measuring helpers shared by the benchmark modules.
+
+- `interleaved(contenders, reps)`: median seconds of each compiled callable, run A B A B ...
+  so machine drift hits all of them alike.
+- `compiled_stats(f, *args)`: XLA's own FLOPs and planned temp bytes of `jax.jit(f)`.
+- `Row`: one line of the table: job, our figure, the peers' figures, ratios.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+
+@dataclasses.dataclass
+class Row:
+    """One benchmark result. `ours` and each peer are in `unit`; `ratio` = peer/ours for
+    times (>1: we are faster) unless `note` says otherwise."""
+
+    group: str
+    job: str
+    unit: str
+    ours: float
+    peers: dict[str, float] = dataclasses.field(default_factory=dict)
+    target: str = ""
+    note: str = ""
+
+    def ratios(self) -> dict[str, float]:
+        return {k: (v / self.ours if self.ours else float("nan")) for k, v in self.peers.items()}
+
+
+def block(x: Any) -> Any:
+    return jax.block_until_ready(x)
+
+
+def interleaved(contenders: dict[str, Callable[[], Any]], reps: int = 21, warmup: int = 2) -> dict[str, float]:
+    """Median wall time (s) of each zero-argument callable, interleaved A B A B ...
+
+    Each callable must already be compiled (call it once before, or rely on `warmup`).
+    """
+    for _ in range(warmup):
+        for f in contenders.values():
+            block(f())
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(reps):
+        for k, f in contenders.items():
+            t0 = time.perf_counter()
+            block(f())
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def compiled(f: Callable, *args: Any, **jit_kwargs: Any):
+    return jax.jit(f, **jit_kwargs).lower(*args).compile()
+
+
+def flops(c) -> float:
+    cost = c.cost_analysis()
+    if isinstance(cost, Sequence):
+        cost = cost[0]
+    return float(cost.get("flops", float("nan")))
+
+
+def temp_bytes(c) -> int:
+    return int(c.memory_analysis().temp_size_in_bytes)
+
+
+def compile_seconds(f: Callable, *args: Any) -> float:
+    """Wall time to trace, lower and compile `jax.jit(f)` for `args` (fresh each call)."""
+    t0 = time.perf_counter()
+    jax.jit(f).lower(*args).compile()
+    return time.perf_counter() - t0
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """A plain-text table: group, job, ours, each peer with its ratio, target."""
+    lines = []
+    header = f"{'group':<12} {'job':<48} {'ours':>12} {'peer':>26} {'ratio':>8}  target"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for r in rows:
+        first = True
+        peers = list(r.peers.items()) or [("", float("nan"))]
+        ratios = r.ratios()
+        for name, value in peers:
+            ours = _fmt(r.ours, r.unit) if first else ""
+            peer = f"{name}={_fmt(value, r.unit)}" if name else ""
+            ratio = f"{ratios[name]:.2f}x" if name else ""
+            lines.append(f"{r.group if first else '':<12} {r.job if first else '':<48} {ours:>12} "
+                         f"{peer:>26} {ratio:>8}  {r.target if first else ''}")
+            first = False
+        if r.note:
+            lines.append(f"{'':<12}   note: {r.note}")
+    return "\n".join(lines)
+
+
+def _fmt(v: float, unit: str) -> str:
+    if unit == "s":
+        if v < 1e-3:
+            return f"{v * 1e6:.1f}us"
+        if v < 1:
+            return f"{v * 1e3:.2f}ms"
+        return f"{v:.2f}s"
+    if unit == "B":
+        for u in ("B", "KiB", "MiB", "GiB"):
+            if abs(v) < 1024 or u == "GiB":
+                return f"{v:.0f}{u}" if u == "B" else f"{v:.1f}{u}"
+            v /= 1024
+    return f"{v:.4g}{unit}"

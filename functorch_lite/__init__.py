@@ -1,0 +1,21 @@
+"""functorch_lite: the torch.func programming model on JAX.
+
+>>> import jax.numpy as jnp
+>>> import functorch_lite as fl
+>>> fl.grad(lambda x: (x * x).sum())(jnp.array([1.0, 2.0]))
+Array([2., 4.], dtype=float32)
+"""
+
+from .higher import hessian as hessian
+from .jacobians import jacfwd as jacfwd, jacrev as jacrev
+from .transforms import (
+    grad as grad,
+    grad_and_value as grad_and_value,
+    jvp as jvp,
+    linearize as linearize,
+    value_and_grad as value_and_grad,
+    vjp as vjp,
+    vmap as vmap,
+)
+
+__version__ = "0.1.0"

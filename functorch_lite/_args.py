@@ -1,0 +1,271 @@
+"""Argument plumbing shared by every transform: argnums, has_aux, pytrees, checks.
+
+Each ``check_*`` helper runs at the boundary, before JAX sees the input, and raises a
+``TypeError``/``ValueError`` whose message starts with the transform's call, names the
+argument, says what came and says what to do. A user mistake never surfaces as a JAX
+internal traceback.
+
+>>> normalize_argnums((0, -1), nargs=3, where="grad(f)(*args)")
+(0, 2)
+>>> normalize_argnums(3, nargs=2, where="grad(f)(*args)")
+Traceback (most recent call last):
+    ...
+ValueError: grad(f)(*args): argnums=3 is out of range for a function called with 2 positional argument(s); use an index in [-2, 1].
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Argnums = int | Sequence[int]
+
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
+
+
+def func_name(func: Callable) -> str:
+    """A short name for ``func`` to use in messages and ``__name__``."""
+    return getattr(func, "__name__", None) or type(func).__name__
+
+
+def check_callable(func: Any, transform: str, argname: str = "func") -> None:
+    if not callable(func):
+        raise TypeError(
+            f"{transform}: expected {argname} to be a callable, got {type(func).__name__}; "
+            f"pass the function itself, e.g. {transform}(f), not f(x)."
+        )
+
+
+def check_bool(value: Any, transform: str, argname: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{transform}: expected {argname} to be True or False, got {value!r}.")
+
+
+def check_argnums(argnums: Any, transform: str) -> tuple[tuple[int, ...], bool]:
+    """Validate the type of ``argnums`` when the transform is built.
+
+    Returns the indices as a tuple and whether the user passed a tuple (which decides
+    whether results are returned as a tuple).
+    """
+    def bad(why: str) -> TypeError | ValueError:
+        return (TypeError if "integer" in why else ValueError)(
+            f"{transform}: argnums={argnums!r} {why}; pass an int or a non-empty tuple of "
+            "distinct ints naming positional arguments, e.g. argnums=0 or argnums=(0, 1)."
+        )
+
+    if isinstance(argnums, (bool, np.bool_)):
+        raise bad("is not an integer")
+    if isinstance(argnums, numbers.Integral):
+        return (int(argnums),), False
+    if isinstance(argnums, (tuple, list)):
+        if len(argnums) == 0:
+            raise bad("is empty")
+        for a in argnums:
+            if isinstance(a, (bool, np.bool_)) or not isinstance(a, numbers.Integral):
+                raise bad(f"contains {a!r}, which is not an integer")
+        return tuple(int(a) for a in argnums), True
+    raise bad("is not an integer")
+
+
+def normalize_argnums(argnums: Argnums, nargs: int, where: str) -> tuple[int, ...]:
+    """Resolve negative indices against ``nargs`` and reject range errors and repeats."""
+    raw, _ = check_argnums(argnums, where)
+    out = []
+    for a in raw:
+        if not -nargs <= a < nargs:
+            raise ValueError(
+                f"{where}: argnums={a} is out of range for a function called with {nargs} "
+                f"positional argument(s); use an index in [{-nargs}, {nargs - 1}]."
+            )
+        out.append(a % nargs)
+    if len(set(out)) != len(out):
+        raise ValueError(
+            f"{where}: argnums={argnums!r} names the same argument twice; list each "
+            "argument once."
+        )
+    return tuple(out)
+
+
+def _leaf_dtype(leaf: Any) -> np.dtype | None:
+    if isinstance(leaf, _ARRAY_TYPES) or isinstance(leaf, jax.ShapeDtypeStruct):
+        return np.dtype(leaf.dtype)
+    if isinstance(leaf, bool):
+        return np.dtype(bool)
+    if isinstance(leaf, numbers.Integral):
+        return np.dtype(int)
+    if isinstance(leaf, numbers.Real):
+        return np.dtype(float)
+    if isinstance(leaf, numbers.Complex):
+        return np.dtype(complex)
+    return None
+
+
+def _path(prefix: str, keypath: tuple) -> str:
+    return prefix + jax.tree_util.keystr(keypath)
+
+
+def check_differentiable(tree: Any, where: str, argname: str) -> None:
+    """Every leaf of ``tree`` must be a floating-point (or complex) array or number."""
+    for keypath, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        dtype = _leaf_dtype(leaf)
+        name = _path(argname, keypath)
+        if dtype is None:
+            raise TypeError(
+                f"{where}: {name} is a {type(leaf).__name__}, not an array; only arrays "
+                "and Python numbers can be differentiated. Pass it through a keyword "
+                "argument or leave it out of argnums."
+            )
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{where}: {name} has dtype {dtype.name}; derivatives are taken with "
+                "respect to floating-point inputs only. Convert it, e.g. "
+                "x.astype(jnp.float32), or leave it out of argnums."
+            )
+
+
+def check_arraylike(tree: Any, where: str, argname: str) -> None:
+    """Every leaf of ``tree`` must be an array or a Python number."""
+    for keypath, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if _leaf_dtype(leaf) is None:
+            raise TypeError(
+                f"{where}: {_path(argname, keypath)} is a {type(leaf).__name__}, not an "
+                "array; pass arrays (or Python numbers), or close over other values."
+            )
+
+
+def check_inexact_output(tree: Any, where: str, what: str = "the output") -> None:
+    for keypath, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        dtype = _leaf_dtype(leaf)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+            got = dtype.name if dtype is not None else type(leaf).__name__
+            raise TypeError(
+                f"{where}: {_path(what, keypath)} is {got}; only floating-point outputs "
+                "can be differentiated. Return float arrays, or move integer results "
+                "into aux (has_aux=True)."
+            )
+
+
+def split_aux(out: Any, where: str) -> tuple[Any, Any]:
+    """``has_aux=True``: the function must return a pair ``(output, aux)``."""
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        got = f"a {type(out).__name__}" + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
+        raise ValueError(
+            f"{where}: has_aux=True expects the function to return a pair (output, aux), "
+            f"got {got}. Return `out, aux`, or use has_aux=False."
+        )
+    return out[0], out[1]
+
+
+def check_scalar(out: Any, where: str, alternative: str = "vjp or jacrev") -> None:
+    """``grad``-like transforms need a real scalar output."""
+    dtype = _leaf_dtype(out)
+    if dtype is None:
+        raise TypeError(
+            f"{where}: expected the function to return a scalar array, got "
+            f"{type(out).__name__}. Return one scalar (with has_aux=True to also return "
+            f"other values), or use {alternative}."
+        )
+    shape = np.shape(out)
+    if shape != ():
+        raise ValueError(
+            f"{where}: expected the function to return a scalar, got shape {tuple(shape)}. "
+            f"Reduce it first (e.g. out.sum()), or use {alternative} for non-scalar outputs."
+        )
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{where}: expected a real floating-point scalar, got dtype {dtype.name}. "
+            f"Return a float (take the real part or abs of a complex result), or use {alternative}."
+        )
+
+
+def check_same_tree(
+    reference: Any,
+    other: Any,
+    where: str,
+    ref_name: str,
+    other_name: str,
+    *,
+    check_dtype: bool = True,
+) -> None:
+    """``other`` must have the structure, shapes (and dtypes) of ``reference``."""
+    ref_def = jax.tree_util.tree_structure(reference)
+    other_def = jax.tree_util.tree_structure(other)
+    if ref_def != other_def:
+        raise ValueError(
+            f"{where}: {other_name} must have the same structure as {ref_name}; "
+            f"expected {ref_def}, got {other_def}."
+        )
+    ref_items = jax.tree_util.tree_leaves_with_path(reference)
+    for (keypath, r), o in zip(ref_items, jax.tree_util.tree_leaves(other)):
+        if _leaf_dtype(o) is None:
+            raise TypeError(
+                f"{where}: {_path(other_name, keypath)} is a {type(o).__name__}, not an array."
+            )
+        if np.shape(r) != np.shape(o):
+            raise ValueError(
+                f"{where}: {_path(other_name, keypath)} has shape {tuple(np.shape(o))} but "
+                f"{_path(ref_name, keypath)} has shape {tuple(np.shape(r))}; they must match."
+            )
+        if check_dtype and isinstance(o, _ARRAY_TYPES):
+            rd, od = tangent_dtype(_leaf_dtype(r)), np.dtype(o.dtype)
+            if rd != od:
+                raise TypeError(
+                    f"{where}: {_path(other_name, keypath)} has dtype {od.name} but "
+                    f"{_path(ref_name, keypath)} needs {rd.name}; cast it with "
+                    f".astype(jnp.{rd.name})."
+                )
+
+
+def tangent_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype a tangent or cotangent of a value of ``dtype`` has."""
+    if dtype == np.dtype(float):
+        return np.dtype(jnp.zeros((), float).dtype)  # follows jax_enable_x64
+    if dtype == np.dtype(complex):
+        return np.dtype(jnp.zeros((), complex).dtype)
+    return dtype
+
+
+def cast_python_scalars(tree: Any, like: Any) -> Any:
+    """Turn Python numbers in ``tree`` into arrays of the dtype of ``like``'s leaves."""
+    return jax.tree_util.tree_map(
+        lambda t, r: jnp.asarray(t, tangent_dtype(_leaf_dtype(r)))
+        if not isinstance(t, _ARRAY_TYPES) and _leaf_dtype(t) is not None
+        else t,
+        tree,
+        like,
+    )
+
+
+def check_chunk_size(chunk_size: Any, transform: str) -> int | None:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, numbers.Integral):
+        raise TypeError(
+            f"{transform}: chunk_size must be a positive int or None, got {chunk_size!r}."
+        )
+    if chunk_size <= 0:
+        raise ValueError(
+            f"{transform}: chunk_size must be a positive int or None, got {chunk_size}; "
+            "use chunk_size=None to compute everything in one pass."
+        )
+    return int(chunk_size)
+
+
+def check_choice(value: Any, choices: Sequence[str], transform: str, argname: str) -> str:
+    if value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{transform}: unknown {argname}={value!r}; choose one of {options}.")
+    return value
+
+
+def replace_args(args: tuple, positions: tuple[int, ...], values: Sequence[Any]) -> tuple:
+    """``args`` with ``args[positions[k]] = values[k]``."""
+    new = list(args)
+    for p, v in zip(positions, values):
+        new[p] = v
+    return tuple(new)
