@@ -6,8 +6,14 @@
 Array([2., 4.], dtype=float32)
 """
 
-from .higher import hessian as hessian
+from .higher import (
+    hessian as hessian,
+    hessian_diag as hessian_diag,
+    hvp as hvp,
+    vhp as vhp,
+)
 from .jacobians import jacfwd as jacfwd, jacrev as jacrev
+from .taylor import derivative as derivative, taylor as taylor
 from .transforms import (
     grad as grad,
     grad_and_value as grad_and_value,

@@ -1,33 +1,116 @@
-"""Higher-order derivatives: ``hessian`` (all four nestings).
+"""Higher-order derivatives: ``hessian`` (all four nestings), ``hvp``, ``vhp``,
+``hessian_diag``. Taylor-mode ``derivative``/``taylor`` live in :mod:`.taylor`.
 
 The Hessian of a scalar ``f`` is the Jacobian of its gradient, ``H = J(∇f)``, so it is
 one Jacobian transform nested in another. Which one goes outside decides the cost:
 
 - ``fwd-over-rev`` (torch's and JAX's default): ``jacfwd(jacrev(f))``, one reverse
   pass for the gradient, then n forward passes through it (n Hessian-vector products).
-- ``rev-over-rev``: ``jacrev(jacrev(f))``, the only nesting that works when a piece of
-  ``f`` has a reverse rule only.
+- ``rev-over-rev``: ``jacrev(jacrev(f))``, the nesting that needs reverse rules only:
+  it works when a piece of ``f`` is a ``jax.custom_vjp`` whose backward pass itself
+  cannot run forward mode. (Forward-over-reverse handles a plain ``custom_vjp``: the
+  outer JVP runs through the rule's forward and backward functions.)
 - ``rev-over-fwd``: ``jacrev(jacfwd(f))``; ``fwd-over-fwd``: ``jacfwd(jacfwd(f))``.
 
 ``chunk_size`` bounds the outer Jacobian's passes, as in :func:`jacrev`.
+
+A Hessian-vector product ``H v`` never needs ``H``: it is the JVP of the gradient,
+``H v = d/dt ∇f(x + t v)|_{t=0}`` (forward-over-reverse, about 4-5 evaluations of ``f``
+whatever n). ``v^T H`` is the VJP of the gradient (reverse-over-reverse).
+``hessian_diag`` gets ``diag(H)`` from n HVPs with basis vectors, ``chunk_size`` at a
+time, or estimates it as ``E[z ⊙ H z]`` over Rademacher ``z`` (Hutchinson).
 """
 
 from __future__ import annotations
 
+import numbers
+import weakref
 from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from . import _args
+from ._mode import forward_mode
 from .jacobians import jacfwd, jacrev
+from .transforms import _check_primals_tangents
 
-__all__ = ["hessian"]
+__all__ = ["hessian", "hvp", "vhp", "hessian_diag", "resolve_hessian_mode"]
 
 HESSIAN_MODES = ("auto", "fwd-over-rev", "rev-over-rev", "rev-over-fwd", "fwd-over-fwd")
 
+# Cheapest first, for a scalar f of n inputs: one gradient then n forward passes through
+# it; then n backward passes through the gradient (stores the gradient's forward pass);
+# then the nestings that need a forward rule inside (n^2-ish forward work).
+_AUTO_ORDER = ("fwd-over-rev", "rev-over-rev", "fwd-over-fwd", "rev-over-fwd")
+_PROBE_ERRORS = (TypeError, ValueError, NotImplementedError)
+_probe_cache: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
 
-def resolve_hessian_mode(func: Callable, mode: str) -> str:
-    """The nesting ``mode="auto"`` runs: forward-over-reverse, the cheapest for a
-    scalar function (one gradient pass, then n HVPs in forward mode)."""
-    return "fwd-over-rev" if mode == "auto" else mode
+
+def _nesting(func: Callable, mode: str, argnums: Any, chunk_size: int | None) -> Callable:
+    outer_name, _, inner_name = mode.split("-")
+    inner = {"fwd": jacfwd, "rev": jacrev}[inner_name](func, argnums)
+    return {"fwd": jacfwd, "rev": jacrev}[outer_name](inner, argnums, chunk_size=chunk_size)
+
+
+def _signature(args: tuple, kwargs: dict, argnums: Any) -> Any:
+    """A hashable key of the abstract inputs (structure, shapes, dtypes)."""
+    def leaf_key(leaf):
+        dtype = _args._leaf_dtype(leaf)
+        if dtype is None:
+            return ("object", leaf)      # must be hashable, else no caching
+        return (tuple(np.shape(leaf)), dtype.name, isinstance(leaf, (bool, numbers.Number)))
+    leaves, tree = jax.tree_util.tree_flatten((args, kwargs))
+    key = (argnums if not isinstance(argnums, list) else tuple(argnums), tree,
+           tuple(leaf_key(x) for x in leaves))
+    hash(key)
+    return key
+
+
+def resolve_hessian_mode(func: Callable, mode: str = "auto", args: tuple | None = None,
+                         kwargs: dict | None = None, argnums: _args.Argnums = 0) -> str:
+    """The nesting ``hessian(func, mode=mode)`` runs on ``args``.
+
+    An explicit mode is returned as is. ``"auto"`` takes the cheapest nesting that
+    ``func`` supports at these inputs, in the order forward-over-reverse,
+    reverse-over-reverse, forward-over-forward, reverse-over-forward. Support is probed
+    with ``jax.eval_shape`` (abstract tracing, no FLOPs) and cached per function and
+    input signature: e.g. a ``jax.custom_vjp`` whose backward rule itself has only a
+    reverse rule needs reverse-over-reverse; a ``lax.while_loop`` (no reverse rule)
+    needs forward-over-forward. Without ``args``, ``"auto"`` means forward-over-reverse.
+
+    >>> import jax.numpy as jnp
+    >>> resolve_hessian_mode(jnp.sum, "auto", (jnp.ones(3),))
+    'fwd-over-rev'
+    """
+    if mode != "auto":
+        return mode
+    if args is None:
+        return _AUTO_ORDER[0]
+    kwargs = kwargs or {}
+    try:
+        key = _signature(args, kwargs, argnums)
+        cache = _probe_cache.setdefault(func, {})
+    except TypeError:
+        key, cache = None, {}
+    if key in cache:
+        return cache[key]
+    errors = []
+    for candidate in _AUTO_ORDER:
+        nested = _nesting(func, candidate, argnums, None)
+        try:
+            with forward_mode():
+                jax.eval_shape(lambda *a: nested(*a, **kwargs), *args)
+        except _PROBE_ERRORS as err:
+            errors.append(err)
+            continue
+        if key is not None:
+            cache[key] = candidate
+        return candidate
+    raise errors[0]
 
 
 def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
@@ -35,6 +118,10 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     """Hessian of a scalar function, as ``torch.func.hessian``: ``H[i, j] = d²f/dx_i dx_j``.
 
     With tuple ``argnums`` the result is nested tuples, ``H[a][b] = d²f/dx_a dx_b``.
+    ``mode`` picks the nesting (see the module docstring); ``"auto"`` takes the cheapest
+    that ``func`` supports (:func:`resolve_hessian_mode`). ``chunk_size`` runs the outer
+    Jacobian's passes ``chunk_size`` at a time, which bounds memory (torch.func's
+    ``hessian`` has no such argument).
 
     >>> import jax.numpy as jnp
     >>> hessian(lambda x: (x ** 3).sum())(jnp.array([1.0, 2.0]))     # diag(6x)
@@ -45,10 +132,187 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     _args.check_argnums(argnums, "hessian")
     _args.check_choice(mode, HESSIAN_MODES, "hessian", "mode")
     chunk_size = _args.check_chunk_size(chunk_size, "hessian")
-    outer_name, _, inner_name = resolve_hessian_mode(func, mode).split("-")
-    inner = {"fwd": jacfwd, "rev": jacrev}[inner_name](func, argnums)
-    outer = {"fwd": jacfwd, "rev": jacrev}[outer_name](inner, argnums, chunk_size=chunk_size)
     name = _args.func_name(func)
-    outer.__name__ = f"hessian({name})"
-    outer.__doc__ = f"Hessian of {name} w.r.t. argnums={argnums} ({mode})."
-    return outer
+
+    def hess_f(*args, **kwargs):
+        chosen = resolve_hessian_mode(func, mode, args, kwargs, argnums)
+        return _nesting(func, chosen, argnums, chunk_size)(*args, **kwargs)
+
+    hess_f.__name__ = f"hessian({name})"
+    hess_f.__qualname__ = hess_f.__name__
+    hess_f.__doc__ = f"Hessian of {name} w.r.t. argnums={argnums} ({mode})."
+    hess_f.__wrapped__ = func
+    return hess_f
+
+
+# ----------------------------------------------------------------------------- hvp / vhp
+
+
+def _scalar_grad(func: Callable, nargs: int, where: str) -> Callable:
+    """``(*primals) -> tuple of gradients``, one per primal; checks the scalar output."""
+    def scalar_func(*a):
+        out = func(*a)
+        _args.check_scalar(out, where, "jvp/vjp of jacrev")
+        return out
+
+    return jax.grad(scalar_func, argnums=tuple(range(nargs)))
+
+
+def hvp(func: Callable, primals: Any, tangents: Any) -> tuple[tuple, tuple]:
+    """Gradient and Hessian-vector product, by forward-over-reverse: ``(∇f(x), H v)``.
+
+    .. math:: H v = \\frac{d}{dt} \\nabla f(x + t v) \\Big|_{t=0}
+
+    is one JVP of the gradient, so ``H`` (n x n) is never formed; it costs a small
+    constant times one evaluation of ``f``. As ``jvp``, ``primals`` and ``tangents`` are
+    tuples with one entry per positional argument of ``func`` (which must return a
+    scalar); all arguments are differentiated. Both results are tuples with one entry per
+    primal (torch.autograd.functional.hvp returns ``(f(x), H v)``; here the gradient,
+    which Newton-type methods need anyway, comes with it for free). Works under ``jit``,
+    and ``vmap`` over a batch of tangents.
+
+    >>> import jax.numpy as jnp
+    >>> f = lambda x: (x ** 3).sum()                 # H = diag(6x)
+    >>> (g,), (hv,) = hvp(f, (jnp.array([1.0, 2.0]),), (jnp.array([1.0, 1.0]),))
+    >>> g, hv
+    (Array([ 3., 12.], dtype=float32), Array([ 6., 12.], dtype=float32))
+    """
+    _args.check_callable(func, "hvp")
+    where = f"hvp({_args.func_name(func)}, primals, tangents)"
+    primals, tangents = _check_primals_tangents(primals, tangents, where)
+    grad_f = _scalar_grad(func, len(primals), where)
+    with forward_mode():
+        grads, hv = jax.jvp(grad_f, primals, tangents)
+    return grads, hv
+
+
+def vhp(func: Callable, primals: Any, tangents: Any) -> tuple[tuple, tuple]:
+    """Gradient and vector-Hessian product, by reverse-over-reverse: ``(∇f(x), v^T H)``.
+
+    ``v^T H`` is one VJP of the gradient with cotangent ``v``; it equals ``H v`` for a
+    symmetric (twice continuously differentiable) ``f``, and needs reverse rules only,
+    so it works where ``hvp`` cannot (a ``custom_vjp`` without a forward rule in its
+    backward pass). Arguments and results as :func:`hvp`.
+
+    >>> import jax.numpy as jnp
+    >>> (g,), (vh,) = vhp(lambda x: (x ** 3).sum(), (jnp.array([1.0, 2.0]),), (jnp.array([1.0, 1.0]),))
+    >>> vh
+    Array([ 6., 12.], dtype=float32)
+    """
+    _args.check_callable(func, "vhp")
+    where = f"vhp({_args.func_name(func)}, primals, tangents)"
+    primals, tangents = _check_primals_tangents(primals, tangents, where)
+    grad_f = _scalar_grad(func, len(primals), where)
+    grads, pullback = jax.vjp(grad_f, *primals)
+    return grads, pullback(tangents)
+
+
+# ----------------------------------------------------------------------------- hessian_diag
+
+HESSIAN_DIAG_METHODS = ("exact", "hutchinson")
+
+
+def _check_key(key: Any, transform: str) -> None:
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+        return
+    if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.shape == (2,):
+        return
+    raise TypeError(
+        f"{transform}: key must be one PRNG key, e.g. key=jax.random.key(0), got "
+        f"{type(key).__name__}{' of shape ' + str(tuple(np.shape(key))) if hasattr(key, 'shape') else ''}."
+    )
+
+
+def _check_num_samples(num_samples: Any, transform: str) -> int:
+    if isinstance(num_samples, (bool, np.bool_)) or not isinstance(num_samples, numbers.Integral):
+        raise TypeError(f"{transform}: num_samples must be a positive int, got {num_samples!r}.")
+    if num_samples <= 0:
+        raise ValueError(
+            f"{transform}: num_samples must be a positive int, got {num_samples}; the "
+            "estimate's error falls like 1/sqrt(num_samples)."
+        )
+    return int(num_samples)
+
+
+def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "exact",
+                 key: Any = None, num_samples: int = 100,
+                 chunk_size: int | None = None) -> Callable:
+    """Diagonal of the Hessian of a scalar function, shaped like the input.
+
+    - ``method="exact"``: ``H[i, i] = e_i^T H e_i`` from n Hessian-vector products
+      (the gradient is linearized once, then ``chunk_size`` HVPs run at a time, so
+      temp memory is about ``chunk_size * n``, never the n x n Hessian unless
+      ``chunk_size`` is None, which runs all n at once).
+    - ``method="hutchinson"``: the unbiased estimate
+      ``diag(H) ≈ (1/S) Σ_s z_s ⊙ H z_s`` over ``S = num_samples`` Rademacher vectors
+      drawn from ``key`` (required). Each entry's variance is
+      ``Σ_{j≠i} H[i, j]² / S``: exact for a diagonal ``H``.
+
+    With tuple ``argnums`` a tuple of diagonals (the diagonal of each block ``H[a][a]``).
+
+    >>> import jax, jax.numpy as jnp
+    >>> f = lambda x: (x ** 3).sum() + x[0] * x[1]
+    >>> hessian_diag(f)(jnp.array([1.0, 2.0]))
+    Array([ 6., 12.], dtype=float32)
+    >>> hessian_diag(lambda x: (x ** 3).sum(), method="hutchinson", key=jax.random.key(0),
+    ...              num_samples=4)(jnp.array([1.0, 2.0]))    # diagonal H: exact
+    Array([ 6., 12.], dtype=float32)
+    """
+    transform = "hessian_diag"
+    _args.check_callable(func, transform)
+    _, as_tuple = _args.check_argnums(argnums, transform)
+    _args.check_choice(method, HESSIAN_DIAG_METHODS, transform, "method")
+    chunk_size = _args.check_chunk_size(chunk_size, transform)
+    num_samples = _check_num_samples(num_samples, transform)
+    if method == "hutchinson":
+        if key is None:
+            raise ValueError(
+                f"{transform}: method='hutchinson' draws random probe vectors and needs a "
+                "PRNG key; pass key=jax.random.key(0) (or any key)."
+            )
+        _check_key(key, transform)
+    elif key is not None:
+        raise ValueError(
+            f"{transform}: key is only used by method='hutchinson'; method='exact' is "
+            "deterministic. Drop key, or pass method='hutchinson'."
+        )
+    name = _args.func_name(func)
+
+    def diag_f(*args, **kwargs):
+        where = f"{transform}({name})(*args)"
+        positions = _args.normalize_argnums(argnums, len(args), where)
+        diff = tuple(args[p] for p in positions)
+        for p, d in zip(positions, diff):
+            _args.check_differentiable(d, where, f"args[{p}]")
+        flat, unravel = ravel_pytree(diff)
+
+        def g(v):
+            out = func(*_args.replace_args(args, positions, unravel(v)), **kwargs)
+            _args.check_scalar(out, where, "jacrev")
+            return out
+
+        n = flat.shape[0]
+        with forward_mode():
+            _, hv = jax.linearize(jax.grad(g), flat)
+            if method == "exact":
+                def one(i):
+                    return hv((jnp.arange(n) == i).astype(flat.dtype))[i]
+                items = jnp.arange(n)
+            else:
+                def one(i):
+                    z = jax.random.rademacher(jax.random.fold_in(key, i), (n,), dtype=flat.dtype)
+                    return z * hv(z)
+                items = jnp.arange(num_samples)
+            if chunk_size is None:
+                values = jax.vmap(one)(items)
+            else:
+                values = jax.lax.map(one, items, batch_size=chunk_size)
+        diag = values if method == "exact" else values.mean(axis=0)
+        out = unravel(diag)
+        return out if as_tuple else out[0]
+
+    diag_f.__name__ = f"hessian_diag({name})"
+    diag_f.__qualname__ = diag_f.__name__
+    diag_f.__doc__ = f"Diagonal of the Hessian of {name} w.r.t. argnums={argnums} ({method})."
+    diag_f.__wrapped__ = func
+    return diag_f

@@ -1,0 +1,310 @@
+"""Taylor-mode higher derivatives: :func:`derivative` and :func:`taylor`.
+
+The k-th derivative of ``f`` at ``x`` along ``v`` is the k-th derivative of the scalar
+curve ``h(t) = f(x + t v)`` at ``t = 0``:
+
+.. math::
+
+    d^k f(x)[v, \\dots, v] = h^{(k)}(0) = k! \\, c_k, \\qquad
+    h(t) = \\sum_j c_j t^j .
+
+Taylor mode (``jax.experimental.jet``) pushes the truncated series ``x + t v`` through
+each primitive, turning input coefficients ``(c_0, ..., c_k)`` into output coefficients
+by the Cauchy product and its relatives (``exp``, ``log``, ``div``, ``sin``... each have
+an O(k²) recurrence). Cost grows about quadratically in ``k``. Nesting ``grad`` (or
+``jvp``) ``k`` times instead differentiates the derivative program of the level below,
+which roughly doubles it each time: exponential in ``k``.
+
+Where ``jet`` has no rule for a primitive that the input reaches (``tan``, ``cond``,
+``while`` ...), or where the function carries a custom derivative rule that ``jet``
+would silently ignore (``custom_jvp``/``custom_vjp``, e.g. ``jnp.sinc``), these
+transforms fall back to nested differentiation, with a :class:`TaylorFallbackWarning`
+naming the primitive. The answer is then slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.extend as jex
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import jet as _jet
+
+from . import _args
+from ._mode import forward_mode
+
+__all__ = ["derivative", "taylor", "TaylorFallbackWarning"]
+
+_CUSTOM_RULES = ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
+
+
+class TaylorFallbackWarning(UserWarning):
+    """Taylor mode could not be used; the result comes from nested differentiation."""
+
+
+def check_order(order: Any, transform: str) -> int:
+    """``order`` must be a non-negative Python (or NumPy) integer."""
+    if isinstance(order, (bool, np.bool_)) or not isinstance(order, numbers.Integral):
+        raise TypeError(
+            f"{transform}: order must be a non-negative int, got {order!r} "
+            f"({type(order).__name__}); pass e.g. order=3."
+        )
+    if order < 0:
+        raise ValueError(
+            f"{transform}: order must be a non-negative int, got {order}; order=0 is the "
+            "function itself, order=1 the first derivative."
+        )
+    return int(order)
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _blockers(closed: Any) -> list[str]:
+    """Primitives reached by the input for which ``jet`` has no (faithful) rule.
+
+    Walks the jaxpr following the data flow from the inputs (a primitive applied to
+    constants only never sees a Taylor series, so it needs no rule), and into ``jit``
+    sub-programs, which ``jet`` handles by recursion.
+    """
+    found: list[str] = []
+
+    def walk(jaxpr: Any, tainted_in: list[bool]) -> list[bool]:
+        tainted = {v for v, t in zip(jaxpr.invars, tainted_in) if t}
+        for eqn in jaxpr.eqns:
+            hit = [not isinstance(v, jex.core.Literal) and v in tainted for v in eqn.invars]
+            if not any(hit):
+                continue
+            prim = eqn.primitive
+            if prim.name in _CUSTOM_RULES:
+                found.append(f"{prim.name} of {_rule_owner(eqn.params)} (jet would ignore its custom rule)")
+                out_hit = [True] * len(eqn.outvars)
+            elif prim not in _jet.jet_rules:
+                found.append(prim.name)
+                out_hit = [True] * len(eqn.outvars)
+            elif prim.name in ("pjit", "jit") and "jaxpr" in eqn.params:
+                out_hit = walk(eqn.params["jaxpr"].jaxpr, hit)
+            else:
+                out_hit = [True] * len(eqn.outvars)
+            tainted.update(v for v, t in zip(eqn.outvars, out_hit) if t)
+        return [not isinstance(v, jex.core.Literal) and v in tainted for v in jaxpr.outvars]
+
+    walk(closed.jaxpr, [True] * len(closed.jaxpr.invars))
+    return list(dict.fromkeys(found))
+
+
+def _rule_owner(params: dict) -> str:
+    """The name of the function a custom_jvp/custom_vjp equation wraps."""
+    if "name" in params:
+        return str(params["name"])
+    call = params.get("call_jaxpr")
+    info = getattr(getattr(call, "jaxpr", call), "debug_info", None)
+    src = getattr(info, "func_src_info", None) or "?"
+    return src.split(" at ")[0]
+
+
+def _missing_rule(err: Exception) -> str | None:
+    """The primitive named by a jet failure, or None if ``err`` is something else."""
+    if isinstance(err, KeyError) and err.args and hasattr(err.args[0], "bind"):
+        return str(getattr(err.args[0], "name", err.args[0]))
+    if isinstance(err, NotImplementedError):
+        return str(err) or "unknown primitive"
+    return None
+
+
+# ----------------------------------------------------------------------------- engines
+
+
+def _jet_coefficients(h: Callable, leaves: list, dirs: list, order: int) -> tuple[list, Any]:
+    """Taylor coefficients ``c_0..c_order`` of ``t -> h(*(leaves + t dirs))`` by jet.
+
+    Returns ``(coeffs, out_tree)`` with ``coeffs[j]`` the list of output leaves of ``c_j``.
+    """
+    store = {}
+
+    def flat_h(*xs):
+        out_leaves, store["tree"] = jax.tree_util.tree_flatten(h(*xs))
+        return out_leaves
+
+    series = [[d] + [jnp.zeros_like(d)] * (order - 1) for d in dirs]
+    primal_out, terms = _jet.jet(flat_h, tuple(leaves), tuple(series), factorial_scaled=False)
+    coeffs = [list(primal_out)] + [[t[j] for t in terms] for j in range(order)]
+    return coeffs, store["tree"]
+
+
+def _nested_coefficients(h: Callable, leaves: list, dirs: list, order: int,
+                         reverse: bool) -> tuple[list, Any]:
+    """The same coefficients by nesting a first-derivative transform ``order`` times.
+
+    ``D_j(t) = (h(t), h'(t), ..., h^(j)(t))`` of the curve ``t -> h(x + t v)``;
+    ``D_{j+1}`` differentiates ``D_j`` once more (jvp, or jacrev when the function has
+    a reverse-only rule) and keeps its primal.
+    """
+    t0 = jnp.zeros((), jnp.result_type(*leaves))
+    store = {}
+
+    def curve(t):
+        out = h(*[x + (t * d).astype(jnp.result_type(x)) for x, d in zip(leaves, dirs)])
+        out_leaves, store["tree"] = jax.tree_util.tree_flatten(out)
+        return (out_leaves,)
+
+    fn = curve
+    for _ in range(order):
+        fn = _one_more(fn, reverse, t0)
+    derivs = fn(t0)
+    coeffs = [[leaf / math.factorial(j) for leaf in level] for j, level in enumerate(derivs)]
+    return coeffs, store["tree"]
+
+
+def _one_more(fn: Callable, reverse: bool, t0: jax.Array) -> Callable:
+    one = jnp.ones_like(t0)
+
+    def next_fn(t):
+        if reverse:
+            jac, primal = jax.jacrev(lambda s: (lambda y: (y, y))(fn(s)), has_aux=True)(t)
+        else:
+            primal, jac = jax.jvp(fn, (t,), (one,))
+        return (primal[0],) + tuple(jac)
+
+    return next_fn
+
+
+def coefficients(func: Callable, x: Any, direction: Any, order: int, args: tuple,
+                 kwargs: dict, where: str) -> tuple[list, Any]:
+    """Taylor coefficients of ``t -> func(x + t direction, *args, **kwargs)`` at 0.
+
+    Jet when every primitive the input reaches has a rule; nested differentiation (with
+    a :class:`TaylorFallbackWarning`) otherwise.
+    """
+    leaves, in_tree = jax.tree_util.tree_flatten(x)
+    dirs = jax.tree_util.tree_leaves(direction)
+
+    def h(*xs):
+        out = func(jax.tree_util.tree_unflatten(in_tree, list(xs)), *args, **kwargs)
+        _args.check_inexact_output(out, where)
+        return out
+
+    with forward_mode():
+        if order == 0:
+            out = h(*leaves)
+            out_leaves, out_tree = jax.tree_util.tree_flatten(out)
+            return [out_leaves], out_tree
+        closed = jax.make_jaxpr(h)(*leaves)
+        blockers = _blockers(closed)
+        if not blockers:
+            try:
+                return _jet_coefficients(h, leaves, dirs, order)
+            except (KeyError, NotImplementedError) as err:
+                name = _missing_rule(err)
+                if name is None:
+                    raise
+                blockers = [name]
+        reverse = any(b.startswith("custom_vjp") for b in blockers)
+        warnings.warn(
+            f"{where}: Taylor mode (jax.experimental.jet) has no faithful rule for "
+            f"{', '.join(blockers)}; falling back to nested {'jacrev' if reverse else 'jvp'} "
+            f"(correct, but its cost grows exponentially with order={order}).",
+            TaylorFallbackWarning,
+            stacklevel=3,
+        )
+        return _nested_coefficients(h, leaves, dirs, order, reverse)
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def _prepare_point(x: Any, direction: Any, where: str) -> tuple[Any, Any]:
+    """Validate ``x`` (Python floats become arrays) and resolve ``direction``."""
+    _args.check_differentiable(x, where, "x")
+    x = jax.tree_util.tree_map(
+        lambda a: jnp.asarray(a, _args.tangent_dtype(_args._leaf_dtype(a))), x)
+    if direction is None:
+        leaves = jax.tree_util.tree_leaves(x)
+        if len(leaves) != 1 or np.shape(leaves[0]) != ():
+            shapes = [tuple(np.shape(a)) for a in leaves]
+            raise ValueError(
+                f"{where}: x must be a scalar when no direction is given, got "
+                f"{'shape ' + str(shapes[0]) if len(shapes) == 1 else f'a pytree with leaf shapes {shapes}'}. "
+                "Pass direction=v (same shape as x) for the directional derivative "
+                "d^k f(x)[v, ..., v], or differentiate each entry separately."
+            )
+        return x, jax.tree_util.tree_map(jnp.ones_like, x)
+    direction = _args.cast_python_scalars(direction, x) if (
+        jax.tree_util.tree_structure(direction) == jax.tree_util.tree_structure(x)) else direction
+    _args.check_same_tree(x, direction, where, "x", "direction")
+    return x, direction
+
+
+def taylor(func: Callable, order: int, *, direction: Any = None) -> Callable:
+    """Taylor coefficients of ``func`` up to ``order``, by Taylor mode.
+
+    ``taylor(f, order=k)(x, *args, **kwargs)`` returns ``c`` with ``c[j] = f^(j)(x) / j!``
+    for ``j = 0..k``, stacked along a new leading axis (shape ``(k + 1,) + out.shape``;
+    pytree outputs give a pytree of such stacks), so that
+
+    .. math:: f(x + t) \\approx \\sum_{j=0}^{k} c_j t^j .
+
+    ``x`` is a scalar (a Python float is fine). With ``direction=v`` (same shape as
+    ``x``) the coefficients are those of ``t -> f(x + t v)``: ``c_j = d^j f(x)[v, ..., v] / j!``.
+    Extra positional and keyword arguments are passed to ``func`` and held constant.
+
+    >>> import jax.numpy as jnp
+    >>> taylor(jnp.exp, order=3)(0.0)          # 1, 1, 1/2, 1/6
+    Array([1.        , 1.        , 0.5       , 0.16666667], dtype=float32)
+    """
+    _args.check_callable(func, "taylor")
+    order = check_order(order, "taylor")
+    name = _args.func_name(func)
+
+    def taylor_f(x, *args, **kwargs):
+        where = f"taylor({name}, order={order})(x)"
+        x, v = _prepare_point(x, direction, where)
+        coeffs, out_tree = coefficients(func, x, v, order, args, kwargs, where)
+        stacked = [jnp.stack([level[i] for level in coeffs]) for i in range(len(coeffs[0]))]
+        return jax.tree_util.tree_unflatten(out_tree, stacked)
+
+    taylor_f.__name__ = f"taylor({name}, order={order})"
+    taylor_f.__doc__ = f"Taylor coefficients 0..{order} of {name} (Taylor mode)."
+    return taylor_f
+
+
+def derivative(func: Callable, order: int, *, direction: Any = None) -> Callable:
+    """The ``order``-th derivative of ``func``, by Taylor mode (not nested ``grad``).
+
+    For scalar ``x``: ``derivative(f, order=k)(x) = f^(k)(x)``, shaped like the output
+    (any shape; a Python float ``x`` is fine). For array (or pytree) ``x`` give a
+    ``direction`` ``v`` shaped like ``x``; the result is the k-th directional derivative
+
+    .. math:: d^k f(x)[v, \\dots, v] = \\frac{d^k}{dt^k} f(x + t v) \\Big|_{t=0} .
+
+    It costs about ``O(k²)`` times one evaluation of ``f``; ``k`` nested ``grad`` calls
+    cost about ``2^k`` (docs/benchmarks.md measures both). ``order=0`` returns ``f(x)``.
+    Extra positional and keyword arguments are passed to ``func`` and held constant.
+    Works under ``jit`` and ``vmap``.
+
+    >>> import jax.numpy as jnp
+    >>> derivative(jnp.sin, order=4)(0.5) == jnp.sin(0.5)
+    Array(True, dtype=bool)
+    >>> derivative(lambda x: (x ** 3).sum(), order=3, direction=jnp.array([1.0, 2.0]))(jnp.ones(2))
+    Array(54., dtype=float32)
+    """
+    _args.check_callable(func, "derivative")
+    order = check_order(order, "derivative")
+    name = _args.func_name(func)
+    scale = float(math.factorial(order))
+
+    def derivative_f(x, *args, **kwargs):
+        where = f"derivative({name}, order={order})(x)"
+        x, v = _prepare_point(x, direction, where)
+        coeffs, out_tree = coefficients(func, x, v, order, args, kwargs, where)
+        return jax.tree_util.tree_unflatten(out_tree, [c * scale for c in coeffs[order]])
+
+    derivative_f.__name__ = f"derivative({name}, order={order})"
+    derivative_f.__doc__ = f"Derivative of order {order} of {name} (Taylor mode)."
+    return derivative_f
