@@ -135,6 +135,9 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     name = _args.func_name(func)
 
     def hess_f(*args, **kwargs):
+        where = f"hessian({name})(*args)"
+        for p in _args.normalize_argnums(argnums, len(args), where):
+            _args.check_differentiable(args[p], where, f"args[{p}]")
         chosen = resolve_hessian_mode(func, mode, args, kwargs, argnums)
         return _nesting(func, chosen, argnums, chunk_size)(*args, **kwargs)
 
