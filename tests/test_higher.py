@@ -276,3 +276,48 @@ def test_hessian_diag_bad_input():
         fl.hessian_diag(f)(jnp.ones(4, int))
     # raw uint32 keys work too
     fl.hessian_diag(f, method="hutchinson", key=jax.random.PRNGKey(0), num_samples=2)(jnp.ones(4))
+
+
+# ----------------------------------------------------------------------------- mode-switching layers
+
+
+def switching_layer():
+    """Like functorch_lite.nn layers: a custom_vjp (here with a reverse-only backward
+    rule), which switches to a custom_jvp forward rule inside forward_mode()."""
+    from functorch_lite._mode import in_forward_mode
+
+    @jax.custom_vjp
+    def my_cos(x):
+        return jnp.cos(x)
+
+    my_cos.defvjp(lambda x: (jnp.cos(x), x), lambda x, c: (-c * jnp.sin(x),))
+
+    @jax.custom_vjp
+    def rev(x):
+        return jnp.sin(x)
+
+    rev.defvjp(lambda x: (jnp.sin(x), x), lambda x, c: (c * my_cos(x),))
+
+    @jax.custom_jvp
+    def fwd(x):
+        return jnp.sin(x)
+
+    fwd.defjvp(lambda p, t: (jnp.sin(p[0]), jnp.cos(p[0]) * t[0]))
+    return lambda x: fwd(x) if in_forward_mode() else rev(x)
+
+
+def test_switching_layer_under_hessian_hvp(x64):
+    layer = switching_layer()
+    g = lambda x: (layer(x) * x).sum()  # noqa: E731
+    x, v = x0(), jnp.array([1.0, -1.0, 0.5, 2.0])
+    with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
+        jax.jvp(jax.grad(g), (x,), (v,))          # raw JAX: no forward rule
+    H = jax.hessian(lambda x: (jnp.sin(x) * x).sum())(x)
+    assert higher.resolve_hessian_mode(g, "auto", (x,)) == "fwd-over-rev"
+    for mode in ("auto",) + MODES:
+        np.testing.assert_allclose(np.asarray(fl.hessian(g, mode=mode)(x)), np.asarray(H), rtol=1e-12,
+                                   err_msg=mode)
+    np.testing.assert_allclose(np.asarray(fl.hvp(g, (x,), (v,))[1][0]), np.asarray(H @ v), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(fl.vhp(g, (x,), (v,))[1][0]), np.asarray(v @ H), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(fl.hessian_diag(g, chunk_size=2)(x)), np.diag(np.asarray(H)),
+                               rtol=1e-12)

@@ -265,3 +265,12 @@ def test_integer_input_and_non_callable():
         fl.derivative(jnp.sin, order=1)(jnp.array(1))
     with pytest.raises(TypeError, match="derivative: expected func to be a callable"):
         fl.derivative(3.0, order=1)
+
+
+def test_switching_layer_uses_its_forward_rule(x64):
+    from test_higher import switching_layer
+
+    layer = switching_layer()
+    with pytest.warns(TaylorFallbackWarning, match="custom_jvp_call.*nested jvp"):
+        got = fl.derivative(layer, order=3)(0.3)
+    np.testing.assert_allclose(float(got), -np.cos(0.3), rtol=1e-12)
