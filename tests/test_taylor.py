@@ -43,24 +43,40 @@ CLOSED_FORMS = {
 
 
 @pytest.mark.parametrize("name", sorted(CLOSED_FORMS))
-@pytest.mark.parametrize("k", ORDERS)
-def test_closed_forms_float64(x64, name, k):
+def test_closed_forms_all_orders_float64(x64, name):
+    """All derivatives 0..10 from one Taylor pass: c_k k! = f^(k)(x0)."""
+    f, dk = CLOSED_FORMS[name]
+    c = fl.taylor(f, order=10)(jnp.float64(X0))
+    assert c.dtype == jnp.float64 and c.shape == (11,)
+    got = np.asarray(c) * np.array([math.factorial(k) for k in ORDERS], dtype=float)
+    np.testing.assert_allclose(got, [dk(k, X0) for k in ORDERS], rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("name", sorted(CLOSED_FORMS))
+@pytest.mark.parametrize("k", [0, 1, 4, 10])
+def test_closed_forms_derivative_float64(x64, name, k):
     f, dk = CLOSED_FORMS[name]
     got = fl.derivative(f, order=k)(jnp.float64(X0))
     assert got.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(got), dk(k, X0), rtol=1e-11, atol=1e-11)
 
 
-@pytest.mark.parametrize("k", ORDERS)
-def test_polynomial_float64(x64, k):
-    coeffs = np.array([0.5, -1.0, 2.0, 0.25, -3.0, 1.5, 0.1, -0.2, 0.3, 0.05, -0.01, 0.02])  # degree 11
-    poly = np.polynomial.Polynomial(coeffs)
+POLY = np.array([0.5, -1.0, 2.0, 0.25, -3.0, 1.5, 0.1, -0.2, 0.3, 0.05, -0.01, 0.02])  # degree 11
 
-    def f(x):
-        return sum(c * x ** i for i, c in enumerate(coeffs))
 
-    expected = poly.deriv(k)(1.3) if k else poly(1.3)
-    np.testing.assert_allclose(np.asarray(fl.derivative(f, order=k)(1.3)), expected, rtol=1e-11)
+def poly_f(x):
+    return sum(c * x ** i for i, c in enumerate(POLY))
+
+
+def test_polynomial_all_orders_float64(x64):
+    poly = np.polynomial.Polynomial(POLY)
+    expected = [poly.deriv(k)(1.3) if k else poly(1.3) for k in ORDERS]
+    c = fl.taylor(poly_f, order=10)(1.3)
+    got = np.asarray(c) * np.array([math.factorial(k) for k in ORDERS], dtype=float)
+    np.testing.assert_allclose(got, expected, rtol=1e-11)
+    np.testing.assert_allclose(float(fl.derivative(poly_f, order=10)(1.3)), expected[10], rtol=1e-11)
+    # degree 11: the 12th derivative vanishes
+    assert float(fl.derivative(poly_f, order=12)(1.3)) == 0.0
 
 
 @settings(max_examples=10, deadline=None)
