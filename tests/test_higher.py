@@ -321,3 +321,24 @@ def test_switching_layer_under_hessian_hvp(x64):
     np.testing.assert_allclose(np.asarray(fl.vhp(g, (x,), (v,))[1][0]), np.asarray(v @ H), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(fl.hessian_diag(g, chunk_size=2)(x)), np.diag(np.asarray(H)),
                                rtol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # raised while torch imports
+def test_against_torch_func(x64):
+    torch = pytest.importorskip("torch")
+    from torch.func import hessian as torch_hessian, jvp as torch_jvp, grad as torch_grad
+
+    At = torch.tensor(A, dtype=torch.float64)
+
+    def ft(x):
+        return torch.sin(x) @ (At @ x) + torch.exp(0.3 * x).sum() * x[0] + (x ** 4).sum()
+
+    x, v = x0(), jnp.array([1.0, -2.0, 0.5, 0.25])
+    xt, vt = torch.tensor(np.asarray(x)), torch.tensor(np.asarray(v))
+    H_torch = torch_hessian(ft)(xt).numpy()
+    for mode in ("auto",) + MODES:
+        np.testing.assert_allclose(np.asarray(fl.hessian(f, mode=mode)(x)), H_torch, rtol=1e-12, atol=1e-12)
+    g_torch, hv_torch = torch_jvp(torch_grad(ft), (xt,), (vt,))      # torch.func's hvp recipe
+    (g,), (hv,) = fl.hvp(f, (x,), (v,))
+    np.testing.assert_allclose(np.asarray(g), g_torch.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(hv), hv_torch.numpy(), rtol=1e-12)
