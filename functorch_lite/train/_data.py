@@ -1,0 +1,152 @@
+"""Where batches come from: arrays drawn by ``(key, step)``, or an iterable of batches.
+
+Arrays ``data = (x, y, ...)`` (all with ``N`` rows) stay on the device(s). Training is
+organised in epochs of ``N // B`` steps (a final partial batch is dropped); epoch
+``e`` visits the rows in the order ``permutation(fold_in(key, e), N)``, and step ``t``
+takes the ``B`` rows at positions ``(t mod (N//B)) * B ...`` of epoch ``t // (N//B)``.
+So the batch of step ``t`` depends on ``(key, t)`` only: a restarted run sees exactly
+the batches the interrupted one would have seen. The permutation is computed once per
+epoch inside the compiled step (``lax.cond``), not once per step.
+
+An iterable yields one batch (a pytree of arrays with a leading batch axis) per step;
+after a restart the batches of the completed steps are skipped, so it must yield the
+same sequence when iterated again (a list, or a freshly created generator).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._sharding import Placement
+from ._step import check_batch, shapes
+
+__all__ = ["ArraySource", "IterSource", "make_source"]
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray))
+
+
+class ArraySource:
+    kind = "arrays"
+
+    def __init__(self, data: tuple, batch_size: int | None, accumulate: int, placement: Placement, where: str):
+        if len(data) == 0:
+            raise ValueError(f"{where}: data is an empty tuple; pass (x, y, ...) arrays with a "
+                             "leading axis of examples, or an iterable of batches.")
+        for i, x in enumerate(data):
+            if np.ndim(x) == 0:
+                raise ValueError(f"{where}: data[{i}] has shape {tuple(np.shape(x))}; every array "
+                                 "of data needs a leading axis of examples.")
+        n_rows = {int(np.shape(x)[0]) for x in data}
+        if len(n_rows) != 1:
+            raise ValueError(f"{where}: the arrays of data must have the same number of rows "
+                             f"(leading axis); got shapes {shapes(data)}.")
+        self.n = n_rows.pop()
+        if self.n == 0:
+            raise ValueError(f"{where}: data has 0 rows (shapes {shapes(data)}); nothing to train on.")
+        b = self.n if batch_size is None else batch_size
+        if b > self.n:
+            raise ValueError(f"{where}: batch_size={b} is larger than the {self.n} rows of data; "
+                             f"use batch_size <= {self.n}.")
+        check_batch(tuple(np.zeros((b,)) for _ in data[:1]), accumulate, where, placement.devices)
+        self.batch_size = b
+        self.per_epoch = self.n // b
+        self.arrays = placement.put(tuple(data))
+        self.placement = placement
+
+        @jax.jit
+        def _perm(key, t):
+            return jax.random.permutation(jax.random.fold_in(key, t // self.per_epoch), self.n)
+
+        self._perm = _perm
+
+    def first_batch(self) -> Any:
+        return tuple(jax.ShapeDtypeStruct((self.batch_size,) + x.shape[1:], x.dtype) for x in self.arrays)
+
+    def initial_perm(self, key: jax.Array, t: int) -> jax.Array:
+        perm = self._perm(key, t)
+        return perm if self.placement.mesh is None else jax.device_put(perm, self.placement.replicated)
+
+    def batch_at(self, arrays: tuple, perm: jax.Array, key: jax.Array, t: jax.Array) -> tuple[jax.Array, tuple]:
+        """Inside jit: the rows of step ``t`` (and the epoch's permutation, renewed at its start)."""
+        j = t % self.per_epoch
+        perm = jax.lax.cond(
+            j == 0,
+            lambda: jax.random.permutation(jax.random.fold_in(key, t // self.per_epoch), self.n),
+            lambda: perm,
+        )
+        idx = jax.lax.dynamic_slice(perm, (j * self.batch_size,), (self.batch_size,))
+        return perm, tuple(self.placement.take_rows(x, idx) for x in arrays)
+
+
+class IterSource:
+    kind = "iterable"
+
+    def __init__(self, data: Iterable, batch_size: int | None, accumulate: int, placement: Placement, where: str):
+        try:
+            self._it = iter(data)
+        except TypeError:
+            raise TypeError(f"{where}: data must be a tuple of arrays (x, y, ...) or an iterable of "
+                            f"batches, got {type(data).__name__}.") from None
+        self.where = where
+        self.placement = placement
+        self.accumulate = accumulate
+        try:
+            first = next(self._it)
+        except StopIteration:
+            raise ValueError(f"{where}: data yielded no batches; pass a non-empty iterable.") from None
+        b = check_batch(first, accumulate, where, placement.devices)
+        if batch_size is not None and batch_size != b:
+            raise ValueError(f"{where}: batch_size={batch_size} but the first batch of data has "
+                             f"{b} rows (shapes {shapes(first)}); pass batch_size=None or {b}.")
+        self.batch_size = b
+        self.n = None
+        self._tree = jax.tree_util.tree_structure(first)
+        self._shapes = shapes(first)
+        self._first = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not isinstance(x, jax.Array) else x.dtype), first)
+        self._it = itertools.chain([first], self._it)
+        self._taken = 0
+
+    def first_batch(self) -> Any:
+        return self._first
+
+    def skip(self, count: int) -> None:
+        for _ in range(count):
+            self._next()
+
+    def _next(self) -> Any:
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            raise ValueError(f"{self.where}: data ran out after {self._taken} batches; it must yield "
+                             "one batch per step (steps batches in all).") from None
+        if jax.tree_util.tree_structure(batch) != self._tree or shapes(batch) != self._shapes:
+            raise ValueError(f"{self.where}: batch {self._taken} of data has shapes {shapes(batch)}, "
+                             f"the first had {self._shapes}; every batch must have the same "
+                             "structure and shapes.")
+        self._taken += 1
+        return batch
+
+    def take(self, count: int) -> Any:
+        """The next ``count`` batches on the device(s): one batch, or stacked on a new axis 0."""
+        batches = [self._next() for _ in range(count)]
+        if count == 1:
+            return self.placement.put_batch(batches[0], leading=0)
+        stacked = jax.tree_util.tree_map(
+            lambda *xs: jnp.stack(xs) if isinstance(xs[0], jax.Array) else np.stack(xs), *batches)
+        return self.placement.put_batch(stacked, leading=1)
+
+
+def make_source(data: Any, batch_size: int | None, accumulate: int, placement: Placement, where: str):
+    """A tuple whose items are all arrays is a dataset; anything else iterable yields batches."""
+    if isinstance(data, tuple) and all(_is_array(x) for x in data):
+        return ArraySource(data, batch_size, accumulate, placement, where)
+    return IterSource(data, batch_size, accumulate, placement, where)

@@ -1,0 +1,322 @@
+"""``fit``: a compiled optax training loop that resumes bitwise-exactly after a kill.
+
+The loop dispatches *chunks*: ``steps_per_call = s`` steps run inside one compiled
+``lax.scan``, and chunk boundaries are the multiples of ``s`` (and ``steps``). A
+checkpoint is written only at a chunk boundary (so ``checkpoint_every`` must be a
+multiple of ``s``), which makes a resumed run execute the very same compiled programs on
+the very same values as a run never interrupted: the batch of step ``t`` depends only on
+``(key, t)`` (see ``_data``), the step counter and the epoch's permutation live in the
+compiled state, and XLA's CPU/GPU kernels are deterministic for a fixed program. The
+final parameters are therefore bitwise equal.
+
+The host never waits for the device except to save, to call a callback, or to check one
+chunk's losses while the next chunk is already running (so a non-finite loss is
+reported at most one dispatch late, always before a checkpoint could record it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .. import _args
+from ._checkpoint import Checkpoints, fingerprint
+from ._data import ArraySource, make_source
+from ._sharding import Placement
+from ._step import check_optimizer, check_positive_int, make_update
+
+__all__ = ["fit", "FitResult"]
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What ``fit`` returns.
+
+    Attributes:
+      params: the trained parameters.
+      opt_state: the optimizer state after the last step.
+      step: the number of optimizer steps taken in all (counting those of a resumed run).
+      history: ``{"step": ints, "loss": floats, "grad_norm": floats}``, one entry per
+        step; ``loss[t]`` is the loss at the parameters *before* update ``t``.
+    """
+
+    params: Any
+    opt_state: Any
+    step: int
+    history: dict[str, np.ndarray]
+
+
+def _as_key(key: Any, where: str) -> jax.Array:
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, int) and not isinstance(key, bool):
+        return jax.random.key(key)
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    arr = np.asarray(key) if isinstance(key, (jax.Array, np.ndarray)) else None
+    if arr is not None and arr.dtype == np.uint32 and arr.shape == (2,):
+        return jax.random.wrap_key_data(arr)
+    raise TypeError(f"{where}: key must be a PRNG key (jax.random.key(seed)), a raw uint32 key of "
+                    f"shape (2,), an int seed, or None; got {type(key).__name__}.")
+
+
+def _check_callbacks(callbacks: Any, where: str) -> tuple:
+    try:
+        callbacks = tuple(callbacks)
+    except TypeError:
+        raise TypeError(f"{where}: callbacks must be a sequence of callables, got "
+                        f"{type(callbacks).__name__}; wrap one callback as callbacks=(cb,).") from None
+    for i, cb in enumerate(callbacks):
+        _args.check_callable(cb, where, f"callbacks[{i}]")
+    return callbacks
+
+
+def fit(
+    loss_fn: Callable,
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    data: tuple | Iterable,
+    *,
+    steps: int,
+    batch_size: int | None = None,
+    key: Any = None,
+    accumulate: int = 1,
+    steps_per_call: int = 1,
+    checkpoint_dir: Any = None,
+    checkpoint_every: int | None = None,
+    resume: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    data_axis: str = "data",
+    progress: bool = True,
+    callbacks: Iterable[Callable] = (),
+) -> FitResult:
+    """Train ``params`` to minimise ``loss_fn(params, batch)`` with an optax optimizer.
+
+    Each step is ``g = ∇ loss_fn(params, batch)``, ``updates, opt_state =
+    optimizer.update(g, opt_state, params)``, ``params += updates`` (see
+    :func:`train_step`), compiled with ``jax.jit`` and run ``steps_per_call`` at a time.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar`` (a mean over the batch).
+      params: a pytree of float arrays; it is copied, never donated.
+      optimizer: an ``optax.GradientTransformation``.
+      data: a tuple of arrays ``(x, y, ...)`` with a common leading axis of examples
+        (batches are drawn from ``key`` and the step number, reproducibly; ``batch`` is
+        then a tuple like ``data``), or an iterable yielding one batch per step.
+      steps: the total number of optimizer steps (including those of a resumed run).
+      batch_size: rows per step (default: all rows); with an iterable, its batches' size.
+      key: PRNG key (or int seed) that orders the examples; default ``jax.random.key(0)``.
+      accumulate: split each batch into this many micro-batches and average their
+        gradients (the same result as one large batch, less memory).
+      steps_per_call: steps per compiled dispatch (a ``lax.scan``).
+      checkpoint_dir: directory for orbax checkpoints; with ``resume=True`` a run
+        continues from its latest complete checkpoint.
+      checkpoint_every: save every this many steps (a multiple of ``steps_per_call``);
+        with ``checkpoint_dir`` and no ``checkpoint_every``, only the end is saved.
+      resume: continue from ``checkpoint_dir``'s latest checkpoint. With ``False`` a
+        directory that already holds checkpoints is an error (nothing is overwritten).
+      mesh: a ``jax.sharding.Mesh`` for data parallelism: parameters replicated, batches
+        sharded over ``data_axis``.
+      data_axis: the mesh axis to shard batches over.
+      progress: show a tqdm progress bar with the loss and steps/s.
+      callbacks: each is called as ``cb(step, params, metrics)`` after every dispatch,
+        ``metrics = {"loss": float, "grad_norm": float}`` of the last step.
+
+    Returns:
+      A :class:`FitResult` with ``params``, ``opt_state``, ``step`` and ``history``.
+
+    Raises:
+      FloatingPointError: a loss or gradient became non-finite; the message names the
+        step, and no checkpoint after it was written.
+
+    >>> import jax.numpy as jnp, optax
+    >>> X = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]); y = X @ jnp.array([2.0, -1.0])
+    >>> loss = lambda w, batch: jnp.mean((batch[0] @ w - batch[1]) ** 2)
+    >>> result = fit(loss, jnp.zeros(2), optax.sgd(0.3), (X, y), steps=200, progress=False)
+    >>> result.params.round(4), result.step
+    (Array([ 2., -1.], dtype=float32), 200)
+    """
+    where = f"fit({_args.func_name(loss_fn)}, params, optimizer, data)"
+    _args.check_callable(loss_fn, where, "loss_fn")
+    check_optimizer(optimizer, where)
+    steps = check_positive_int(steps, where, "steps")
+    batch_size = check_positive_int(batch_size, where, "batch_size", allow_none=True)
+    accumulate = check_positive_int(accumulate, where, "accumulate")
+    spc = check_positive_int(steps_per_call, where, "steps_per_call")
+    checkpoint_every = check_positive_int(checkpoint_every, where, "checkpoint_every", allow_none=True)
+    _args.check_bool(resume, where, "resume")
+    _args.check_bool(progress, where, "progress")
+    callbacks = _check_callbacks(callbacks, where)
+    if checkpoint_every is not None and checkpoint_dir is None:
+        raise ValueError(f"{where}: checkpoint_every={checkpoint_every} needs a checkpoint_dir to "
+                         "write to; pass checkpoint_dir=... .")
+    if checkpoint_every is not None and checkpoint_every % spc:
+        raise ValueError(
+            f"{where}: checkpoint_every={checkpoint_every} must be a multiple of "
+            f"steps_per_call={spc}: checkpoints are taken between compiled calls, and a resumed "
+            "run must split its steps into the same calls to reproduce the uninterrupted run."
+        )
+    _args.check_differentiable(params, where, "params")
+
+    placement = Placement(mesh, data_axis, where)
+    key = _as_key(key, where)
+    source = make_source(data, batch_size, accumulate, placement, where)
+    params = placement.replicate(params)
+    opt_state = placement.replicate(optimizer.init(params))
+    key = placement.put(key)
+    key_data = np.asarray(jax.random.key_data(key))
+    update = make_update(loss_fn, optimizer, has_aux=False, accumulate=accumulate, where=where,
+                         constrain=placement.constrain if mesh is not None else None)
+
+    config = {"data": source.kind, "rows": source.n, "batch_size": source.batch_size,
+              "accumulate": accumulate, "steps_per_call": spc, "key": key_data.tolist()}
+    expected = {"params": fingerprint(params), "opt_state": fingerprint(opt_state), "config": config}
+    history: dict[str, list] = {"loss": [], "grad_norm": []}
+    start = 0
+    ckpt = Checkpoints(checkpoint_dir, where) if checkpoint_dir is not None else None
+    try:
+        if ckpt is not None and (latest := ckpt.latest_step()) is not None:
+            if not resume:
+                raise ValueError(
+                    f"{where}: checkpoint_dir={ckpt.path!r} already holds checkpoints (latest step "
+                    f"{latest}) and resume=False; nothing was overwritten. Pass resume=True to "
+                    "continue that run, or choose a new checkpoint_dir."
+                )
+            meta = ckpt.read_meta(latest)
+            ckpt.check_compatible(latest, meta, expected)
+            if latest > steps:
+                raise ValueError(f"{where}: checkpoint_dir={ckpt.path!r} is already at step {latest}, "
+                                 f"beyond steps={steps}; pass steps >= {latest}.")
+            like = {"params": params, "opt_state": opt_state,
+                    "step": placement.put(np.int32(0)), "key": placement.put(key_data)}
+            state = ckpt.restore_state(latest, like)
+            params, opt_state, start = state["params"], state["opt_state"], latest
+            history = {k: list(v) for k, v in meta["history"].items()}
+        if isinstance(source, ArraySource):
+            perm = source.initial_perm(key, start)
+        else:
+            source.skip(start)
+        result = _loop(update, source, placement, params, opt_state, perm if isinstance(source, ArraySource) else None,
+                       key, key_data, start, steps, spc, ckpt, checkpoint_every, expected, history,
+                       progress, callbacks, where)
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+    return result
+
+
+def _build(update: Callable, source: Any, n: int) -> Callable:
+    """The compiled chunk of ``n`` steps; metrics come back as an ``(n, 2)`` array."""
+    arrays = isinstance(source, ArraySource)
+
+    def stats(m):
+        return jnp.stack([m["loss"], m["grad_norm"].astype(m["loss"].dtype)])
+
+    if arrays:
+        def run(params, opt_state, perm, t, key, data):
+            def one(carry, _):
+                params, opt_state, perm, t = carry
+                perm, batch = source.batch_at(data, perm, key, t)
+                params, opt_state, m = update(params, opt_state, batch)
+                return (params, opt_state, perm, t + 1), stats(m)
+
+            carry = (params, opt_state, perm, t)
+            if n == 1:
+                carry, m = one(carry, None)
+                return carry, m[None]
+            return jax.lax.scan(one, carry, None, length=n)
+
+        return jax.jit(run, donate_argnums=(0, 1, 2, 3))
+
+    def run_iter(params, opt_state, t, batches):
+        def one(carry, batch):
+            params, opt_state, t = carry
+            params, opt_state, m = update(params, opt_state, batch)
+            return (params, opt_state, t + 1), stats(m)
+
+        carry = (params, opt_state, t)
+        if n == 1:
+            carry, m = one(carry, batches)
+            return carry, m[None]
+        return jax.lax.scan(one, carry, batches)
+
+    return jax.jit(run_iter, donate_argnums=(0, 1, 2))
+
+
+def _loop(update, source, placement, params, opt_state, perm, key, key_data, start, steps, spc,
+          ckpt, checkpoint_every, expected, history, progress, callbacks, where) -> FitResult:
+    from tqdm.auto import tqdm
+
+    arrays = isinstance(source, ArraySource)
+    compiled: dict[int, Callable] = {}
+    t = start
+    t_dev = placement.put(np.int32(t))
+    last_saved = start if ckpt is not None and start > 0 else None
+    pending: list = []
+    shown = [0.0]
+    bar = tqdm(total=steps, initial=start, unit="step", desc="fit", disable=not progress, dynamic_ncols=True)
+
+    def drain(keep: int = 0) -> None:
+        """Check and record the metrics of all dispatched chunks but the last ``keep``."""
+        while len(pending) > keep:
+            t0, m = pending.pop(0)
+            m = np.asarray(m, dtype=np.float64)
+            bad = ~np.isfinite(m).all(axis=1)
+            if bad.any():
+                i = int(np.argmax(bad))
+                kept = (f"The last checkpoint (step {last_saved}) in {ckpt.path!r} is intact; fix the "
+                        "cause (learning rate, data, loss) and call fit again to resume from it."
+                        if last_saved is not None else
+                        "No checkpoint was written; pass checkpoint_dir= to keep progress.")
+                raise FloatingPointError(
+                    f"{where}: non-finite loss {m[i, 0]} (gradient norm {m[i, 1]}) at step {t0 + i}; "
+                    f"training stopped. {kept}"
+                )
+            history["loss"].extend(m[:, 0].tolist())
+            history["grad_norm"].extend(m[:, 1].tolist())
+            bar.update(len(m))
+            now = time.monotonic()
+            if progress and now - shown[0] > 0.2:
+                shown[0] = now
+                bar.set_postfix(loss=f"{m[-1, 0]:.4g}", refresh=False)
+
+    try:
+        while t < steps:
+            n = min((t // spc + 1) * spc, steps) - t
+            run = compiled.get(n)
+            if run is None:
+                run = compiled[n] = _build(update, source, n)
+            if arrays:
+                (params, opt_state, perm, t_dev), m = run(params, opt_state, perm, t_dev, key, source.arrays)
+            else:
+                batches = source.take(n)
+                (params, opt_state, t_dev), m = run(params, opt_state, t_dev, batches)
+            pending.append((t, m))
+            drain(keep=1)  # the previous chunk, finished or nearly, while this one runs
+            t += n
+            save = ckpt is not None and (t == steps or (checkpoint_every is not None and t % checkpoint_every == 0))
+            if save or callbacks:
+                drain()
+            if save:
+                state = {"params": params, "opt_state": opt_state, "step": t_dev,
+                         "key": placement.put(key_data)}
+                ckpt.save(t, state, {**expected, "history": history})
+                last_saved = t
+            if callbacks:
+                metrics = {"loss": history["loss"][-1], "grad_norm": history["grad_norm"][-1]}
+                for cb in callbacks:
+                    cb(t, params, metrics)
+        drain()
+    finally:
+        bar.close()
+    hist = {"step": np.arange(len(history["loss"])),
+            "loss": np.asarray(history["loss"], dtype=np.float64),
+            "grad_norm": np.asarray(history["grad_norm"], dtype=np.float64)}
+    return FitResult(params=params, opt_state=opt_state, step=t, history=hist)
