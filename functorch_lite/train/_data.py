@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._sharding import Placement
-from ._step import check_batch, shapes
+from ._step import check_batch, check_batch_size, shapes
 
 __all__ = ["ArraySource", "IterSource", "make_source"]
 
@@ -55,34 +55,28 @@ class ArraySource:
         if b > self.n:
             raise ValueError(f"{where}: batch_size={b} is larger than the {self.n} rows of data; "
                              f"use batch_size <= {self.n}.")
-        check_batch(tuple(np.zeros((b,)) for _ in data[:1]), accumulate, where, placement.devices)
+        check_batch_size(b, accumulate, placement.devices, where)
         self.batch_size = b
         self.per_epoch = self.n // b
         self.arrays = placement.put(tuple(data))
         self.placement = placement
 
-        @jax.jit
-        def _perm(key, t):
-            return jax.random.permutation(jax.random.fold_in(key, t // self.per_epoch), self.n)
+    def initial_perm(self) -> tuple[jax.Array, jax.Array]:
+        """The epoch-permutation state of a fresh dispatch loop: not yet computed."""
+        return self.placement.put((np.zeros(self.n, np.int32), np.bool_(False)))
 
-        self._perm = _perm
-
-    def first_batch(self) -> Any:
-        return tuple(jax.ShapeDtypeStruct((self.batch_size,) + x.shape[1:], x.dtype) for x in self.arrays)
-
-    def initial_perm(self, key: jax.Array, t: int) -> jax.Array:
-        perm = self._perm(key, t)
-        return perm if self.placement.mesh is None else jax.device_put(perm, self.placement.replicated)
-
-    def batch_at(self, arrays: tuple, perm: jax.Array, key: jax.Array, t: jax.Array) -> tuple[jax.Array, tuple]:
-        """Inside jit: the rows of step ``t`` (and the epoch's permutation, renewed at its start)."""
+    def batch_at(self, arrays: tuple, perm: tuple, key: jax.Array, t: jax.Array) -> tuple[tuple, tuple]:
+        """Inside jit: the rows of step ``t``. ``perm = (permutation, valid)`` is the
+        epoch's order, computed at the start of an epoch or of a (resumed) loop."""
         j = t % self.per_epoch
-        perm = jax.lax.cond(
-            j == 0,
-            lambda: jax.random.permutation(jax.random.fold_in(key, t // self.per_epoch), self.n),
-            lambda: perm,
+        order, valid = perm
+        order = jax.lax.cond(
+            valid & (j != 0),
+            lambda: order,
+            lambda: jax.random.permutation(jax.random.fold_in(key, t // self.per_epoch), self.n).astype(order.dtype),
         )
-        idx = jax.lax.dynamic_slice(perm, (j * self.batch_size,), (self.batch_size,))
+        perm = (order, jnp.ones_like(valid))
+        idx = jax.lax.dynamic_slice(order, (j * self.batch_size,), (self.batch_size,))
         return perm, tuple(self.placement.take_rows(x, idx) for x in arrays)
 
 
@@ -110,13 +104,8 @@ class IterSource:
         self.n = None
         self._tree = jax.tree_util.tree_structure(first)
         self._shapes = shapes(first)
-        self._first = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not isinstance(x, jax.Array) else x.dtype), first)
         self._it = itertools.chain([first], self._it)
         self._taken = 0
-
-    def first_batch(self) -> Any:
-        return self._first
 
     def skip(self, count: int) -> None:
         for _ in range(count):

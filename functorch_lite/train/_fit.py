@@ -200,7 +200,7 @@ def fit(
             params, opt_state, start = state["params"], state["opt_state"], latest
             history = {k: list(v) for k, v in meta["history"].items()}
         if isinstance(source, ArraySource):
-            perm = source.initial_perm(key, start)
+            perm = source.initial_perm()
         else:
             source.skip(start)
         result = _loop(update, source, placement, params, opt_state, perm if isinstance(source, ArraySource) else None,

@@ -112,13 +112,18 @@ def check_batch(batch: Any, accumulate: int, where: str, divisor: int = 1) -> in
             f"{shapes(batch)}."
         )
     b = sizes.pop()
+    check_batch_size(b, accumulate, divisor, where)
+    return b
+
+
+def check_batch_size(b: int, accumulate: int, divisor: int, where: str) -> None:
+    """Micro-batches of equal size, each split evenly over ``divisor`` devices."""
     if b % (accumulate * divisor):
         extra = f" times the {divisor} devices of the mesh's data axis" if divisor > 1 else ""
         raise ValueError(
             f"{where}: the batch size {b} must be a multiple of accumulate={accumulate}{extra} "
             f"(= {accumulate * divisor}); change batch_size or accumulate."
         )
-    return b
 
 
 def _norm(tree: Any) -> jax.Array:
