@@ -30,7 +30,7 @@ __all__ = ["ArraySource", "IterSource", "make_source"]
 
 
 def _is_array(x: Any) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray))
+    return isinstance(x, (jax.Array, np.ndarray, np.generic))
 
 
 class ArraySource:

@@ -30,7 +30,7 @@ from .. import _args
 from ._checkpoint import Checkpoints, fingerprint
 from ._data import ArraySource, make_source
 from ._sharding import Placement
-from ._step import check_optimizer, check_positive_int, make_update
+from ._step import check_loss_fn, check_optimizer, check_positive_int, make_update
 
 __all__ = ["fit", "FitResult"]
 
@@ -143,8 +143,8 @@ def fit(
     >>> result.params.round(4), result.step
     (Array([ 2., -1.], dtype=float32), 200)
     """
+    check_loss_fn(loss_fn, "fit(loss_fn, params, optimizer, data)")
     where = f"fit({_args.func_name(loss_fn)}, params, optimizer, data)"
-    _args.check_callable(loss_fn, where, "loss_fn")
     check_optimizer(optimizer, where)
     steps = check_positive_int(steps, where, "steps")
     batch_size = check_positive_int(batch_size, where, "batch_size", allow_none=True)

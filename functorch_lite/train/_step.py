@@ -59,6 +59,25 @@ def check_positive_int(value: Any, where: str, argname: str, *, allow_none: bool
     return int(value)
 
 
+def check_loss_fn(loss_fn: Any, where: str) -> None:
+    if not callable(loss_fn):
+        raise TypeError(f"{where}: expected loss_fn to be a callable loss_fn(params, batch) -> scalar, "
+                        f"got {type(loss_fn).__name__}.")
+
+
+def check_loss_value(out: Any, where: str) -> None:
+    """The loss must be a real floating-point scalar."""
+    if not isinstance(out, jax.Array | np.ndarray | np.generic | float):
+        raise TypeError(f"{where}: loss_fn must return a scalar loss (or (loss, aux) with "
+                        f"has_aux=True), got {type(out).__name__}.")
+    if np.shape(out) != ():
+        raise ValueError(f"{where}: loss_fn must return a scalar loss, got shape {tuple(np.shape(out))}; "
+                         "reduce it over the batch, e.g. with jnp.mean.")
+    if not jnp.issubdtype(jnp.result_type(out), jnp.floating):
+        raise TypeError(f"{where}: loss_fn must return a real floating-point loss, got dtype "
+                        f"{jnp.result_type(out)}.")
+
+
 def _checked_loss(loss_fn: Callable, has_aux: bool, where: str) -> Callable:
     """``loss_fn`` with the user's shape mistakes turned into a message naming the shapes."""
 
@@ -74,7 +93,7 @@ def _checked_loss(loss_fn: Callable, has_aux: bool, where: str) -> Callable:
         aux = None
         if has_aux:
             out, aux = _args.split_aux(out, where)
-        _args.check_scalar(out, where, alternative="a mean or a sum over the batch")
+        check_loss_value(out, where)
         return (out, aux) if has_aux else out
 
     loss.__name__ = _args.func_name(loss_fn)
@@ -196,7 +215,7 @@ def train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, ha
         gradients (see the module docstring).
     """
     where = f"train_step({_args.func_name(loss_fn)}, optimizer)"
-    _args.check_callable(loss_fn, where, "loss_fn")
+    check_loss_fn(loss_fn, "train_step(loss_fn, optimizer)")
     check_optimizer(optimizer, where)
     _args.check_bool(has_aux, where, "has_aux")
     accumulate = check_positive_int(accumulate, where, "accumulate")
