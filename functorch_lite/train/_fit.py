@@ -283,7 +283,7 @@ def _loop(update, source, placement, params, opt_state, perm, key, key_data, sta
             history["grad_norm"].extend(m[:, 1].tolist())
             bar.update(len(m))
             now = time.monotonic()
-            if progress and now - shown[0] > 0.2:
+            if progress and (now - shown[0] > 0.2 or t0 + len(m) == steps):
                 shown[0] = now
                 bar.set_postfix(loss=f"{m[-1, 0]:.4g}", refresh=False)
 
