@@ -241,3 +241,36 @@ def test_public_namespace():
 
     assert fl.train.fit is train.fit and fl.train.train_step is train.train_step
     assert fl.train.FitResult is train.FitResult and callable(fl.train.plot_history)
+
+
+def test_second_fit_with_same_loss_and_optimizer_does_not_retrace(data):
+    traces = []
+
+    def counted(params, batch):
+        traces.append(1)
+        return mse(params, batch)
+
+    opt = optax.adam(1e-2)
+    a = train.fit(counted, params0(), opt, data, steps=4, batch_size=16, steps_per_call=2, progress=False)
+    n = len(traces)
+    b = train.fit(counted, params0(), opt, data, steps=4, batch_size=16, steps_per_call=2, progress=False)
+    assert n > 0 and len(traces) == n
+    np.testing.assert_array_equal(a.history["loss"], b.history["loss"])
+
+
+def test_unhashable_optimizer_still_works(data):
+    class Opt:  # an optimizer-like object that cannot be a cache key
+        __hash__ = None
+
+        def __init__(self):
+            self.inner = optax.sgd(0.1)
+
+        def init(self, params):
+            return self.inner.init(params)
+
+        def update(self, g, state, params=None):
+            return self.inner.update(g, state, params)
+
+    a = train.fit(mse, params0(), Opt(), data, steps=3, batch_size=16, progress=False)
+    b = train.fit(mse, params0(), optax.sgd(0.1), data, steps=3, batch_size=16, progress=False)
+    assert_tree_allclose(a.params, b.params, rtol=1e-6, atol=1e-7)

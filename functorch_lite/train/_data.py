@@ -5,8 +5,10 @@ organised in epochs of ``N // B`` steps (a final partial batch is dropped); epoc
 ``e`` visits the rows in the order ``permutation(fold_in(key, e), N)``, and step ``t``
 takes the ``B`` rows at positions ``(t mod (N//B)) * B ...`` of epoch ``t // (N//B)``.
 So the batch of step ``t`` depends on ``(key, t)`` only: a restarted run sees exactly
-the batches the interrupted one would have seen. The permutation is computed once per
-epoch inside the compiled step (``lax.cond``), not once per step.
+the batches the interrupted one would have seen. Each epoch's permutation is computed
+once, by its own small compiled function, and handed to the compiled steps (a chunk of
+steps that crosses an epoch boundary gets the permutations of every epoch it touches);
+computing it inside the step behind a ``lax.cond`` measured ~8% slower per step.
 
 An iterable yields one batch (a pytree of arrays with a leading batch axis) per step;
 after a restart the batches of the completed steps are skipped, so it must yield the
@@ -15,6 +17,8 @@ same sequence when iterated again (a list, or a freshly created generator).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 from collections.abc import Iterable
 from typing import Any
@@ -26,7 +30,30 @@ import numpy as np
 from ._sharding import Placement
 from ._step import check_batch, check_batch_size, shapes
 
-__all__ = ["ArraySource", "IterSource", "make_source"]
+__all__ = ["ArraySource", "IterSource", "Sampler", "make_source"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """Which rows step ``t`` takes: ``n`` rows, batches of ``batch_size``, epochs of
+    ``n // batch_size`` steps. Hashable, so compiled steps can be cached on it."""
+
+    n: int
+    batch_size: int
+
+    @property
+    def per_epoch(self) -> int:
+        return self.n // self.batch_size
+
+    def batch_at(self, placement: Placement, arrays: tuple, perms: jax.Array, t: jax.Array,
+                 t_start: jax.Array) -> tuple:
+        """Inside jit: the rows of step ``t``. ``perms`` is one epoch's permutation
+        ``(N,)``, or ``(K, N)``: the epochs ``t_start // E ...`` of a chunk."""
+        j = t % self.per_epoch
+        if perms.ndim == 2:
+            perms = perms[t // self.per_epoch - t_start // self.per_epoch]
+        idx = jax.lax.dynamic_slice(perms, (j * self.batch_size,), (self.batch_size,))
+        return tuple(placement.take_rows(x, idx) for x in arrays)
 
 
 def _is_array(x: Any) -> bool:
@@ -57,27 +84,36 @@ class ArraySource:
                              f"use batch_size <= {self.n}.")
         check_batch_size(b, accumulate, placement.devices, where)
         self.batch_size = b
-        self.per_epoch = self.n // b
+        self.sampler = Sampler(self.n, b)
         self.arrays = placement.put(tuple(data))
         self.placement = placement
 
-    def initial_perm(self) -> tuple[jax.Array, jax.Array]:
-        """The epoch-permutation state of a fresh dispatch loop: not yet computed."""
-        return self.placement.put((np.zeros(self.n, np.int32), np.bool_(False)))
+        self._cache: dict[int, jax.Array] = {}
+        self._permute = _permutation_fn(self.n, placement.replicated if placement.mesh is not None else None)
 
-    def batch_at(self, arrays: tuple, perm: tuple, key: jax.Array, t: jax.Array) -> tuple[tuple, tuple]:
-        """Inside jit: the rows of step ``t``. ``perm = (permutation, valid)`` is the
-        epoch's order, computed at the start of an epoch or of a (resumed) loop."""
-        j = t % self.per_epoch
-        order, valid = perm
-        order = jax.lax.cond(
-            valid & (j != 0),
-            lambda: order,
-            lambda: jax.random.permutation(jax.random.fold_in(key, t // self.per_epoch), self.n).astype(order.dtype),
-        )
-        perm = (order, jnp.ones_like(valid))
-        idx = jax.lax.dynamic_slice(order, (j * self.batch_size,), (self.batch_size,))
-        return perm, tuple(self.placement.take_rows(x, idx) for x in arrays)
+    def _epoch(self, key: jax.Array, e: int) -> jax.Array:
+        perm = self._cache.get(e)
+        if perm is None:
+            perm = self._cache[e] = self._permute(key, np.int32(e))
+        return perm
+
+    def perms(self, key: jax.Array, t: int, n: int) -> jax.Array:
+        """The permutations a chunk of ``n`` steps from step ``t`` needs (see ``Sampler``)."""
+        e0 = t // self.sampler.per_epoch
+        for e in [e for e in self._cache if e < e0]:
+            del self._cache[e]
+        if n == 1:
+            return self._epoch(key, e0)
+        k = (n - 1) // self.sampler.per_epoch + 2  # the most epochs n steps can touch
+        return jnp.stack([self._epoch(key, e) for e in range(e0, e0 + k)])
+
+
+@functools.lru_cache(maxsize=16)
+def _permutation_fn(n: int, sharding: Any):
+    def permute(key, epoch):
+        return jax.random.permutation(jax.random.fold_in(key, epoch), n).astype(np.int32)
+
+    return jax.jit(permute, out_shardings=sharding)
 
 
 class IterSource:
@@ -102,6 +138,7 @@ class IterSource:
                              f"{b} rows (shapes {shapes(first)}); pass batch_size=None or {b}.")
         self.batch_size = b
         self.n = None
+        self.sampler = None
         self._tree = jax.tree_util.tree_structure(first)
         self._shapes = shapes(first)
         self._it = itertools.chain([first], self._it)

@@ -5,8 +5,7 @@ The loop dispatches *chunks*: ``steps_per_call = s`` steps run inside one compil
 checkpoint is written only at a chunk boundary (so ``checkpoint_every`` must be a
 multiple of ``s``), which makes a resumed run execute the very same compiled programs on
 the very same values as a run never interrupted: the batch of step ``t`` depends only on
-``(key, t)`` (see ``_data``), the step counter and the epoch's permutation live in the
-compiled state, and XLA's CPU/GPU kernels are deterministic for a fixed program. The
+``(key, t)`` (see ``_data``), the step counter lives in the compiled state, and XLA's CPU/GPU kernels are deterministic for a fixed program. The
 final parameters are therefore bitwise equal.
 
 The host never waits for the device except to save, to call a callback, or to check one
@@ -17,6 +16,7 @@ reported at most one dispatch late, always before a checkpoint could record it).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -28,7 +28,7 @@ import optax
 
 from .. import _args
 from ._checkpoint import Checkpoints, fingerprint
-from ._data import ArraySource, make_source
+from ._data import ArraySource, Sampler, make_source
 from ._sharding import Placement
 from ._step import check_loss_fn, check_optimizer, check_positive_int, make_update
 
@@ -172,8 +172,7 @@ def fit(
     opt_state = placement.replicate(optimizer.init(params))
     key = placement.put(key)
     key_data = np.asarray(jax.random.key_data(key))
-    update = make_update(loss_fn, optimizer, has_aux=False, accumulate=accumulate, where=where,
-                         constrain=placement.constrain if mesh is not None else None)
+    build = functools.partial(_chunk, loss_fn, optimizer, accumulate, mesh, data_axis, source.sampler)
 
     config = {"data": source.kind, "rows": source.n, "batch_size": source.batch_size,
               "accumulate": accumulate, "steps_per_call": spc, "key": key_data.tolist()}
@@ -199,12 +198,9 @@ def fit(
             state = ckpt.restore_state(latest, like)
             params, opt_state, start = state["params"], state["opt_state"], latest
             history = {k: list(v) for k, v in meta["history"].items()}
-        if isinstance(source, ArraySource):
-            perm = source.initial_perm()
-        else:
+        if not isinstance(source, ArraySource):
             source.skip(start)
-        result = _loop(update, source, placement, params, opt_state, perm if isinstance(source, ArraySource) else None,
-                       key, key_data, start, steps, spc, ckpt, checkpoint_every, expected, history,
+        result = _loop(build, source, placement, params, opt_state, key, key_data, start, steps, spc, ckpt, checkpoint_every, expected, history,
                        progress, callbacks, where)
     finally:
         if ckpt is not None:
@@ -212,28 +208,44 @@ def fit(
     return result
 
 
-def _build(update: Callable, source: Any, n: int) -> Callable:
-    """The compiled chunk of ``n`` steps; metrics come back as an ``(n, 2)`` array."""
-    arrays = isinstance(source, ArraySource)
+# Chunks whose metrics the host has not yet looked at: the host runs at most this many
+# dispatches ahead of the device, and a non-finite loss is reported at most this many
+# dispatches late (always before any later checkpoint, which drains them all first).
+_IN_FLIGHT = 4
+
+
+@functools.lru_cache(maxsize=16)
+def _chunk(loss_fn: Callable, optimizer: Any, accumulate: int, mesh: Any, data_axis: str,
+           sampler: Sampler | None, n: int) -> Callable:
+    """The compiled chunk of ``n`` steps; metrics come back as an ``(n, 2)`` array.
+
+    Cached on its (hashable) ingredients, so calling ``fit`` again with the same loss
+    function and optimizer object reuses the compiled program instead of recompiling.
+    """
+    where = f"fit({_args.func_name(loss_fn)}, params, optimizer, data)"
+    placement = Placement(mesh, data_axis, where)
+    update = make_update(loss_fn, optimizer, has_aux=False, accumulate=accumulate, where=where,
+                         constrain=placement.constrain if mesh is not None else None)
+    arrays = sampler is not None
 
     def stats(m):
         return jnp.stack([m["loss"], m["grad_norm"].astype(m["loss"].dtype)])
 
     if arrays:
-        def run(params, opt_state, perm, t, key, data):
+        def run(params, opt_state, t, perms, data):
             def one(carry, _):
-                params, opt_state, perm, t = carry
-                perm, batch = source.batch_at(data, perm, key, t)
+                params, opt_state, t_now = carry
+                batch = sampler.batch_at(placement, data, perms, t_now, t)
                 params, opt_state, m = update(params, opt_state, batch)
-                return (params, opt_state, perm, t + 1), stats(m)
+                return (params, opt_state, t_now + 1), stats(m)
 
-            carry = (params, opt_state, perm, t)
+            carry = (params, opt_state, t)
             if n == 1:
                 carry, m = one(carry, None)
                 return carry, m[None]
             return jax.lax.scan(one, carry, None, length=n)
 
-        return jax.jit(run, donate_argnums=(0, 1, 2, 3))
+        return jax.jit(run, donate_argnums=(0, 1, 2))
 
     def run_iter(params, opt_state, t, batches):
         def one(carry, batch):
@@ -250,7 +262,16 @@ def _build(update: Callable, source: Any, n: int) -> Callable:
     return jax.jit(run_iter, donate_argnums=(0, 1, 2))
 
 
-def _loop(update, source, placement, params, opt_state, perm, key, key_data, start, steps, spc,
+def _compiled(build: Callable, n: int) -> Callable:
+    try:
+        return build(n)
+    except TypeError as e:  # an unhashable loss_fn or optimizer: build without the cache
+        if "unhashable" not in str(e):
+            raise
+        return build.func.__wrapped__(*build.args, n)
+
+
+def _loop(build, source, placement, params, opt_state, key, key_data, start, steps, spc,
           ckpt, checkpoint_every, expected, history, progress, callbacks, where) -> FitResult:
     from tqdm.auto import tqdm
 
@@ -267,7 +288,7 @@ def _loop(update, source, placement, params, opt_state, perm, key, key_data, sta
         """Check and record the metrics of all dispatched chunks but the last ``keep``."""
         while len(pending) > keep:
             t0, m = pending.pop(0)
-            m = np.asarray(m, dtype=np.float64)
+            m = np.asarray(m).astype(np.float64)
             bad = ~np.isfinite(m).all(axis=1)
             if bad.any():
                 i = int(np.argmax(bad))
@@ -290,16 +311,14 @@ def _loop(update, source, placement, params, opt_state, perm, key, key_data, sta
     try:
         while t < steps:
             n = min((t // spc + 1) * spc, steps) - t
-            run = compiled.get(n)
-            if run is None:
-                run = compiled[n] = _build(update, source, n)
+            run = compiled.get(n) or compiled.setdefault(n, _compiled(build, n))
             if arrays:
-                (params, opt_state, perm, t_dev), m = run(params, opt_state, perm, t_dev, key, source.arrays)
+                (params, opt_state, t_dev), m = run(params, opt_state, t_dev, source.perms(key, t, n), source.arrays)
             else:
                 batches = source.take(n)
                 (params, opt_state, t_dev), m = run(params, opt_state, t_dev, batches)
             pending.append((t, m))
-            drain(keep=1)  # the previous chunk, finished or nearly, while this one runs
+            drain(keep=_IN_FLIGHT)  # older chunks, finished or nearly, while these run
             t += n
             save = ckpt is not None and (t == steps or (checkpoint_every is not None and t % checkpoint_every == 0))
             if save or callbacks:
