@@ -164,7 +164,7 @@ def test_non_finite_loss_keeps_last_good_checkpoint(data, tmp_path):
     x, y = data
     batches = [(x[i:i + 8], y[i:i + 8]) for i in range(0, 48, 8)] * 2
     bad = batches[9][0].copy()
-    bad[0, 0] = np.inf
+    bad[0, 0] = np.nan
     poisoned = batches[:9] + [(bad, batches[9][1])] + batches[10:]
     ckpt = tmp_path / "ckpt"
     with pytest.raises(FloatingPointError, match=r"at step 9; training stopped\. The last checkpoint \(step 8\)"):
@@ -206,3 +206,19 @@ def test_checkpoint_settings_are_checked(data, tmp_path):
         train.fit(loss, params0(), optax.sgd(0.1), data, steps=8, checkpoint_dir=tmp_path / "file", **KW)
     with pytest.raises(TypeError, match=r"checkpoint_dir must be a path"):
         train.fit(loss, params0(), optax.sgd(0.1), data, steps=8, checkpoint_dir=3.5, **KW)
+
+
+def test_non_finite_gradient_with_finite_loss_is_never_saved(data, tmp_path):
+    """0 * sqrt(|w|) is 0 at w = 0 but its gradient is 0 * inf = nan: the loss stays finite
+    for that step, the parameters do not."""
+    def sneaky(params, batch):
+        return loss(params, batch) + 0.0 * jnp.sqrt(jnp.abs(params["v"][0]))
+
+    p = params0()
+    p["v"] = p["v"].at[0].set(0.0)
+    ckpt = tmp_path / "ckpt"
+    kw = {**KW, "steps_per_call": 1, "checkpoint_every": 1}
+    with pytest.raises(FloatingPointError, match=r"became non-finite in steps 0\.\.0 although the loss was "
+                                                 r"finite .* No checkpoint was written"):
+        train.fit(sneaky, p, optax.sgd(0.1), data, steps=8, checkpoint_dir=ckpt, **kw)
+    assert _steps(ckpt) == []

@@ -11,7 +11,8 @@ __all__ = ["plot_history"]
 
 
 def plot_history(history: Any, path: str | os.PathLike | None = None, *, log_scale: bool = True):
-    """Plot ``loss`` (and ``grad_norm``) against the step; save a PNG to ``path`` if given.
+    """Plot ``loss`` (and any other per-step series in ``history``) against the step;
+    save a PNG to ``path`` if given.
 
     Args:
       history: a :class:`FitResult` or its ``history`` dict.
@@ -33,7 +34,8 @@ def plot_history(history: Any, path: str | os.PathLike | None = None, *, log_sca
         raise ImportError(f"{where} needs matplotlib: pip install 'functorch-lite[plot]'.") from None
     loss = np.asarray(history["loss"], dtype=float)
     steps = np.asarray(history.get("step", np.arange(len(loss))))
-    names = [k for k in ("loss", "grad_norm") if k in history]
+    names = ["loss"] + [k for k in history if k not in ("loss", "step") and np.ndim(history[k]) == 1
+                        and len(history[k]) == len(loss)]
     fig = Figure(figsize=(6, 2.6 * len(names)))
     FigureCanvasAgg(fig)
     for i, name in enumerate(names):
