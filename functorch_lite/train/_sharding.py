@@ -28,6 +28,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 __all__ = ["Placement"]
 
 
+@jax.jit
+def _copy(tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
+
+
 class Placement:
     """Replicated parameters, batches sharded over ``data_axis`` (or one device)."""
 
@@ -59,7 +64,7 @@ class Placement:
 
     def replicate(self, tree: Any) -> Any:
         """Fresh copies of ``tree``'s arrays (safe to donate), replicated over the mesh."""
-        copies = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
+        copies = _copy(tree)  # one compiled copy of every leaf, not one dispatch per leaf
         if self.mesh is None:
             return copies
         return jax.device_put(copies, self.replicated)
