@@ -89,6 +89,7 @@ class ArraySource:
         self.placement = placement
 
         self._cache: dict[int, jax.Array] = {}
+        self._last: tuple[int, Any] = (-1, None)
         self._permute = _permutation_fn(self.n, placement.replicated if placement.mesh is not None else None)
 
     def _epoch(self, key: jax.Array, e: int) -> jax.Array:
@@ -100,10 +101,12 @@ class ArraySource:
     def perms(self, key: jax.Array, t: int, n: int) -> jax.Array:
         """The permutations a chunk of ``n`` steps from step ``t`` needs (see ``Sampler``)."""
         e0 = t // self.sampler.per_epoch
-        for e in [e for e in self._cache if e < e0]:
-            del self._cache[e]
         if n == 1:
-            return self._epoch(key, e0)
+            if e0 != self._last[0]:
+                self._last = (e0, self._epoch(key, e0))
+                self._cache = {e: v for e, v in self._cache.items() if e >= e0}
+            return self._last[1]
+        self._cache = {e: v for e, v in self._cache.items() if e >= e0}
         k = (n - 1) // self.sampler.per_epoch + 2  # the most epochs n steps can touch
         return jnp.stack([self._epoch(key, e) for e in range(e0, e0 + k)])
 
