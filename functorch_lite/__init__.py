@@ -18,5 +18,6 @@ from .transforms import (
     vjp as vjp,
     vmap as vmap,
 )
+from .viz import ComputationGraph as ComputationGraph, graph as graph
 
 __version__ = "0.1.0"
