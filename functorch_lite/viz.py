@@ -17,8 +17,10 @@ higher-order primitives (``custom_jvp_call``, ``while``, ``cond``, ``scan``) sta
 
 >>> import jax.numpy as jnp
 >>> g = graph(lambda x: jnp.sum(jnp.tanh(x) ** 2), jnp.ones(3))
->>> g.summary.forward_ops, g.summary.backward_ops, g.summary.residuals
-(5, 4, 2)
+>>> g.summary.primal_ops, g.summary.residuals > 0
+(4, True)
+>>> graph(lambda x: jnp.sum(jnp.tanh(x) ** 2), jnp.ones(3), mode="fwd").summary.residuals
+0
 >>> print(g.to_dot().splitlines()[0])
 digraph "computation graph" {
 
@@ -415,10 +417,10 @@ def graph(func: Callable, *args: Any, argnums: _args.Argnums = 0, mode: str = "r
 
     >>> import jax.numpy as jnp
     >>> g = graph(lambda x, W: jnp.tanh(x @ W), jnp.ones((2, 3)), jnp.ones((3, 4)))
-    >>> [n.label for n in g.nodes if n.stored]
-    ['W', 'sub 1']
-    >>> graph(jnp.sin, jnp.ones(3), mode="fwd").summary.residuals
-    0
+    >>> "W" in [n.label for n in g.nodes if n.stored]   # dL/dx = dL/dy W^T needs W
+    True
+    >>> [n.label for n in g.nodes if n.kind == "grad"]
+    ['grad x']
     """
     where = f"graph({_args.func_name(func)})"
     _args.check_callable(func, where)
