@@ -509,7 +509,7 @@ def graph(func: Callable, *args: Any, argnums: _args.Argnums = 0, mode: str = "r
                         tuple(tangents))
 
         tangents = tuple(jax.tree_util.tree_map(
-            lambda a: jax.ShapeDtypeStruct(np.shape(a), _args.tangent_dtype(np.result_type(a))),
+            lambda a: jax.ShapeDtypeStruct(np.shape(a), _args.tangent_dtype(jax.numpy.result_type(a))),
             args[p]) for p in positions)
         jvp_jaxpr, (out_shape, _) = jax.make_jaxpr(tangent_run, return_shape=True)(args, tangents)
         jj = jvp_jaxpr.jaxpr
