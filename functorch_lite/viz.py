@@ -119,13 +119,15 @@ class GraphSummary:
         if self.mode == "fwd":
             return (f"graph({self.name}), forward mode (jvp): {self.primal_ops} primal ops; "
                     f"the JVP runs {self.forward_ops} primal + {self.backward_ops} tangent ops "
-                    f"in one pass; 0 residuals stored")
+                    f"in one pass; nothing stored")
         extra = self.forward_ops - self.primal_ops
-        kept = (f", of which {self.stored_inputs} input(s) {_fmt_bytes(self.stored_input_bytes)}"
+        kept = (f", of which {self.stored_inputs} input{'' if self.stored_inputs == 1 else 's'} "
+                f"{_fmt_bytes(self.stored_input_bytes)}"
                 if self.stored_inputs else "")
         return (f"graph({self.name}), reverse mode (vjp): {self.primal_ops} primal ops; "
                 f"forward pass {self.forward_ops} ops ({extra:+d} for the backward's sake), "
-                f"backward pass {self.backward_ops} ops; {self.residuals} residuals stored "
+                f"backward pass {self.backward_ops} ops; {self.residuals} "
+                f"residual{'' if self.residuals == 1 else 's'} stored "
                 f"({_fmt_bytes(self.residual_bytes)}{kept})")
 
 
@@ -729,6 +731,10 @@ def _draw_matplotlib(g: ComputationGraph, path: str, fmt: str, dpi: int) -> None
             style = dict(color="#e69138", linestyle="--", lw=1.2, connectionstyle="arc3,rad=0.15")
         elif e.crossing:
             style = dict(color="#999999", linestyle=":", lw=1.0, connectionstyle="arc3,rad=0.1")
+        elif abs(dx - sx) > 2.5 and abs(dy - sy) < 0.5:  # a long edge along a row: arc over the boxes
+            side = h / 2 if forward else -h / 2
+            start, end = (sx + w / 4, sy + side), (dx - w / 4, dy + side)
+            style = dict(color="#444444", lw=0.9, connectionstyle="arc3,rad=-0.2")
         else:
             style = dict(color="#444444", lw=0.9, connectionstyle="arc3,rad=0.0")
         ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=8, zorder=1, **style))
