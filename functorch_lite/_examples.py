@@ -45,14 +45,14 @@ def dot_residual(w, x, y):
 
 def linear(x, W, b):
     """L = sum((xW + b)^2) / 2; dL/dx = dL/dy W^T with dL/dy = y."""
-    y = x @ W + b
+    y = x @ W + b[None, :]
     return 0.5 * jnp.sum(y * y)
 
 
 def mlp(params, x):
     """A 2-layer MLP's mean squared output: relu(x W1 + b1) W2 + b2."""
-    h = jax.nn.relu(x @ params["W1"] + params["b1"])
-    return jnp.mean((h @ params["W2"] + params["b2"]) ** 2)
+    h = jax.nn.relu(x @ params["W1"] + params["b1"][None, :])
+    return jnp.mean((h @ params["W2"] + params["b2"][None, :]) ** 2)
 
 
 def detach(x):

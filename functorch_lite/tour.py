@@ -200,7 +200,7 @@ def _layout(ctx: TourContext) -> None:
     u = jnp.asarray(r.normal(size=3))
     ctx.check("d(x^T A)/dx = A^T  (x in R^3, numerator)", fl.jacrev(lambda u: u @ A)(u), A.T)
     ctx.say("the chain rule in numerator layout: d(A u(x))/dx = A du/dx, with u = sin(x):")
-    ctx.check("d(A sin x)/dx = A diag(cos x)", fl.jacrev(lambda x: A @ jnp.sin(x))(x), A * jnp.cos(x))
+    ctx.check("d(A sin x)/dx = A diag(cos x)", fl.jacrev(lambda x: A @ jnp.sin(x))(x), A * jnp.cos(x)[None, :])
     ctx.check("d(a sin x)/dx = a diag(cos x)  (a = 2.5)", fl.jacrev(lambda x: 2.5 * jnp.sin(x))(x),
               2.5 * jnp.diag(jnp.cos(x)))
 
@@ -271,9 +271,9 @@ def _linear(ctx: TourContext) -> None:
     t = jnp.asarray(r.normal(size=(5, 3)))
 
     def loss(x, W, b):
-        return 0.5 * jnp.sum((x @ W + b - t) ** 2)
+        return 0.5 * jnp.sum((x @ W + b[None, :] - t) ** 2)
 
-    G = x @ W + b - t  # dL/dy
+    G = x @ W + b[None, :] - t  # dL/dy
     gx, gW, gb = fl.grad(loss, argnums=(0, 1, 2))(x, W, b)
     ctx.say("L = ||xW + b - t||^2 / 2, so dL/dy = y - t =: G (a batch of 5 rows)")
     ctx.check("dL/dx = G W^T", gx, G @ W.T)

@@ -581,31 +581,50 @@ def _limit(nodes: list[Node], edges: list[Edge], max_nodes: int) -> tuple[list[N
             break
         if not merged:
             break
-    # 2. truncate each cluster's ops in order; the rest becomes one box
-    if len(nodes) > max_nodes:
-        ops = [n for n in nodes if n.kind in ("op", "collapsed")]
-        keep_ops = max(2, max_nodes - (len(nodes) - len(ops)))
-        clusters = list(dict.fromkeys(n.cluster for n in ops))
-        per = max(1, keep_ops // max(1, len(clusters)) - 1)
-        drop: dict[str, str] = {}
-        extra: list[Node] = []
-        for cl in clusters:
-            cl_ops = [n for n in ops if n.cluster == cl]
-            rest = cl_ops[per:]  # jaxpr order is topological: the box has no cycle
-            if not rest:
-                continue
-            hidden = sum(n.count for n in rest)
-            stored = [n for n in rest if n.stored]
-            box = Node(f"{cl}_more", "collapsed", f"… {hidden} more ops",
-                       f"incl. {len(stored)} residuals" if stored else "", cl, stored=bool(stored),
-                       nbytes=sum(n.nbytes for n in stored), count=hidden)
-            extra.append(box)
-            for n in rest:
-                drop[n.id] = box.id
-        nodes = [n for n in nodes if n.id not in drop] + extra
-        edges = _dedupe([Edge(drop.get(e.src, e.src), drop.get(e.dst, e.dst), e.crossing) for e in edges])
+    # 2. keep the first ops of each cluster (jaxpr order is topological) and fold the
+    #    rest, with the constants only they read, into one box per cluster: no cycle
+    per = max_nodes
+    while len(nodes) > max_nodes and per > 1:
+        fixed = sum(n.kind not in ("op", "collapsed", "const") for n in nodes)
+        clusters = list(dict.fromkeys(n.cluster for n in nodes if n.kind in ("op", "collapsed")))
+        per = min(per - 1, max(1, (max_nodes - fixed) // max(1, len(clusters)) - 1))
+        trial_nodes, trial_edges = _truncate(nodes, edges, per)
+        if len(trial_nodes) <= max_nodes or per == 1:
+            nodes, edges = trial_nodes, trial_edges
     folded = before - len(nodes)
     return nodes, edges, folded
+
+
+def _truncate(nodes: list[Node], edges: list[Edge], per: int) -> tuple[list[Node], list[Edge]]:
+    """Keep ``per`` op boxes per cluster; the later ops, and the constants that feed no
+    kept node of their cluster, become one "... N more ops" box per cluster."""
+    cluster_of = {n.id: n.cluster for n in nodes}
+    consumers = collections.defaultdict(set)
+    for e in edges:
+        consumers[e.src].add(e.dst)
+    drop: dict[str, str] = {}
+    extra: list[Node] = []
+    for cl in dict.fromkeys(n.cluster for n in nodes):
+        ops = [n for n in nodes if n.cluster == cl and n.kind in ("op", "collapsed")]
+        rest = ops[per:]
+        if not rest:
+            continue
+        kept = {n.id for n in nodes if n.cluster == cl} - {n.id for n in rest}
+        consts = [n for n in nodes if n.cluster == cl and n.kind == "const"
+                  and not any(d in kept and cluster_of[d] == cl for d in consumers[n.id])]
+        kept -= {n.id for n in consts}
+        folded = rest + consts
+        hidden = sum(n.count for n in rest)
+        stored = [n for n in folded if n.stored]
+        box = Node(f"{cl}_more", "collapsed", f"… {hidden} more ops",
+                   f"incl. {len(stored)} residuals" if stored else "", cl, stored=bool(stored),
+                   nbytes=sum(n.nbytes for n in stored), count=hidden)
+        extra.append(box)
+        for n in folded:
+            drop[n.id] = box.id
+    nodes = [n for n in nodes if n.id not in drop] + extra
+    edges = _dedupe([Edge(drop.get(e.src, e.src), drop.get(e.dst, e.dst), e.crossing) for e in edges])
+    return nodes, edges
 
 
 # ---------------------------------------------------------------- matplotlib fallback
