@@ -132,11 +132,11 @@ def _cmd_graph(ns: argparse.Namespace) -> int:
 def _cmd_explain(ns: argparse.Namespace) -> int:
     import functorch_lite as fl
 
+    name, func, args = _load_target(ns.target, ns.shape)
     explain = getattr(fl, "explain", None)
     if explain is None:
         print(f"{PROG} explain: this build of functorch_lite has no explain() yet", file=sys.stderr)
         return 1
-    name, func, args = _load_target(ns.target, ns.shape)
     try:
         report = explain(func, *args, argnums=ns.argnums)
     except (TypeError, ValueError) as exc:
