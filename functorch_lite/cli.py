@@ -242,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         sys.stderr.write(f"{PROG} {ns.command}: error: {exc}\n")
         return 2
+    except BrokenPipeError:  # `functorch-lite tour | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -121,7 +121,7 @@ class GraphSummary:
                     f"the JVP runs {self.forward_ops} primal + {self.backward_ops} tangent ops "
                     f"in one pass; nothing stored")
         extra = self.forward_ops - self.primal_ops
-        kept = (f", of which {self.stored_inputs} input{'' if self.stored_inputs == 1 else 's'} "
+        kept = (f", of which {self.stored_inputs} input{'' if self.stored_inputs == 1 else 's'}: "
                 f"{_fmt_bytes(self.stored_input_bytes)}"
                 if self.stored_inputs else "")
         return (f"graph({self.name}), reverse mode (vjp): {self.primal_ops} primal ops; "
