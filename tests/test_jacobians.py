@@ -100,3 +100,20 @@ def test_jacobians_compile_to_the_same_program_as_jax():
         a = jax.jit(ours).lower(x).compile().cost_analysis()
         b = jax.jit(theirs).lower(x).compile().cost_analysis()
         assert a["flops"] == b["flops"]
+
+
+def _planned_temp(fn, *args):
+    return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_chunked_hessian_and_vmap_bound_planned_memory():
+    W = jax.random.normal(jax.random.key(1), (2048, 128)) / 32
+    f = lambda x: jnp.sum(jnp.tanh(W @ x) ** 2)
+    x = jnp.ones(128)
+    full, c8, c32 = (_planned_temp(fl.hessian(f, chunk_size=c), x) for c in (None, 8, 32))
+    assert c8 < c32 < 0.5 * full
+    assert_tree_allclose(jax.jit(fl.hessian(f, chunk_size=8))(x), jax.hessian(f)(x), rtol=1e-4, atol=1e-6)
+    g = lambda x: W.T @ jnp.tanh(W @ x)
+    xs = jnp.ones((256, 128))
+    full, c8, c32 = (_planned_temp(fl.vmap(g, chunk_size=c), xs) for c in (None, 8, 32))
+    assert c8 < c32 < 0.25 * full
