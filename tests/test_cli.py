@@ -81,9 +81,22 @@ def test_bad_subcommand():
     (["explain", "no_such_module_xyz:f", "--shape", "3"], r"cannot import module 'no_such_module_xyz'"),
     (["tour", "--only", "nosuchstop"], r"unknown tour stop\(s\) \['nosuchstop'\]"),
 ])
-def test_bad_targets_give_one_line_and_exit_2(argv, pattern):
-    p = run(*argv)
-    assert_usage_error(p, rf"^functorch-lite {argv[0]}: error: .*{pattern}")
+def test_bad_targets_give_one_line_and_exit_2(argv, pattern, capsys):
+    # in-process (the subprocess path is covered below): main returns 2, one line on stderr
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert_usage_error(subprocess.CompletedProcess(argv, code, "", err),
+                       rf"^functorch-lite {argv[0]}: error: .*{pattern}")
+
+
+def test_bad_module_function_in_a_subprocess():
+    p = run("graph", "no_such_module_xyz:f", "--shape", "3")
+    assert_usage_error(p, r"^functorch-lite graph: error: cannot import module 'no_such_module_xyz'")
+    p = run("explain", "math:no_such_function", "--shape", "3")
+    assert_usage_error(p, r"^functorch-lite explain: error: module 'math' has no attribute")
 
 
 def test_tour_small(tmp_path):
