@@ -11,6 +11,8 @@ may draw a graph with ``ctx.picture``. Adding a stop is writing one such functio
     def _hvp(ctx):
         ...
         ctx.check("H v = 2 X^T X v", got, expected)
+        ctx.picture("hvp", loss, w)                     # a computation graph, or
+        ctx.save("explain.png", fl.explain(f, x).plot)  # any picture drawn to a path
 
 The stops run in registration order, in float64 (so closed forms match to ~1e-12), and
 the tour ends with ``tour: N/N checks passed, pictures in DIR``.
@@ -117,13 +119,27 @@ class TourContext:
         return self._record(what, bool(condition), detail)
 
     def picture(self, name: str, func: Callable, *args: Any, **graph_kwargs: Any) -> ComputationGraph:
-        """Draw ``viz.graph(func, *args, **graph_kwargs)`` to ``out/name.fmt``."""
+        """Draw ``viz.graph(func, *args, **graph_kwargs)`` to ``out/name.fmt`` (to
+        ``out/name.dot`` when neither Graphviz nor matplotlib is installed)."""
         g = graph(func, *args, **graph_kwargs)
-        path = g.render(self.out / f"{name}.{self.fmt}", engine=self.engine)
+        try:
+            path = g.render(self.out / f"{name}.{self.fmt}", engine=self.engine)
+        except ImportError as exc:
+            path = g.render(self.out / f"{name}.dot")
+            self.say(f"({exc}; wrote the DOT text instead)")
         self.pictures.append(Path(path))
         self.say(f"picture: {path}")
         self.say(f"  {g.summary}")
         return g
+
+    def save(self, filename: str, write: Callable[[str], Any]) -> Path:
+        """Save another picture: ``write(path)`` draws to ``out/filename``, e.g.
+        ``ctx.save("explain_chain.png", report.plot)``."""
+        path = self.out / filename
+        write(str(path))
+        self.pictures.append(path)
+        self.say(f"picture: {path}")
+        return path
 
 
 @dataclasses.dataclass(frozen=True)

@@ -192,6 +192,8 @@ def _op_label(eqn: Any) -> str:
                 if sub:
                     break
         return f"{name}({sub})" if sub else name
+    if name == "custom_lin":  # the JVP of a custom_vjp function: only its transpose can run
+        return "custom_lin (custom_vjp: reverse only)"
     if name in ("while", "cond", "scan"):
         return f"{name} (not expanded)"
     if name == "convert_element_type":
