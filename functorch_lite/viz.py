@@ -283,9 +283,14 @@ def _leaf_names(prefix: str, tree: Any) -> list[str]:
 
 
 def _count_ops(jaxpr: Any, inline: bool) -> int:
+    """Primitives of ``jaxpr``, counting inside jit calls (``inline``) and inside the
+    primal function of custom_jvp / custom_vjp calls (what runs without differentiation)."""
     n = 0
     for eqn in jaxpr.eqns:
-        sub = eqn.params.get("jaxpr") if eqn.primitive.name in _INLINE else None
+        name = eqn.primitive.name
+        sub = eqn.params.get("jaxpr") if name in _INLINE else None
+        if name in ("custom_jvp_call", "custom_vjp_call"):
+            sub = eqn.params.get("call_jaxpr")
         if inline and sub is not None and hasattr(sub, "jaxpr"):
             n += _count_ops(sub.jaxpr, inline)
         else:
