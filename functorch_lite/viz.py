@@ -223,7 +223,7 @@ class _Builder:
     def run(self, jaxpr: Any, consts: Sequence[Any], env: dict, cluster: str | Callable) -> list:
         """Add ``jaxpr``'s equations; ``env`` already maps its invars. Returns, per outvar,
         a node id or ``("lit", text)``."""
-        for v, c in zip(jaxpr.constvars, consts):
+        for v in jaxpr.constvars[:len(consts)]:
             cl = cluster if isinstance(cluster, str) else "primal"
             env[v] = self.add("const", "const", _aval_str(v.aval), cl)
         for eqn in jaxpr.eqns:
@@ -436,7 +436,7 @@ def graph(func: Callable, *args: Any, argnums: _args.Argnums = 0, mode: str = "r
     mode = _args.check_choice(mode, ("rev", "fwd"), where, "mode")
     if not isinstance(max_nodes, int) or isinstance(max_nodes, bool) or max_nodes < 4:
         raise ValueError(f"{where}: max_nodes must be an int >= 4, got {max_nodes!r}.")
-    _, as_tuple = _args.check_argnums(argnums, where)
+    _args.check_argnums(argnums, where)
     positions = _args.normalize_argnums(argnums, len(args), where)
     for p in positions:
         _args.check_differentiable(args[p], where, f"args[{p}]")
