@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -95,9 +96,16 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+def _check_engine(engine: str) -> None:
+    if engine == "dot" and shutil.which("dot") is None:
+        raise UsageError("--engine dot: the Graphviz `dot` program is not on the PATH; install "
+                         "graphviz or use --engine auto (matplotlib fallback)")
+
+
 def _cmd_tour(ns: argparse.Namespace) -> int:
     from . import tour
 
+    _check_engine(ns.engine)
     if ns.list:
         for s in tour.STOPS:
             print(f"{s.key:<16} {s.title}")
@@ -113,6 +121,7 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
 def _cmd_graph(ns: argparse.Namespace) -> int:
     from .viz import graph
 
+    _check_engine(ns.engine)
     name, func, args = _load_target(ns.target, ns.shape)
     try:
         g = graph(func, *args, argnums=ns.argnums, mode=ns.mode, max_nodes=ns.max_nodes)

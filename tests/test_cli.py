@@ -92,6 +92,12 @@ def test_bad_targets_give_one_line_and_exit_2(argv, pattern, capsys):
                        rf"^functorch-lite {argv[0]}: error: .*{pattern}")
 
 
+def test_engine_dot_without_graphviz(monkeypatch, capsys):
+    monkeypatch.setattr(cli.shutil, "which", lambda name: None)
+    assert cli.main(["graph", "mlp", "--engine", "dot"]) == 2
+    assert "--engine dot: the Graphviz `dot` program is not on the PATH" in capsys.readouterr().err
+
+
 def test_bad_module_function_in_a_subprocess():
     p = run("graph", "no_such_module_xyz:f", "--shape", "3")
     assert_usage_error(p, r"^functorch-lite graph: error: cannot import module 'no_such_module_xyz'")
