@@ -130,7 +130,7 @@ def draw_matplotlib(g: ComputationGraph, path: str, fmt: str, dpi: int) -> None:
             continue
         cx0 = min(p[0] for p in pts) - w / 2 - 0.25
         cx1 = max(p[0] for p in pts) + w / 2 + 0.25
-        cy0 = min(p[1] for p in pts) - h / 2 - 0.2
+        cy0 = min(p[1] for p in pts) - h / 2 - 0.45
         cy1 = max(p[1] for p in pts) + h / 2 + 0.45
         ax.add_patch(FancyBboxPatch((cx0, cy0), cx1 - cx0, cy1 - cy0, boxstyle="round,pad=0.05",
                                     facecolor="#f7f9fc" if k == 0 else "#fbf7f0",
@@ -151,7 +151,8 @@ def draw_matplotlib(g: ComputationGraph, path: str, fmt: str, dpi: int) -> None:
         elif abs(dx - sx) > 2.5 and abs(dy - sy) < 0.5:  # a long edge along a row: arc over the boxes
             side = h / 2 if forward else -h / 2
             start, end = (sx + w / 4, sy + side), (dx - w / 4, dy + side)
-            style = dict(color="#444444", lw=0.9, connectionstyle="arc3,rad=-0.2")
+            rad = -min(0.2, 1.6 / abs(end[0] - start[0]))  # the arc rises at most ~0.4 boxes
+            style = dict(color="#444444", lw=0.9, connectionstyle=f"arc3,rad={rad:.3f}")
         else:
             style = dict(color="#444444", lw=0.9, connectionstyle="arc3,rad=0.0")
         ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=8, zorder=1, **style))
