@@ -128,13 +128,13 @@ def plan_chain(widths: Sequence[int], fwd_cost: Sequence[float],
             for k in range(i - 1, j):  # forward through k+1..j, seeded by J_k..J_i
                 c = cost_of(i, k) + n[i - 1] * sum(cf[k + 1:j + 1])
                 options.append(Step("fwd", i, j, k, c, sub=sub(i, k)))
-            for k in range(i, j + 1):  # reverse through k..i, seeded by J_j..J_{k+1}
+            for k in range(j, i - 1, -1):  # reverse through k..i, seeded by J_j..J_{k+1}
                 c = cost_of(k + 1, j) + n[j] * sum(cr[i:k + 1])
                 options.append(Step("rev", i, j, k, c, sub=sub(k + 1, j)))
             for k in range(i, j):  # (J_j..J_{k+1}) (J_k..J_i)
                 c = cost_of(i, k) + cost_of(k + 1, j) + 2.0 * n[j] * n[k] * n[i - 1]
                 options.append(Step("mul", i, j, k, c, left=best[(k + 1, j)], right=best[(i, k)]))
-            # ties: prefer fewer steps (pure modes first), deterministic
+            # ties go to the first option: unseeded (single-step) forms come first
             best[(i, j)] = min(options, key=lambda s: (s.cost if not math.isnan(s.cost) else math.inf))
     return Plan(widths=n, fwd_cost=cf[1:], rev_cost=cr[1:], root=best[(1, K)])
 
@@ -177,12 +177,16 @@ class Plan:
     @property
     def kind(self) -> str:
         """``"fwd"``/``"rev"`` when the plan is a pure mode, else ``"mixed"``."""
-        r, K = self.root, len(self.widths) - 1
-        if r.kind == "fwd" and r.k == 0:
-            return "fwd"
-        if r.kind == "rev" and r.k == K:
-            return "rev"
-        return "mixed"
+        kinds: set[str] = set()
+
+        def walk(s: Step | None) -> None:
+            if s is not None:
+                kinds.add(s.kind)
+                for child in (s.sub, s.left, s.right):
+                    walk(child)
+
+        walk(self.root)
+        return kinds.pop() if len(kinds) == 1 and "mul" not in kinds else "mixed"
 
     def bracketing(self) -> str:
         """The product as a bracketed expression, e.g. ``J3 · (J2 · J1)``."""
@@ -260,15 +264,21 @@ def _render(s: Step) -> str:
 # chain: the pipeline object.
 
 
+class _Shown(str):
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def _describe(tree: Any) -> str:
-    """``float32[8]`` for an array, the pytree of those otherwise."""
+    """``float32[8]`` for an array, the pytree of those otherwise, e.g.
+    ``(float32[5], float32[5])``."""
     def one(x: Any) -> str:
-        if _cost.is_array_leaf(x) or hasattr(x, "shape"):
-            return f"{np.dtype(x.dtype).name}{list(np.shape(x))}"
-        return type(x).__name__
-    if _cost.is_array_leaf(tree) or hasattr(tree, "shape"):
-        return one(tree)
-    return str(jax.tree_util.tree_map(one, tree))
+        if hasattr(x, "shape") and hasattr(x, "dtype"):
+            return _Shown(f"{np.dtype(x.dtype).name}{list(np.shape(x))}")
+        return _Shown(type(x).__name__)
+    if hasattr(tree, "shape") and hasattr(tree, "dtype"):
+        return str(one(tree))
+    return repr(jax.tree_util.tree_map(one, tree))
 
 
 class Chain:
@@ -323,7 +333,7 @@ class Chain:
                 source = "the chain's input" if k == 1 else f"stage {k - 1} ({self.names[k - 2]})"
                 raise ValueError(
                     f"{where}: stages do not compose: stage {k} ({self.names[k - 1]}) cannot "
-                    f"take {_describe(values[-1])} from {source}: {_first_line(exc)}. Make "
+                    f"take {_describe(values[-1])} from {source}: {_first_line(exc).rstrip('.')}. Make "
                     f"{source} return the shape and structure stage {k} expects."
                 ) from exc
             leaves = jax.tree_util.tree_leaves(values[-1])
@@ -765,6 +775,11 @@ def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, **kwargs: An
     for p in positions:
         _args.check_differentiable(args[p], where, f"args[{p}]")
     primal = tuple(args[p] for p in positions)
+    if isinstance(func, Chain):
+        if kwargs or len(args) != 1:
+            raise TypeError(f"{where}: a chain takes exactly one positional argument (stage "
+                            f"1's input), got {len(args)} and keywords {sorted(kwargs)}.")
+        func.boundaries(args[0], where)  # names the stage that does not compose
     dynamic, rebuild = split_dynamic(args, kwargs)
     abstract = _cost.abstract(dynamic)
 
@@ -793,8 +808,6 @@ def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, **kwargs: An
     report.candidates = [fwd, rev]
 
     if isinstance(func, Chain):
-        if kwargs or len(args) != 1:
-            raise TypeError(f"{where}: a chain takes exactly one positional argument.")
         plan = func.plan(args[0], where)
         counts = plan.passes()
         planned = Candidate("plan", f"{counts['jvp']} JVP, {counts['vjp']} VJP, "
