@@ -432,3 +432,20 @@ def test_chain_without_bottleneck_uses_the_measured_pure_mode(x64):
     assert report.chosen in ("fwd", "rev") and "calibration" in report.source
     assert [c.name for c in report.candidates] == ["fwd", "rev"]
     assert report.candidate(report.chosen).chosen
+
+
+def test_auto_inside_jit_with_closed_over_tracers(x64):
+    A = jax.random.normal(jax.random.key(15), (6, 3), dtype=jnp.float64)
+    x = jnp.linspace(0.1, 0.3, 3)
+
+    @jax.jit
+    def outer(w):
+        f = lambda x: jnp.tanh(w * (A @ x))      # closes over a tracer of `outer`
+        ch = fl.chain(lambda x: w * x, lambda h: jnp.tanh(A @ h), lambda y: y[:2] * w)
+        return fl.jacobian(f)(x), fl.jacobian(ch)(x)
+
+    got_f, got_ch = outer(jnp.float64(1.5))
+    want_f = jax.jacfwd(lambda x: jnp.tanh(1.5 * (A @ x)))(x)
+    want_ch = jax.jacrev(lambda x: (jnp.tanh(A @ (1.5 * x)))[:2] * 1.5)(x)
+    np.testing.assert_allclose(got_f, want_f, **TIGHT)
+    np.testing.assert_allclose(got_ch, want_ch, **TIGHT)
