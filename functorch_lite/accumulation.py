@@ -325,7 +325,7 @@ class Chain:
         Raises a ValueError naming the stage and both shapes when a stage cannot take
         what the previous one returns.
         """
-        values = [_cost.abstract(x)]
+        values = [jax.eval_shape(lambda t: t, x)]  # also turns Python numbers into arrays
         for k, stage in enumerate(self.stages, start=1):
             try:
                 values.append(jax.eval_shape(stage, values[-1]))
@@ -370,7 +370,7 @@ class Chain:
                                 f"1's input), got {len(args)} and keywords {sorted(kwargs)}.")
             _args.normalize_argnums(argnums, 1, call)
             _args.check_differentiable(args[0], call, "args[0]")
-            x = args[0]
+            x = _args.cast_python_scalars(args[0], args[0])
             plan = self.plan(x, call)
             if plan.kind != "mixed":
                 # No mixed bracketing beats the pure modes here; which pure mode is
@@ -785,6 +785,7 @@ def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, **kwargs: An
         if kwargs or len(args) != 1:
             raise TypeError(f"{where}: a chain takes exactly one positional argument (stage "
                             f"1's input), got {len(args)} and keywords {sorted(kwargs)}.")
+        args = (_args.cast_python_scalars(args[0], args[0]),)
         func.boundaries(args[0], where)  # names the stage that does not compose
     dynamic, rebuild = split_dynamic(args, kwargs)
     abstract = _cost.abstract(dynamic)

@@ -449,3 +449,10 @@ def test_auto_inside_jit_with_closed_over_tracers(x64):
     want_ch = jax.jacrev(lambda x: (jnp.tanh(A @ (1.5 * x)))[:2] * 1.5)(x)
     np.testing.assert_allclose(got_f, want_f, **TIGHT)
     np.testing.assert_allclose(got_ch, want_ch, **TIGHT)
+
+
+def test_chain_scalar_input_and_output():
+    ch = fl.chain(lambda x: jnp.stack([x, 2.0 * x]), lambda v: jnp.sum(v ** 2))
+    assert float(fl.jacobian(ch)(1.5)) == pytest.approx(15.0)       # d(5 x^2)/dx = 10 x
+    assert float(fl.jacobian(ch, mode="fwd")(jnp.float32(1.5))) == pytest.approx(15.0)
+    assert fl.explain(ch, 1.5).in_size == 1
