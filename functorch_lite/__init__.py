@@ -6,9 +6,10 @@
 Array([2., 4.], dtype=float32)
 """
 
+from .accumulation import chain as chain, explain as explain
 from .check import GradCheckError as GradCheckError, GradCheckReport as GradCheckReport, check_grad as check_grad
 from .higher import hessian as hessian
-from .jacobians import jacfwd as jacfwd, jacrev as jacrev
+from .jacobians import jacfwd as jacfwd, jacobian as jacobian, jacrev as jacrev
 from .transforms import (
     grad as grad,
     grad_and_value as grad_and_value,
