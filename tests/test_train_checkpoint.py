@@ -222,3 +222,19 @@ def test_non_finite_gradient_with_finite_loss_is_never_saved(data, tmp_path):
                                                  r"finite .* No checkpoint was written"):
         train.fit(sneaky, p, optax.sgd(0.1), data, steps=8, checkpoint_dir=ckpt, **kw)
     assert _steps(ckpt) == []
+
+
+def test_half_deleted_old_checkpoint_is_ignored(data, tmp_path):
+    """A kill while orbax deletes an old checkpoint (only the last two are kept) leaves a
+    half-deleted step directory; the run resumes from the newest one regardless."""
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    train.fit(loss, params0(), optax.adam(1e-2), data, steps=8, checkpoint_dir=ckpt, **KW)
+    assert _steps(ckpt) == [4, 8]
+    shutil.rmtree(ckpt / "4" / "state")
+    (ckpt / "4" / "_CHECKPOINT_METADATA").unlink()
+    full = train.fit(loss, params0(), optax.adam(1e-2), data, steps=16, **{**KW, "checkpoint_every": None})
+    resumed = train.fit(loss, params0(), optax.adam(1e-2), data, steps=16, checkpoint_dir=ckpt, **KW)
+    assert _bytes(resumed.params) == _bytes(full.params)
+    assert _steps(ckpt) == [12, 16]
