@@ -6,6 +6,7 @@
 Array([2., 4.], dtype=float32)
 """
 
+from . import nn as nn
 from .higher import hessian as hessian
 from .jacobians import jacfwd as jacfwd, jacrev as jacrev
 from .transforms import (
