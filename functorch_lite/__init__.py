@@ -7,6 +7,7 @@ Array([2., 4.], dtype=float32)
 """
 
 from . import nn as nn
+from .check import GradCheckError as GradCheckError, GradCheckReport as GradCheckReport, check_grad as check_grad
 from .higher import hessian as hessian
 from .jacobians import jacfwd as jacfwd, jacrev as jacrev
 from .transforms import (
