@@ -9,6 +9,11 @@ inside :func:`forward_mode`; layers in :mod:`functorch_lite.nn` ask
 
 The flag is read at trace time only; it costs nothing in compiled code.
 
+Taylor mode (``jax.experimental.jet``) cannot trace any ``custom_jvp``/``custom_vjp``
+function in JAX 0.10 (it raises ``UnexpectedTracerError``). A transform that runs
+``jet`` traces the user's function inside :func:`taylor_mode`; layers then run their
+primal function (plain ``jnp``, written to be safe at 0) with no custom rule at all.
+
 >>> in_forward_mode()
 False
 >>> with forward_mode():
@@ -38,3 +43,19 @@ def forward_mode() -> Iterator[None]:
         yield
     finally:
         _state.depth -= 1
+
+
+def in_taylor_mode() -> bool:
+    """True while a Taylor-mode (``jet``) transform of this library is tracing."""
+    return getattr(_state, "taylor_depth", 0) > 0
+
+
+@contextlib.contextmanager
+def taylor_mode() -> Iterator[None]:
+    """Mark the enclosed tracing as Taylor-mode propagation (re-entrant); layers in
+    :mod:`functorch_lite.nn` then use no custom rule."""
+    _state.taylor_depth = getattr(_state, "taylor_depth", 0) + 1
+    try:
+        yield
+    finally:
+        _state.taylor_depth -= 1

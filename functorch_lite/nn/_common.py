@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from .._mode import in_forward_mode
+from .._mode import in_forward_mode, in_taylor_mode
 
 _ARRAYS = (jax.Array, np.ndarray, np.generic)
 HALF = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
@@ -29,13 +29,16 @@ HALF = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 
 def dual(primal: Callable, fwd: Callable, bwd: Callable, tangent: Callable) -> Callable:
     """One layer, two rules: ``custom_vjp(primal)`` with ``(fwd, bwd)`` in reverse mode,
-    ``custom_jvp(primal)`` with ``tangent`` (symbolic zeros on) in forward mode."""
+    ``custom_jvp(primal)`` with ``tangent`` (symbolic zeros on) in forward mode, the
+    bare ``primal`` in Taylor mode."""
     rev = jax.custom_vjp(primal)
     rev.defvjp(fwd, bwd)
     fwd_rule = jax.custom_jvp(primal)
     fwd_rule.defjvp(tangent, symbolic_zeros=True)
 
     def call(*args):
+        if in_taylor_mode():  # jet cannot trace custom rules: expand the primal itself
+            return primal(*args)
         return (fwd_rule if in_forward_mode() else rev)(*args)
 
     call.reverse, call.forward = rev, fwd_rule
