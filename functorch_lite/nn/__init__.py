@@ -26,13 +26,11 @@ Limits, honestly:
   exactly as for any ``custom_vjp``. Wrap the call in ``with forward_mode():`` (exported
   here) to make raw JAX forward mode use the tangent rule, or use this library's
   transforms.
-- The choice is made when JAX *traces* the layer. A ``jax.jit``-compiled function
-  traced once outside forward mode is cached with the reverse rule; calling that same
-  compiled function inside a forward-mode transform reuses the cache and fails as
-  above. Put ``jax.jit`` outside the transform (``jax.jit(fl.jacfwd(f))``, the usual
-  pattern) or use separate ``jax.jit`` wrappers for forward and reverse use.
-  (A function first traced in forward mode and reused in reverse mode works: the
-  tangent rule transposes correctly, it just does not use the hand-written reverse rule.)
+- The choice is made when JAX *traces* the layer, and the mode is part of ``jax.jit``'s
+  cache key (``jax.make_user_context``): a ``jax.jit`` function traced in reverse mode
+  is traced again when a forward-mode transform calls it, so jitting works in either
+  order. A function traced and exported (``jax.export``, a saved jaxpr) keeps the rule
+  it was traced with.
 - ``jax.custom_derivatives.linear_call`` (a tangent with a custom transpose, which
   would make one definition serve raw ``jax.jacfwd`` too) was evaluated and not used:
   in JAX 0.10 it has no batching rule (no ``vmap``, hence no ``jacfwd``/``jacrev``) and
