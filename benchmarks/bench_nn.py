@@ -220,7 +220,7 @@ def per_sample_rows(quick: bool) -> list[Row]:
         contenders["torch.func"] = lambda: tfn(tp, tx, ty)
     except ImportError:
         pass
-    times = interleaved(contenders, reps=21 if quick else 61)
+    times = interleaved(contenders, reps=21 if quick else 101, pause=0.005)
     t_ours = times.pop("ours")
     return [Row("nn", f"per-sample grads vmap(grad) {d_in}-{hidden}-1 b{batch}", "s", t_ours, times,
                 ">= 2x vs torch.func", note="ratio = peer/ours (> 1: ours faster); torch threads = 2")]
