@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +66,13 @@ def flops(c) -> float:
     if isinstance(cost, Sequence):
         cost = cost[0]
     return float(cost.get("flops", float("nan")))
+
+
+def hlo_ops(c) -> collections.Counter:
+    """The multiset of (shape, opcode) of every instruction in the optimized HLO: two
+    programs with equal `hlo_ops` do the same work (names and debug info aside)."""
+    return collections.Counter(m.group(1) + " " + m.group(2)
+                               for m in re.finditer(r"= (\S+) ([a-z][\w-]*)\(", c.as_text()))
 
 
 def temp_bytes(c) -> int:
