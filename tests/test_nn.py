@@ -508,3 +508,74 @@ def test_blocks_bad_input():
     d = nn.dense(3, 2)
     assert d.apply(d.init(jax.random.key(0)), jnp.ones(3)).shape == (2,)
     assert math.isclose(float(jnp.abs(d.init(jax.random.key(0))["w"]).max()), 1 / math.sqrt(3), rel_tol=0.5)
+
+
+# ------------------------------------------------------------------------ fused block
+
+
+def unfused(x, w, b, scale, offset=None, norm="layer", activation=jax.nn.gelu, eps=1e-5):
+    h = nn.linear(x, w, b)
+    h = nn.layer_norm(h, scale, offset, eps=eps) if norm == "layer" else nn.rms_norm(h, scale, eps=eps)
+    return activation(h)
+
+
+def fused_args(dtype, norm, x_shape=(3, 4)):
+    args = (rand(0, x_shape, dtype), rand(1, (4, 5), dtype), rand(2, (5,), dtype), 1 + rand(3, (5,), dtype))
+    return args + ((rand(4, (5,), dtype),) if norm == "layer" else ())
+
+
+@pytest.mark.parametrize("norm", ["layer", pytest.param("rms", marks=pytest.mark.slow)])
+def test_fused_block_equals_unfused_in_every_order(x64, norm):
+    f = lambda *a: nn.linear_norm_act(*a, norm=norm, activation=jax.nn.gelu, eps=1e-5)
+    g = lambda *a: unfused(*a, norm=norm, eps=1e-5)
+    args = fused_args(jnp.float64, norm)
+    assert_tree_allclose(f(*args), g(*args), rtol=1e-12, atol=1e-12)
+    argnums = tuple(range(len(args)))
+    assert_tree_allclose(fl.grad(scalar(f), argnums)(*args), jax.grad(scalar(g), argnums)(*args),
+                         rtol=1e-10, atol=1e-12)
+    fl.check_grad(jax.jit(f), *args, order=2)
+    x, rest = args[0], args[1:]
+    s = scalar(lambda x: f(x, *rest))
+    h = jax.jit(lambda x: [fl.hessian(s, mode=m)(x) for m in HESSIAN_MODES[1:]])(x)
+    h_ref = jax.jit(fl.hessian(scalar(lambda x: g(x, *rest)), mode="rev-over-rev"))(x)
+    for hm in h:
+        assert_tree_allclose(hm, h_ref, rtol=1e-9, atol=1e-10)
+    # one sample (no leading axis) and per-sample gradients under vmap
+    xs = rand(9, (6, 4), jnp.float64)
+    per_sample = jax.jit(fl.vmap(fl.grad(scalar(f), argnums), in_dims=(0,) + (None,) * len(rest)))(xs, *rest)
+    want = jax.jit(jax.vmap(jax.grad(scalar(g), argnums), in_axes=(0,) + (None,) * len(rest)))(xs, *rest)
+    assert_tree_allclose(per_sample, want, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_block_stores_less_and_mlp_option():
+    x, w, b, scale, offset = fused_args(jnp.float32, "layer", (64, 4))
+    fused_bytes = residual_bytes(lambda *a: nn.linear_norm_act(*a, activation=jax.nn.gelu), x, w, b, scale, offset)
+    unfused_bytes = residual_bytes(unfused, x, w, b, scale, offset)
+    assert fused_bytes < 0.6 * unfused_bytes, (fused_bytes, unfused_bytes)
+    a = nn.mlp([4, 8, 8, 1], norm="rms", fused=True)
+    b_ = nn.mlp([4, 8, 8, 1], norm="rms")
+    params = a.init(jax.random.key(0))
+    assert_tree_allclose(a.apply(params, x), b_.apply(params, x), rtol=1e-5, atol=1e-6)
+    loss = lambda blk: (lambda p: jnp.sum(blk.apply(p, x) ** 2))
+    assert_tree_allclose(fl.grad(loss(a))(params), fl.grad(loss(b_))(params), rtol=1e-4, atol=1e-5)
+    out = nn.linear_norm_act(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
+                             scale.astype(jnp.bfloat16), offset.astype(jnp.bfloat16))
+    assert out.dtype == jnp.bfloat16
+
+
+def test_fused_block_bad_input():
+    x, w, b, scale, offset = fused_args(jnp.float32, "layer")
+    with pytest.raises(ValueError, match=r"x has shape \(3, 4\) and w has shape \(5, 5\)"):
+        nn.linear_norm_act(x, jnp.ones((5, 5)), b, scale, offset)
+    with pytest.raises(ValueError, match=r"scale has shape \(4,\)"):
+        nn.linear_norm_act(x, w, b, jnp.ones(4), offset)
+    with pytest.raises(ValueError, match="rms_norm has no offset"):
+        nn.linear_norm_act(x, w, b, scale, offset, norm="rms")
+    with pytest.raises(ValueError, match="layer_norm needs an offset"):
+        nn.linear_norm_act(x, w, b, scale)
+    with pytest.raises(ValueError, match="unknown norm='batch'"):
+        nn.linear_norm_act(x, w, b, scale, offset, norm="batch")
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        nn.linear_norm_act(x, w, b, scale, offset, eps=-1.0)
+    with pytest.raises(ValueError, match="fused=True fuses"):
+        nn.mlp([2, 3], fused=True)

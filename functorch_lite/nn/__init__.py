@@ -54,6 +54,7 @@ Array([0.6, 0.8], dtype=float32)
 """
 
 from .._mode import forward_mode as forward_mode, in_forward_mode as in_forward_mode
+from ._fused import linear_norm_act as linear_norm_act
 from ._linear import linear as linear
 from ._norms import l2_norm as l2_norm, layer_norm as layer_norm, rms_norm as rms_norm
 from ._mlp import Block as Block, dense as dense, mlp as mlp

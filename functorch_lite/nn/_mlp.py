@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._fused import linear_norm_act
 from ._linear import linear
 from ._norms import layer_norm, rms_norm
 
@@ -68,7 +69,7 @@ def dense(d_in: int, d_out: int, *, dtype: Any = jnp.float32) -> Block:
 
 def mlp(sizes: Sequence[int], *, norm: str | None = None,
         activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
-        dtype: Any = jnp.float32, eps: float | None = None) -> Block:
+        dtype: Any = jnp.float32, eps: float | None = None, fused: bool = False) -> Block:
     """A multi-layer perceptron block over :func:`linear` and an optional norm.
 
     Args:
@@ -78,6 +79,9 @@ def mlp(sizes: Sequence[int], *, norm: str | None = None,
       activation: elementwise function after each hidden layer (after the norm).
       dtype: parameter dtype (bfloat16/float16 work: inputs must share it).
       eps: the norm's eps (default: the norm's own default).
+      fused: run each hidden ``linear -> norm -> activation`` as one
+        :func:`linear_norm_act` (one rule; reverse mode stores about half, for one
+        extra matmul per block in the backward pass). Needs a norm.
 
     ``params`` is a list with one dict per linear layer (``{"w", "b"}``, plus
     ``"scale"``/``"offset"`` for the normed hidden layers). ``apply`` takes ``x`` of
@@ -99,6 +103,9 @@ def mlp(sizes: Sequence[int], *, norm: str | None = None,
     if not callable(activation):
         raise TypeError(f"{where}: activation must be a callable such as jax.nn.relu, got "
                         f"{type(activation).__name__}.")
+    if fused and norm is None:
+        raise ValueError(f"{where}: fused=True fuses linear -> norm -> activation; choose "
+                         "norm='layer' or 'rms', or use fused=False.")
     sizes = [int(s) for s in sizes]
     norm_kwargs = {} if eps is None else {"eps": eps}
 
@@ -120,6 +127,10 @@ def mlp(sizes: Sequence[int], *, norm: str | None = None,
                              f"this block's init (a list of {len(sizes) - 1} dicts).")
         h = x
         for i, p in enumerate(params):
+            if fused and i < len(params) - 1:
+                h = linear_norm_act(h, p["w"], p["b"], p["scale"], p.get("offset"), norm=norm,
+                                    activation=activation, eps=eps)
+                continue
             h = linear(h, p["w"], p["b"])
             if i < len(params) - 1:
                 if norm == "layer":
