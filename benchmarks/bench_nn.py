@@ -6,13 +6,18 @@
   plain, i.e. ratio >= 1.82.
 - XLA temp bytes: what XLA plans for the whole jitted gradient step.
 - step time: ``jax.jit(value_and_grad(loss))`` of a 4-block MLP (linear -> LayerNorm ->
-  relu, width 512, batch 1024, then a linear head), ours vs plain jnp vs torch.func.
+  relu, width 512, batch 1024, then a linear head), ours vs plain jnp vs torch.func;
+  also with ``nn.mlp(..., fused=True)`` (one rule per block, recomputes ``xW + b``).
 - per-sample gradients: ``vmap(grad)`` of a 64-256-1 tanh MLP, batch 256, float32:
   ours vs raw JAX on plain jnp, vs the same gradients written by hand as einsums, vs
   ``torch.func.vmap(torch.func.grad)``.
 
-Timings are medians of interleaved runs (benchmarks/harness.py); torch runs with
-``torch.set_num_threads(2)`` (this machine's core count).
+Timings are medians of interleaved runs (benchmarks/harness.py). torch.func is timed
+twice, in separate interleaved runs against ours: with ``torch.set_num_threads(2)`` (this
+machine's core count, as XLA uses) and with 1 thread, because on a loaded 2-core machine
+torch's 2-thread OpenMP barriers can be many times slower than 1 thread (measured here:
+120 ms vs 3 ms for the per-sample job), and switching the count between calls disturbs
+both. The target is checked against the faster of the two.
 """
 
 from __future__ import annotations
@@ -115,6 +120,7 @@ def residual_rows(quick: bool) -> list[Row]:
 def _mlp_setup(quick: bool):
     width, batch = (128, 128) if quick else (512, 1024)
     model = nn.mlp([width] * 5 + [1], norm="layer")       # 4 blocks + a linear head
+    fused = nn.mlp([width] * 5 + [1], norm="layer", fused=True)
     params = model.init(jax.random.key(1))
     x = jax.random.normal(jax.random.key(2), (batch, width))
     y = jax.random.normal(jax.random.key(3), (batch, 1))
@@ -122,10 +128,13 @@ def _mlp_setup(quick: bool):
     def loss_ours(p, x, y):
         return jnp.mean((model.apply(p, x) - y) ** 2)
 
+    def loss_fused(p, x, y):
+        return jnp.mean((fused.apply(p, x) - y) ** 2)
+
     def loss_plain(p, x, y):
         return jnp.mean((plain_mlp(p, x) - y) ** 2)
 
-    return width, batch, params, x, y, loss_ours, loss_plain
+    return width, batch, params, x, y, loss_ours, loss_fused, loss_plain
 
 
 def _torch_mlp_step(params, x, y):
@@ -135,7 +144,6 @@ def _torch_mlp_step(params, x, y):
         from torch.func import grad_and_value
     except ImportError:
         return None
-    torch.set_num_threads(2)
     tp = [{k: torch.tensor(np.asarray(v)) for k, v in p.items()} for p in params]
     tx, ty = torch.tensor(np.asarray(x)), torch.tensor(np.asarray(y))
     F = torch.nn.functional
@@ -153,24 +161,44 @@ def _torch_mlp_step(params, x, y):
 
 
 def mlp_rows(quick: bool) -> list[Row]:
-    width, batch, params, x, y, loss_ours, loss_plain = _mlp_setup(quick)
+    width, batch, params, x, y, loss_ours, loss_fused, loss_plain = _mlp_setup(quick)
     tag = f"4-block MLP w{width} b{batch} LN"
-    rows = [_bytes_row(f"residuals whole {tag}", residual_bytes(loss_ours, params, x, y),
-                       residual_bytes(loss_plain, params, x, y))]
-    step_ours = jax.value_and_grad(loss_ours)
-    step_plain = jax.value_and_grad(loss_plain)
-    c_ours, c_plain = compiled(step_ours, params, x, y), compiled(step_plain, params, x, y)
-    rows.append(Row("nn", f"XLA temp bytes, grad step {tag}", "B", float(temp_bytes(c_ours)),
-                    {"plain jnp": float(temp_bytes(c_plain))}))
-    contenders = {"ours": lambda: c_ours(params, x, y), "plain jnp": lambda: c_plain(params, x, y)}
+    plain_res = residual_bytes(loss_plain, params, x, y)
+    rows = [_bytes_row(f"residuals whole {tag}", residual_bytes(loss_ours, params, x, y), plain_res),
+            _bytes_row(f"residuals whole {tag}, fused blocks",
+                       residual_bytes(loss_fused, params, x, y), plain_res)]
+    steps = {k: compiled(jax.value_and_grad(f), params, x, y)
+             for k, f in (("ours", loss_ours), ("ours fused", loss_fused), ("plain jnp", loss_plain))}
+    for k in ("ours", "ours fused"):
+        rows.append(Row("nn", f"XLA temp bytes, grad step {tag}" + (", fused" if "fused" in k else ""),
+                        "B", float(temp_bytes(steps[k])), {"plain jnp": float(temp_bytes(steps["plain jnp"]))}))
+    contenders = {k: (lambda c=c: c(params, x, y)) for k, c in steps.items()}
+    reps = 11 if quick else 31
+    times = interleaved(contenders, reps=reps)
+    ours, fused = times.pop("ours"), times.pop("ours fused")
+    rows.append(Row("nn", f"grad step time {tag}", "s", ours, times, "<= plain jnp",
+                    note="ratio = peer/ours (> 1: ours faster)"))
+    rows.append(Row("nn", f"grad step time {tag}, fused", "s", fused, {"plain jnp": times["plain jnp"]},
+                    note="fused blocks recompute xW + b in the backward pass"))
     torch_step = _torch_mlp_step(params, x, y)
     if torch_step is not None:
-        contenders["torch.func"] = torch_step
-    times = interleaved(contenders, reps=11 if quick else 31)
-    ours = times.pop("ours")
-    rows.append(Row("nn", f"grad step time {tag}", "s", ours, times, "<= plain jnp",
-                    note="ratio = peer/ours (> 1: ours faster); torch threads = 2"))
+        rows.append(_vs_torch(f"grad step time {tag}", contenders["ours"], torch_step, reps, ""))
     return rows
+
+
+def _vs_torch(job, ours, torch_fn, reps, target):
+    """Ours vs a torch.func callable, one interleaved run per torch thread count."""
+    import torch
+
+    peers, ours_times = {}, []
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        t = interleaved({"ours": ours, "torch": torch_fn}, reps=reps, pause=0.005)
+        peers[f"torch.func {threads} thr"] = t["torch"]
+        ours_times.append(t["ours"])
+    torch.set_num_threads(2)
+    return Row("nn", job + " vs torch.func", "s", statistics.median(ours_times), peers, target,
+               note="ours = median of its two runs; ratio = torch/ours (> 1: ours faster)")
 
 
 def per_sample_rows(quick: bool) -> list[Row]:
@@ -203,27 +231,28 @@ def per_sample_rows(quick: bool) -> list[Row]:
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     contenders = {"ours": lambda: ours(params, x, y), "raw JAX": lambda: plain(params, x, y),
                   "hand einsum": lambda: hand(params, x, y)}
+    reps = 21 if quick else 101
+    times = interleaved(contenders, reps=reps, pause=0.005)
+    t_ours = times.pop("ours")
+    job = f"per-sample grads vmap(grad) {d_in}-{hidden}-1 b{batch}"
+    rows = [Row("nn", job, "s", t_ours, times, "= hand einsum", note="ratio = peer/ours (> 1: ours faster)")]
     try:
         import torch
         from torch.func import grad as tgrad, vmap as tvmap
-        torch.set_num_threads(2)
-        tp = [{k: torch.tensor(np.asarray(v)) for k, v in q.items()} for q in params]
-        tx, ty = torch.tensor(np.asarray(x)), torch.tensor(np.asarray(y))
-
-        def tloss(p, x, y):
-            h = torch.tanh(x @ p[0]["w"] + p[0]["b"])
-            return ((h @ p[1]["w"] + p[1]["b"] - y) ** 2).sum()
-
-        tfn = tvmap(tgrad(tloss), in_dims=(None, 0, 0))
-        got = tfn(tp, tx, ty)
-        np.testing.assert_allclose(got[0]["w"].numpy(), want[0]["w"], rtol=1e-4, atol=1e-5)
-        contenders["torch.func"] = lambda: tfn(tp, tx, ty)
     except ImportError:
-        pass
-    times = interleaved(contenders, reps=21 if quick else 101, pause=0.005)
-    t_ours = times.pop("ours")
-    return [Row("nn", f"per-sample grads vmap(grad) {d_in}-{hidden}-1 b{batch}", "s", t_ours, times,
-                ">= 2x vs torch.func", note="ratio = peer/ours (> 1: ours faster); torch threads = 2")]
+        return rows
+    tp = [{k: torch.tensor(np.asarray(v)) for k, v in q.items()} for q in params]
+    tx, ty = torch.tensor(np.asarray(x)), torch.tensor(np.asarray(y))
+
+    def tloss(p, x, y):
+        h = torch.tanh(x @ p[0]["w"] + p[0]["b"])
+        return ((h @ p[1]["w"] + p[1]["b"] - y) ** 2).sum()
+
+    tfn = tvmap(tgrad(tloss), in_dims=(None, 0, 0))
+    got = tfn(tp, tx, ty)
+    np.testing.assert_allclose(got[0]["w"].numpy(), want[0]["w"], rtol=1e-4, atol=1e-5)
+    rows.append(_vs_torch(job, contenders["ours"], lambda: tfn(tp, tx, ty), reps, ">= 2x"))
+    return rows
 
 
 def run(quick: bool = False) -> list[Row]:
