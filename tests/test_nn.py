@@ -151,7 +151,7 @@ def test_a_wrong_rule_would_be_caught(x64):
 # ------------------------------------------------------------------ every transform
 
 
-FAST = ["linear", "layer_norm", "rms_norm", "l2_norm"]
+FAST = ["linear", "layer_norm"]
 SLOW = [pytest.param(n, marks=pytest.mark.slow) for n in CASES if n not in FAST]
 HESSIAN_MODES = ("auto", "fwd-over-rev", "rev-over-rev", "rev-over-fwd", "fwd-over-fwd")
 
@@ -447,7 +447,7 @@ def plain_mlp(params, x, norm, activation=jax.nn.relu):
     return h
 
 
-@pytest.mark.parametrize("norm", [None, "layer", "rms"])
+@pytest.mark.parametrize("norm", [pytest.param(None, marks=pytest.mark.slow), "layer", "rms"])
 def test_mlp_matches_plain_and_gives_per_sample_grads(x64, norm):
     block = nn.mlp([4, 8, 8, 2], norm=norm, activation=jnp.tanh, dtype=jnp.float64)
     params = block.init(jax.random.key(0))
@@ -536,7 +536,7 @@ def test_fused_block_equals_unfused_in_every_order(x64, norm):
     fl.check_grad(jax.jit(f), *args, order=2)
     x, rest = args[0], args[1:]
     s = scalar(lambda x: f(x, *rest))
-    h = jax.jit(lambda x: [fl.hessian(s, mode=m)(x) for m in HESSIAN_MODES[1:]])(x)
+    h = jax.jit(lambda x: [fl.hessian(s, mode=m)(x) for m in ("fwd-over-rev", "rev-over-rev")])(x)
     h_ref = jax.jit(fl.hessian(scalar(lambda x: g(x, *rest)), mode="rev-over-rev"))(x)
     for hm in h:
         assert_tree_allclose(hm, h_ref, rtol=1e-9, atol=1e-10)
@@ -557,7 +557,8 @@ def test_fused_block_stores_less_and_mlp_option():
     params = a.init(jax.random.key(0))
     assert_tree_allclose(a.apply(params, x), b_.apply(params, x), rtol=1e-5, atol=1e-6)
     loss = lambda blk: (lambda p: jnp.sum(blk.apply(p, x) ** 2))
-    assert_tree_allclose(fl.grad(loss(a))(params), fl.grad(loss(b_))(params), rtol=1e-4, atol=1e-5)
+    grads = jax.jit(lambda p: (fl.grad(loss(a))(p), fl.grad(loss(b_))(p)))(params)
+    assert_tree_allclose(*grads, rtol=1e-4, atol=1e-5)
     out = nn.linear_norm_act(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
                              scale.astype(jnp.bfloat16), offset.astype(jnp.bfloat16))
     assert out.dtype == jnp.bfloat16
