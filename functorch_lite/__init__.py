@@ -7,9 +7,10 @@ Array([2., 4.], dtype=float32)
 """
 
 from . import nn as nn
+from .accumulation import chain as chain, explain as explain
 from .check import GradCheckError as GradCheckError, GradCheckReport as GradCheckReport, check_grad as check_grad
 from .higher import hessian as hessian
-from .jacobians import jacfwd as jacfwd, jacrev as jacrev
+from .jacobians import jacfwd as jacfwd, jacobian as jacobian, jacrev as jacrev
 from .transforms import (
     grad as grad,
     grad_and_value as grad_and_value,
@@ -19,5 +20,6 @@ from .transforms import (
     vjp as vjp,
     vmap as vmap,
 )
+from .viz import ComputationGraph as ComputationGraph, graph as graph
 
 __version__ = "0.1.0"
