@@ -17,7 +17,9 @@ uses the tangent rule; everywhere else it uses the reverse rule. So ``grad``, ``
 ``jacrev`` and ``rev-over-rev`` Hessians use the lean reverse rule; ``jvp``,
 ``jacfwd`` and the Hessian nestings with a forward half use the tangent rule (for
 ``fwd-over-rev`` the inner reverse pass is the transpose JAX derives from the tangent
-rule, which keeps the same residuals).
+rule; measured with ``jax.vjp``, that keeps about twice the reverse rule's residuals,
+because JAX stores the per-row statistics broadcast to full size, still no more than
+autodiff of the plain formulas).
 
 Limits, honestly:
 
