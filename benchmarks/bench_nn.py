@@ -35,11 +35,18 @@ from functorch_lite import nn
 from .harness import Row, block, compiled, temp_bytes
 
 
-def interleaved(contenders, reps=21, warmup=2, pause=0.01):
-    """As ``harness.interleaved`` (median seconds, A B C A B C ...), with an untimed pause
-    before each call: torch's OpenMP threads keep spinning for a while after a call
-    and would otherwise slow down whichever contender runs right after torch (measured:
-    up to 5x on this 2-core machine)."""
+def interleaved(contenders, reps=21, warmup=2, pause=0.01, burst=1):
+    """As ``harness.interleaved`` (median seconds, A B C A B C ...), with two changes for
+    runs that mix JAX and torch in one process:
+
+    - an untimed ``pause`` before each contender's turn: torch's OpenMP threads keep
+      spinning for a while after a call and would otherwise slow down whichever
+      contender runs right after torch (measured: up to 5x on this 2-core machine);
+    - ``burst``: each turn calls the contender ``burst`` times back to back and times
+      only the last call, so each framework is measured with its own thread pool awake
+      (after a torch call XLA's pool has gone to sleep, and the reverse), as in a loop
+      that calls one of them repeatedly.
+    """
     for _ in range(warmup):
         for f in contenders.values():
             block(f())
@@ -47,10 +54,13 @@ def interleaved(contenders, reps=21, warmup=2, pause=0.01):
     for _ in range(reps):
         for k, f in contenders.items():
             time.sleep(pause)
+            for _ in range(burst - 1):
+                block(f())
             t0 = time.perf_counter()
             block(f())
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
+
 
 # ------------------------------------------------------------------ plain-jnp formulas
 
@@ -182,23 +192,25 @@ def mlp_rows(quick: bool) -> list[Row]:
                     note="fused blocks recompute xW + b in the backward pass"))
     torch_step = _torch_mlp_step(params, x, y)
     if torch_step is not None:
-        rows.append(_vs_torch(f"grad step time {tag}", contenders["ours"], torch_step, reps, ""))
+        rows += _vs_torch(f"grad step time {tag}", contenders["ours"], torch_step,
+                          reps if quick else 21, "", burst=1 if quick else 2)
     return rows
 
 
-def _vs_torch(job, ours, torch_fn, reps, target):
-    """Ours vs a torch.func callable, one interleaved run per torch thread count."""
+def _vs_torch(job, ours, torch_fn, reps, target, pause=0.005, burst=1):
+    """Ours vs a torch.func callable: one interleaved run per torch thread count, one row
+    each (ours is re-measured in each run: torch's threads slow down what runs near it)."""
     import torch
 
-    peers, ours_times = {}, []
+    rows = []
     for threads in (2, 1):
         torch.set_num_threads(threads)
-        t = interleaved({"ours": ours, "torch": torch_fn}, reps=reps, pause=0.005)
-        peers[f"torch.func {threads} thr"] = t["torch"]
-        ours_times.append(t["ours"])
+        t = interleaved({"ours": ours, "torch": torch_fn}, reps=reps, pause=pause, burst=burst)
+        rows.append(Row("nn", f"{job} vs torch.func, torch threads={threads}", "s", t["ours"],
+                        {"torch.func": t["torch"]}, target,
+                        note=f"ratio = torch/ours (> 1: ours faster); last of {burst} calls per turn"))
     torch.set_num_threads(2)
-    return Row("nn", job + " vs torch.func", "s", statistics.median(ours_times), peers, target,
-               note="ours = median of its two runs; ratio = torch/ours (> 1: ours faster)")
+    return rows
 
 
 def per_sample_rows(quick: bool) -> list[Row]:
@@ -232,7 +244,7 @@ def per_sample_rows(quick: bool) -> list[Row]:
     contenders = {"ours": lambda: ours(params, x, y), "raw JAX": lambda: plain(params, x, y),
                   "hand einsum": lambda: hand(params, x, y)}
     reps = 21 if quick else 101
-    times = interleaved(contenders, reps=reps, pause=0.005)
+    times = interleaved(contenders, reps=reps, pause=0.005, burst=1 if quick else 3)
     t_ours = times.pop("ours")
     job = f"per-sample grads vmap(grad) {d_in}-{hidden}-1 b{batch}"
     rows = [Row("nn", job, "s", t_ours, times, "= hand einsum", note="ratio = peer/ours (> 1: ours faster)")]
@@ -251,7 +263,8 @@ def per_sample_rows(quick: bool) -> list[Row]:
     tfn = tvmap(tgrad(tloss), in_dims=(None, 0, 0))
     got = tfn(tp, tx, ty)
     np.testing.assert_allclose(got[0]["w"].numpy(), want[0]["w"], rtol=1e-4, atol=1e-5)
-    rows.append(_vs_torch(job, contenders["ours"], lambda: tfn(tp, tx, ty), reps, ">= 2x"))
+    rows += _vs_torch(job, contenders["ours"], lambda: tfn(tp, tx, ty), reps if quick else 61,
+                      ">= 2x", burst=1 if quick else 5)
     return rows
 
 
