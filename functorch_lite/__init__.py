@@ -6,7 +6,7 @@
 Array([2., 4.], dtype=float32)
 """
 
-from . import train as train
+from . import nn as nn, train as train
 from .accumulation import chain as chain, explain as explain
 from .check import GradCheckError as GradCheckError, GradCheckReport as GradCheckReport, check_grad as check_grad
 from .higher import hessian as hessian
