@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import random
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -39,16 +42,22 @@ def block(x: Any) -> Any:
 
 
 def interleaved(contenders: dict[str, Callable[[], Any]], reps: int = 21, warmup: int = 2) -> dict[str, float]:
-    """Median wall time (s) of each zero-argument callable, interleaved A B A B ...
+    """Median wall time (s) of each zero-argument callable, interleaved.
 
+    Every round runs each contender once, in a freshly shuffled order (seeded), so
+    neither drift nor "runs right after a bigger program" favours one of them.
     Each callable must already be compiled (call it once before, or rely on `warmup`).
     """
     for _ in range(warmup):
         for f in contenders.values():
             block(f())
     times: dict[str, list[float]] = {k: [] for k in contenders}
+    order = list(contenders)
+    rng = random.Random(0)
     for _ in range(reps):
-        for k, f in contenders.items():
+        rng.shuffle(order)
+        for k in order:
+            f = contenders[k]
             t0 = time.perf_counter()
             block(f())
             times[k].append(time.perf_counter() - t0)
@@ -64,6 +73,13 @@ def flops(c) -> float:
     if isinstance(cost, Sequence):
         cost = cost[0]
     return float(cost.get("flops", float("nan")))
+
+
+def hlo_ops(c) -> collections.Counter:
+    """The multiset of (shape, opcode) of every instruction in the optimized HLO: two
+    programs with equal `hlo_ops` do the same work (names and debug info aside)."""
+    return collections.Counter(m.group(1) + " " + m.group(2)
+                               for m in re.finditer(r"= (\S+) ([a-z][\w-]*)\(", c.as_text()))
 
 
 def temp_bytes(c) -> int:

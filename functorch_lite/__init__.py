@@ -6,13 +6,16 @@
 Array([2., 4.], dtype=float32)
 """
 
+from . import nn as nn, train as train
+from .accumulation import chain as chain, explain as explain
+from .check import GradCheckError as GradCheckError, GradCheckReport as GradCheckReport, check_grad as check_grad
 from .higher import (
     hessian as hessian,
     hessian_diag as hessian_diag,
     hvp as hvp,
     vhp as vhp,
 )
-from .jacobians import jacfwd as jacfwd, jacrev as jacrev
+from .jacobians import jacfwd as jacfwd, jacobian as jacobian, jacrev as jacrev
 from .taylor import derivative as derivative, taylor as taylor
 from .transforms import (
     grad as grad,
@@ -23,5 +26,6 @@ from .transforms import (
     vjp as vjp,
     vmap as vmap,
 )
+from .viz import ComputationGraph as ComputationGraph, graph as graph
 
 __version__ = "0.1.0"

@@ -153,12 +153,21 @@ def check_inexact_output(tree: Any, where: str, what: str = "the output") -> Non
 def split_aux(out: Any, where: str) -> tuple[Any, Any]:
     """``has_aux=True``: the function must return a pair ``(output, aux)``."""
     if not isinstance(out, (tuple, list)) or len(out) != 2:
-        got = f"a {type(out).__name__}" + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
+        got = describe(out)
         raise ValueError(
             f"{where}: has_aux=True expects the function to return a pair (output, aux), "
             f"got {got}. Return `out, aux`, or use has_aux=False."
         )
     return out[0], out[1]
+
+
+def describe(value: Any) -> str:
+    """``'an array of shape (3,)'``, ``'a tuple of length 3'``, ``'a str'``: for messages."""
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    if isinstance(value, _ARRAY_TYPES):
+        return f"an array of shape {tuple(np.shape(value))}"
+    return f"a {type(value).__name__}"
 
 
 def check_scalar(out: Any, where: str, alternative: str = "vjp or jacrev") -> None:

@@ -211,7 +211,7 @@ def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, ha
     positional argument. ``strict`` is accepted for torch compatibility (no effect).
 
     >>> import jax.numpy as jnp
-    >>> jvp(jnp.sin, (jnp.array(0.0),), (jnp.array(2.0),))
+    >>> jvp(jnp.sin, (jnp.float32(0.0),), (jnp.float32(2.0),))
     (Array(0., dtype=float32), Array(2., dtype=float32))
     """
     _args.check_callable(func, "jvp")
@@ -245,8 +245,8 @@ def linearize(func: Callable, *primals: Any):
     once; each ``jvp_fn`` call reuses the saved linear map.
 
     >>> import jax.numpy as jnp
-    >>> out, jvp_fn = linearize(lambda x: x ** 3, jnp.array(2.0))
-    >>> out, jvp_fn(jnp.array(1.0))         # 3 x^2 = 12
+    >>> out, jvp_fn = linearize(lambda x: x ** 3, jnp.float32(2.0))
+    >>> out, jvp_fn(jnp.float32(1.0))       # 3 x^2 = 12
     (Array(8., dtype=float32), Array(12., dtype=float32))
     """
     _args.check_callable(func, "linearize")

@@ -1,0 +1,71 @@
+"""Core transforms against raw JAX: same FLOPs (XLA cost analysis), time ratio under jit;
+and jacrev(chunk_size=c): planned temp memory and time against c.
+
+`python -m benchmarks --only core [--quick]`
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+import functorch_lite as fl
+
+from .harness import Row, compiled, flops, hlo_ops, interleaved, temp_bytes
+
+
+def _mlp(n_in: int, width: int, n_out: int, seed: int = 0):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    W1 = jax.random.normal(k1, (width, n_in)) / jnp.sqrt(n_in)
+    W2 = jax.random.normal(k2, (n_out, width)) / jnp.sqrt(width)
+    return lambda x: W2 @ jnp.tanh(W1 @ x)
+
+
+def transform_pairs(n: int):
+    """(job, ours, raw JAX, args): each transform and its raw JAX counterpart."""
+    f = _mlp(n, 4 * n, n)
+    loss = lambda x: jnp.sum(f(x) ** 2)
+    x = jnp.linspace(-1.0, 1.0, n)
+    xs = jnp.stack([x * (1 + 0.1 * i) for i in range(32)])
+    u = jnp.ones(n)
+    return [
+        ("grad", fl.grad(loss), jax.grad(loss), (x,)),
+        ("grad_and_value", fl.grad_and_value(loss), jax.value_and_grad(loss), (x,)),
+        ("vjp + apply", lambda x: fl.vjp(f, x)[1](x), lambda x: jax.vjp(f, x)[1](x), (x,)),
+        ("jvp", lambda x: fl.jvp(f, (x,), (u,)), lambda x: jax.jvp(f, (x,), (u,)), (x,)),
+        ("linearize + apply", lambda x: fl.linearize(f, x)[1](u), lambda x: jax.linearize(f, x)[1](u), (x,)),
+        ("jacrev", fl.jacrev(f), jax.jacrev(f), (x,)),
+        ("jacfwd", fl.jacfwd(f), jax.jacfwd(f), (x,)),
+        ("hessian", fl.hessian(loss), jax.hessian(loss), (x,)),
+        ("vmap(grad)", fl.vmap(fl.grad(loss)), jax.vmap(jax.grad(loss)), (xs,)),
+    ]
+
+
+def run(quick: bool = False) -> list[Row]:
+    rows = []
+    reps = 7 if quick else 31
+    for job, ours, theirs, args in transform_pairs(32 if quick else 128):
+        c_ours, c_jax = compiled(ours, *args), compiled(theirs, *args)
+        t = interleaved({"ours": lambda: c_ours(*args), "jax": lambda: c_jax(*args)}, reps=reps)
+        fo, fj = flops(c_ours), flops(c_jax)
+        rows.append(Row("core", f"{job}: time", "s", t["ours"], {"jax": t["jax"]}, target="ratio >= 0.97 (ours within 1.03x)"))
+        same = hlo_ops(c_ours) == hlo_ops(c_jax)
+        rows.append(Row("core", f"{job}: FLOPs", "", fo, {"jax": fj}, target="ratio == 1.00",
+                        note=f"optimized HLO instructions identical to raw JAX: {'yes' if same else 'NO'}"))
+
+    # jacrev chunking: R^n -> R^n through a wide hidden layer
+    n, width = (256, 4096) if quick else (512, 8192)
+    f = _mlp(n, width, n)
+    x = jnp.ones(n)
+    full = compiled(fl.jacrev(f), x)
+    full_bytes = temp_bytes(full)
+    for c in (8, 16, 32, 64, 128):
+        ch = compiled(fl.jacrev(f, chunk_size=c), x)
+        t = interleaved({"chunk": lambda: ch(x), "full": lambda: full(x)}, reps=5 if quick else 21)
+        target = "temp <= 0.15 x full, time <= 1.3x full" if c == 32 else ""
+        rows.append(Row("core", f"jacrev R^{n}->R^{n} (width {width}) chunk={c}: temp", "B",
+                        float(temp_bytes(ch)), {"unchunked": float(full_bytes)}, target=target,
+                        note=f"temp = {temp_bytes(ch) / full_bytes:.3f} x unchunked"))
+        rows.append(Row("core", f"jacrev chunk={c}: time", "s", t["chunk"], {"unchunked": t["full"]},
+                        note=f"time = {t['chunk'] / t['full']:.2f} x unchunked"))
+    return rows

@@ -1,0 +1,272 @@
+"""nn layers: what reverse mode stores, gradient-step time, per-sample gradients.
+
+- residuals: bytes of the distinct arrays held by the closure ``jax.vjp`` returns (its
+  pytree leaves), our layer vs the same formula in plain ``jnp`` under autodiff. The
+  ratio column is plain/ours (> 1: we store less); the issue's target is ours <= 0.55x
+  plain, i.e. ratio >= 1.82.
+- XLA temp bytes: what XLA plans for the whole jitted gradient step.
+- step time: ``jax.jit(value_and_grad(loss))`` of a 4-block MLP (linear -> LayerNorm ->
+  relu, width 512, batch 1024, then a linear head), ours vs plain jnp vs torch.func;
+  also with ``nn.mlp(..., fused=True)`` (one rule per block, recomputes ``xW + b``).
+- per-sample gradients: ``vmap(grad)`` of a 64-256-1 tanh MLP, batch 256, float32:
+  ours vs raw JAX on plain jnp, vs the same gradients written by hand as einsums, vs
+  ``torch.func.vmap(torch.func.grad)``.
+
+Timings are medians of interleaved runs (benchmarks/harness.py). torch.func is timed
+twice, in separate interleaved runs against ours: with ``torch.set_num_threads(2)`` (this
+machine's core count, as XLA uses) and with 1 thread, because on a loaded 2-core machine
+torch's 2-thread OpenMP barriers can be many times slower than 1 thread (measured here:
+120 ms vs 3 ms for the per-sample job), and switching the count between calls disturbs
+both. The target is checked against the faster of the two.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import functorch_lite as fl
+from functorch_lite import nn
+
+from .harness import Row, block, compiled, temp_bytes
+
+
+def interleaved(contenders, reps=21, warmup=2, pause=0.01, burst=1):
+    """As ``harness.interleaved`` (median seconds, A B C A B C ...), with two changes for
+    runs that mix JAX and torch in one process:
+
+    - an untimed ``pause`` before each contender's turn: torch's OpenMP threads keep
+      spinning for a while after a call and would otherwise slow down whichever
+      contender runs right after torch (measured: up to 5x on this 2-core machine);
+    - ``burst``: each turn calls the contender ``burst`` times back to back and times
+      only the last call, so each framework is measured with its own thread pool awake
+      (after a torch call XLA's pool has gone to sleep, and the reverse), as in a loop
+      that calls one of them repeatedly.
+    """
+    for _ in range(warmup):
+        for f in contenders.values():
+            block(f())
+    times = {k: [] for k in contenders}
+    for _ in range(reps):
+        for k, f in contenders.items():
+            time.sleep(pause)
+            for _ in range(burst - 1):
+                block(f())
+            t0 = time.perf_counter()
+            block(f())
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# ------------------------------------------------------------------ plain-jnp formulas
+
+
+def plain_linear(x, w, b):
+    return x @ w + b.reshape((1,) * (x.ndim - 1) + b.shape)
+
+
+def plain_layer_norm(x, scale, offset, eps=1e-5):
+    mu = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean((x - mu) ** 2, axis=-1, keepdims=True)
+    return (x - mu) / jnp.sqrt(var + eps) * scale + offset
+
+
+def plain_rms_norm(x, scale, eps=1e-6):
+    return x / jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * scale
+
+
+def plain_l2_norm(x):
+    return jnp.sqrt(jnp.sum(x * x, axis=-1))
+
+
+def plain_mlp(params, x, norm="layer", activation=jax.nn.relu):
+    h = x
+    for i, p in enumerate(params):
+        h = plain_linear(h, p["w"], p["b"])
+        if i < len(params) - 1:
+            if norm == "layer":
+                h = plain_layer_norm(h, p["scale"], p["offset"])
+            h = activation(h)
+    return h
+
+
+def residual_bytes(f, *args) -> int:
+    """Bytes of the distinct arrays the closure returned by ``jax.vjp`` keeps."""
+    _, pullback = jax.vjp(f, *args)
+    seen = {id(leaf): leaf for leaf in jax.tree_util.tree_leaves(pullback)}
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in seen.values())
+
+
+def _bytes_row(job, ours, plain, target=""):
+    return Row("nn", job, "B", float(ours), {"plain jnp": float(plain)}, target,
+               note=f"ours/plain = {ours / plain:.3f}")
+
+
+# ------------------------------------------------------------------------- the rows
+
+
+def residual_rows(quick: bool) -> list[Row]:
+    rows, n, d = [], (256 if quick else 1024), (128 if quick else 512)
+    k = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(k[0], (n, d))
+    w = jax.random.normal(k[1], (d, d)) / np.sqrt(d)
+    b, scale, offset = jnp.zeros(d), 1 + 0.1 * jax.random.normal(k[2], (d,)), jnp.zeros(d)
+    cases = [
+        ("layer_norm", lambda x, s, o: nn.layer_norm(x, s, o), plain_layer_norm, (x, scale, offset), "<= 0.55x"),
+        ("rms_norm", nn.rms_norm, plain_rms_norm, (x, scale), "<= 0.55x"),
+        ("linear", nn.linear, plain_linear, (x, w, b), ""),
+        ("l2_norm (rows)", lambda x: nn.l2_norm(x, axis=-1), plain_l2_norm, (x,), ""),
+    ]
+    for name, ours, plain, args, target in cases:
+        rows.append(_bytes_row(f"residuals {name} {n}x{d}", residual_bytes(ours, *args),
+                               residual_bytes(plain, *args), target))
+    return rows
+
+
+def _mlp_setup(quick: bool):
+    width, batch = (128, 128) if quick else (512, 1024)
+    model = nn.mlp([width] * 5 + [1], norm="layer")       # 4 blocks + a linear head
+    fused = nn.mlp([width] * 5 + [1], norm="layer", fused=True)
+    params = model.init(jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (batch, width))
+    y = jax.random.normal(jax.random.key(3), (batch, 1))
+
+    def loss_ours(p, x, y):
+        return jnp.mean((model.apply(p, x) - y) ** 2)
+
+    def loss_fused(p, x, y):
+        return jnp.mean((fused.apply(p, x) - y) ** 2)
+
+    def loss_plain(p, x, y):
+        return jnp.mean((plain_mlp(p, x) - y) ** 2)
+
+    return width, batch, params, x, y, loss_ours, loss_fused, loss_plain
+
+
+def _torch_mlp_step(params, x, y):
+    """``torch.func.grad`` of the same model, or None without torch."""
+    try:
+        import torch
+        from torch.func import grad_and_value
+    except ImportError:
+        return None
+    tp = [{k: torch.tensor(np.asarray(v)) for k, v in p.items()} for p in params]
+    tx, ty = torch.tensor(np.asarray(x)), torch.tensor(np.asarray(y))
+    F = torch.nn.functional
+
+    def loss(p, x, y):
+        h = x
+        for i, q in enumerate(p):
+            h = h @ q["w"] + q["b"]
+            if i < len(p) - 1:
+                h = F.relu(F.layer_norm(h, (h.shape[-1],), q["scale"], q["offset"], eps=1e-5))
+        return ((h - y) ** 2).mean()
+
+    step = grad_and_value(loss)
+    return lambda: step(tp, tx, ty)
+
+
+def mlp_rows(quick: bool) -> list[Row]:
+    width, batch, params, x, y, loss_ours, loss_fused, loss_plain = _mlp_setup(quick)
+    tag = f"4-block MLP w{width} b{batch} LN"
+    plain_res = residual_bytes(loss_plain, params, x, y)
+    rows = [_bytes_row(f"residuals whole {tag}", residual_bytes(loss_ours, params, x, y), plain_res),
+            _bytes_row(f"residuals whole {tag}, fused blocks",
+                       residual_bytes(loss_fused, params, x, y), plain_res)]
+    steps = {k: compiled(jax.value_and_grad(f), params, x, y)
+             for k, f in (("ours", loss_ours), ("ours fused", loss_fused), ("plain jnp", loss_plain))}
+    for k in ("ours", "ours fused"):
+        rows.append(Row("nn", f"XLA temp bytes, grad step {tag}" + (", fused" if "fused" in k else ""),
+                        "B", float(temp_bytes(steps[k])), {"plain jnp": float(temp_bytes(steps["plain jnp"]))}))
+    contenders = {k: (lambda c=c: c(params, x, y)) for k, c in steps.items()}
+    reps = 11 if quick else 31
+    times = interleaved(contenders, reps=reps)
+    ours, fused = times.pop("ours"), times.pop("ours fused")
+    rows.append(Row("nn", f"grad step time {tag}", "s", ours, times, "<= plain jnp",
+                    note="ratio = peer/ours (> 1: ours faster)"))
+    rows.append(Row("nn", f"grad step time {tag}, fused", "s", fused, {"plain jnp": times["plain jnp"]},
+                    note="fused blocks recompute xW + b in the backward pass"))
+    torch_step = _torch_mlp_step(params, x, y)
+    if torch_step is not None:
+        rows += _vs_torch(f"grad step time {tag}", contenders["ours"], torch_step,
+                          reps if quick else 21, "", burst=1 if quick else 2)
+    return rows
+
+
+def _vs_torch(job, ours, torch_fn, reps, target, pause=0.005, burst=1):
+    """Ours vs a torch.func callable: one interleaved run per torch thread count, one row
+    each (ours is re-measured in each run: torch's threads slow down what runs near it)."""
+    import torch
+
+    rows = []
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        t = interleaved({"ours": ours, "torch": torch_fn}, reps=reps, pause=pause, burst=burst)
+        rows.append(Row("nn", f"{job} vs torch.func, torch threads={threads}", "s", t["ours"],
+                        {"torch.func": t["torch"]}, target,
+                        note=f"ratio = torch/ours (> 1: ours faster); last of {burst} calls per turn"))
+    torch.set_num_threads(2)
+    return rows
+
+
+def per_sample_rows(quick: bool) -> list[Row]:
+    batch, d_in, hidden = (64, 64, 256) if quick else (256, 64, 256)
+    model = nn.mlp([d_in, hidden, 1], activation=jnp.tanh)
+    params = model.init(jax.random.key(4))
+    x = jax.random.normal(jax.random.key(5), (batch, d_in))
+    y = jax.random.normal(jax.random.key(6), (batch, 1))
+
+    def loss_ours(p, x, y):
+        return jnp.sum((model.apply(p, x) - y) ** 2)
+
+    def loss_plain(p, x, y):
+        return jnp.sum((plain_mlp(p, x, norm=None, activation=jnp.tanh) - y) ** 2)
+
+    def by_hand(p, x, y):   # the per-sample gradients as einsums over the batch
+        (p1, p2) = p
+        h = jnp.tanh(x @ p1["w"] + p1["b"][None])
+        g = 2 * (h @ p2["w"] + p2["b"][None] - y)
+        dz = (g @ p2["w"].T) * (1 - h * h)
+        return [{"b": dz, "w": jnp.einsum("bi,bj->bij", x, dz)},
+                {"b": g, "w": jnp.einsum("bi,bj->bij", h, g)}]
+
+    ours = jax.jit(fl.vmap(fl.grad(loss_ours), in_dims=(None, 0, 0)))
+    plain = jax.jit(jax.vmap(jax.grad(loss_plain), in_axes=(None, 0, 0)))
+    hand = jax.jit(by_hand)
+    want = hand(params, x, y)
+    for f in (ours, plain):
+        for a, b in zip(jax.tree_util.tree_leaves(f(params, x, y)), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    contenders = {"ours": lambda: ours(params, x, y), "raw JAX": lambda: plain(params, x, y),
+                  "hand einsum": lambda: hand(params, x, y)}
+    reps = 21 if quick else 101
+    times = interleaved(contenders, reps=reps, pause=0.005, burst=1 if quick else 3)
+    t_ours = times.pop("ours")
+    job = f"per-sample grads vmap(grad) {d_in}-{hidden}-1 b{batch}"
+    rows = [Row("nn", job, "s", t_ours, times, "= hand einsum", note="ratio = peer/ours (> 1: ours faster)")]
+    try:
+        import torch
+        from torch.func import grad as tgrad, vmap as tvmap
+    except ImportError:
+        return rows
+    tp = [{k: torch.tensor(np.asarray(v)) for k, v in q.items()} for q in params]
+    tx, ty = torch.tensor(np.asarray(x)), torch.tensor(np.asarray(y))
+
+    def tloss(p, x, y):
+        h = torch.tanh(x @ p[0]["w"] + p[0]["b"])
+        return ((h @ p[1]["w"] + p[1]["b"] - y) ** 2).sum()
+
+    tfn = tvmap(tgrad(tloss), in_dims=(None, 0, 0))
+    got = tfn(tp, tx, ty)
+    np.testing.assert_allclose(got[0]["w"].numpy(), want[0]["w"], rtol=1e-4, atol=1e-5)
+    rows += _vs_torch(job, contenders["ours"], lambda: tfn(tp, tx, ty), reps if quick else 61,
+                      ">= 2x", burst=1 if quick else 5)
+    return rows
+
+
+def run(quick: bool = False) -> list[Row]:
+    return residual_rows(quick) + mlp_rows(quick) + per_sample_rows(quick)

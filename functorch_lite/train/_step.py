@@ -1,0 +1,232 @@
+"""One optimizer step, pure and compiled: ``(params, opt_state, batch) -> (params, opt_state, metrics)``.
+
+With ``accumulate = k`` the batch of ``B`` rows is split into ``k`` micro-batches of
+``B / k`` rows and the gradients are averaged:
+
+    g = (1/k) sum_j grad L_j(params),    L_j = mean loss over micro-batch j
+
+For a mean loss over equal micro-batches this is exactly the gradient of the mean loss
+over the whole batch (up to float round-off), while only one micro-batch's activations
+are alive at a time. Micro-batch ``j`` takes rows ``j, j + k, j + 2k, ...``, so when
+the batch is sharded over devices each micro-batch stays evenly sharded.
+
+>>> import jax.numpy as jnp, optax
+>>> step = train_step(lambda w, b: jnp.mean((b[0] @ w - b[1]) ** 2), optax.sgd(0.5))
+>>> w = jnp.zeros(2); opt_state = optax.sgd(0.5).init(w)
+>>> batch = (jnp.eye(2), jnp.array([1.0, 2.0]))
+>>> w, opt_state, metrics = step(w, opt_state, batch)     # w - 0.5 * 2 (Xw - y)^T X / 2
+>>> w, metrics["loss"]
+(Array([0.5, 1. ], dtype=float32), Array(2.5, dtype=float32))
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .. import _args
+from ..transforms import value_and_grad
+
+__all__ = ["train_step", "make_update", "check_optimizer", "check_positive_int", "shapes"]
+
+
+def shapes(tree: Any) -> Any:
+    """The pytree of shapes of ``tree``'s leaves, for messages."""
+    return jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), tree)
+
+
+def check_optimizer(optimizer: Any, where: str) -> None:
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise TypeError(
+            f"{where}: expected optimizer to be an optax.GradientTransformation (with init and "
+            f"update), got {type(optimizer).__name__}; pass e.g. optax.adam(1e-3)."
+        )
+
+
+def check_positive_int(value: Any, where: str, argname: str, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}: {argname} must be a positive int, got {value!r}.")
+    if value <= 0:
+        raise ValueError(f"{where}: {argname} must be a positive int, got {value}.")
+    return int(value)
+
+
+def check_loss_fn(loss_fn: Any, where: str) -> None:
+    if not callable(loss_fn):
+        raise TypeError(f"{where}: expected loss_fn to be a callable loss_fn(params, batch) -> scalar, "
+                        f"got {type(loss_fn).__name__}.")
+
+
+def check_loss_value(out: Any, where: str) -> None:
+    """The loss must be a real floating-point scalar."""
+    if not isinstance(out, jax.Array | np.ndarray | np.generic | float):
+        raise TypeError(f"{where}: loss_fn must return a scalar loss (or (loss, aux) with "
+                        f"has_aux=True), got {type(out).__name__}.")
+    if np.shape(out) != ():
+        raise ValueError(f"{where}: loss_fn must return a scalar loss, got shape {tuple(np.shape(out))}; "
+                         "reduce it over the batch, e.g. with jnp.mean.")
+    if not jnp.issubdtype(jnp.result_type(out), jnp.floating):
+        raise TypeError(f"{where}: loss_fn must return a real floating-point loss, got dtype "
+                        f"{jnp.result_type(out)}.")
+
+
+def _checked_loss(loss_fn: Callable, has_aux: bool, where: str) -> Callable:
+    """``loss_fn`` with the user's shape mistakes turned into a message naming the shapes."""
+
+    def loss(params, batch):
+        try:
+            out = loss_fn(params, batch)
+        except (TypeError, ValueError, IndexError) as e:
+            raise ValueError(
+                f"{where}: loss_fn(params, batch) failed on a batch with shapes {shapes(batch)} "
+                f"and params with shapes {shapes(params)}: {type(e).__name__}: {e}. Check that "
+                "the batch's arrays fit what loss_fn expects."
+            ) from e
+        aux = None
+        if has_aux:
+            out, aux = _args.split_aux(out, where)
+        check_loss_value(out, where)
+        return (out, aux) if has_aux else out
+
+    loss.__name__ = _args.func_name(loss_fn)
+    return loss
+
+
+def micro_batches(batch: Any, accumulate: int, where: str) -> Any:
+    """Split every leaf ``(B, ...)`` into ``(accumulate, B / accumulate, ...)``, strided."""
+
+    def split(x):
+        b = x.shape[0]
+        x = x.reshape((b // accumulate, accumulate) + x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+    return jax.tree_util.tree_map(split, batch)
+
+
+def check_batch(batch: Any, accumulate: int, where: str, divisor: int = 1) -> int:
+    """Every leaf has the same leading (batch) size ``B``, a multiple of ``accumulate``."""
+    leaves = jax.tree_util.tree_leaves(batch)
+    if not leaves:
+        raise ValueError(f"{where}: the batch has no arrays; a batch is a pytree of arrays "
+                         "with a leading batch axis, e.g. (x, y).")
+    sizes = set()
+    for x in leaves:
+        if np.ndim(x) == 0:
+            raise ValueError(
+                f"{where}: every array of a batch needs a leading batch axis; got a batch with "
+                f"shapes {shapes(batch)}."
+            )
+        sizes.add(np.shape(x)[0])
+    if len(sizes) != 1:
+        raise ValueError(
+            f"{where}: the arrays of a batch must share their leading (batch) size; got shapes "
+            f"{shapes(batch)}."
+        )
+    b = sizes.pop()
+    check_batch_size(b, accumulate, divisor, where)
+    return b
+
+
+def check_batch_size(b: int, accumulate: int, divisor: int, where: str) -> None:
+    """Micro-batches of equal size, each split evenly over ``divisor`` devices."""
+    if b % (accumulate * divisor):
+        extra = f" times the {divisor} devices of the mesh's data axis" if divisor > 1 else ""
+        raise ValueError(
+            f"{where}: the batch size {b} must be a multiple of accumulate={accumulate}{extra} "
+            f"(= {accumulate * divisor}); change batch_size or accumulate."
+        )
+
+
+def _norm(tree: Any) -> jax.Array:
+    """``||tree||_2`` over all leaves."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def make_update(loss_fn: Callable, optimizer: optax.GradientTransformation, *, has_aux: bool,
+                accumulate: int, where: str, constrain: Callable[[Any], Any] | None = None) -> Callable:
+    """The pure (not yet jitted) step function. ``constrain`` places each micro-batch
+    (sharding over the mesh's data axis), or is None."""
+    loss = _checked_loss(loss_fn, has_aux, where)
+    vg = value_and_grad(loss, has_aux=has_aux)
+
+    def grads_of(params, batch):
+        if constrain is not None:
+            batch = constrain(batch)
+        out, g = vg(params, batch)
+        value, aux = out if has_aux else (out, None)
+        return value, g, aux
+
+    def update(params, opt_state, batch):
+        if accumulate == 1:
+            value, g, aux = grads_of(params, batch)
+        else:
+            def body(carry, micro):
+                v, g, aux = grads_of(params, micro)
+                total_v, total_g = carry
+                return (total_v + v, jax.tree_util.tree_map(jnp.add, total_g, g)), aux
+
+            micros = micro_batches(batch, accumulate, where)
+            first = jax.tree_util.tree_map(lambda x: x[0], micros)
+            v_shape = jax.eval_shape(grads_of, params, first)[0]
+            zero = (jnp.zeros((), v_shape.dtype), jax.tree_util.tree_map(jnp.zeros_like, params))
+            (total_v, total_g), auxs = jax.lax.scan(body, zero, micros)
+            value = total_v / accumulate
+            g = jax.tree_util.tree_map(lambda x: x / accumulate, total_g)
+            aux = None if auxs is None else jax.tree_util.tree_map(
+                lambda a: jnp.mean(a, axis=0) if jnp.issubdtype(a.dtype, jnp.inexact) else a[-1], auxs)
+        updates, opt_state = optimizer.update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = {"loss": value, "grad_norm": _norm(g)}
+        if has_aux:
+            metrics["aux"] = aux
+        return params, opt_state, metrics
+
+    return update
+
+
+def train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, has_aux: bool = False,
+               accumulate: int = 1) -> Callable:
+    """A pure, jit-compiled optimizer step with donated ``params`` and ``opt_state``.
+
+    ``step(params, opt_state, batch) -> (params, opt_state, metrics)`` computes
+    ``g = ∇_params loss_fn(params, batch)`` (with ``functorch_lite.value_and_grad``),
+    ``updates, opt_state = optimizer.update(g, opt_state, params)`` and
+    ``params + updates``. ``metrics`` holds ``"loss"``, ``"grad_norm"`` (``||g||_2``)
+    and, with ``has_aux=True`` (``loss_fn`` returns ``(loss, aux)``), ``"aux"`` (averaged
+    over micro-batches for float leaves).
+
+    The buffers of ``params`` and ``opt_state`` are donated: do not use the arrays you
+    passed in after the call, use the returned ones.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar`` (a mean over the batch for
+        accumulation to equal one large batch).
+      optimizer: an ``optax.GradientTransformation``.
+      has_aux: ``loss_fn`` returns ``(loss, aux)``.
+      accumulate: split each batch into this many micro-batches and average their
+        gradients (see the module docstring).
+    """
+    where = f"train_step({_args.func_name(loss_fn)}, optimizer)"
+    check_loss_fn(loss_fn, "train_step(loss_fn, optimizer)")
+    check_optimizer(optimizer, where)
+    _args.check_bool(has_aux, where, "has_aux")
+    accumulate = check_positive_int(accumulate, where, "accumulate")
+    update = make_update(loss_fn, optimizer, has_aux=has_aux, accumulate=accumulate,
+                         where=f"{where}(params, opt_state, batch)")
+
+    def step(params, opt_state, batch):
+        check_batch(batch, accumulate, f"{where}(params, opt_state, batch)")
+        return update(params, opt_state, batch)
+
+    step.__name__ = f"train_step({_args.func_name(loss_fn)})"
+    step.__qualname__ = step.__name__
+    step.__doc__ = train_step.__doc__
+    return jax.jit(step, donate_argnums=(0, 1))

@@ -1,0 +1,121 @@
+"""Bad input to train_step and fit: a clear TypeError/ValueError naming the call and the
+argument, raised before any work (or at the first step, for shapes only the loss knows)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from functorch_lite import train
+
+
+def loss(w, batch):
+    x, y = batch
+    return jnp.mean((x @ w - y) ** 2)
+
+
+X = np.ones((16, 3), np.float32)
+Y = np.ones(16, np.float32)
+W = jnp.zeros(3)
+FIT = r"fit\(loss, params, optimizer, data\): "
+
+
+def fit(*args, **kwargs):
+    kwargs.setdefault("progress", False)
+    kwargs.setdefault("steps", 2)
+    return train.fit(*args, **kwargs)
+
+
+def test_batch_that_does_not_fit_the_loss_names_shapes():
+    with pytest.raises(ValueError, match=FIT + r"loss_fn\(params, batch\) failed on a batch with shapes "
+                                             r"\(\(8, 4\), \(8,\)\) and params with shapes \(3,\): TypeError: .*dot_general"):
+        fit(loss, W, optax.sgd(0.1), (np.ones((16, 4), np.float32), Y), batch_size=8)
+    step = train.train_step(loss, optax.sgd(0.1))
+    with pytest.raises(ValueError, match=r"train_step\(loss, optimizer\)\(params, opt_state, batch\): loss_fn\(params, "
+                                         r"batch\) failed on a batch with shapes \(\(2, 5\), \(2,\)\)"):
+        step(jnp.zeros(3), optax.sgd(0.1).init(jnp.zeros(3)), (jnp.ones((2, 5)), jnp.ones(2)))
+
+
+def test_loss_must_be_a_scalar():
+    with pytest.raises(ValueError, match=r"fit\(<lambda>, params, optimizer, data\): loss_fn must return a scalar loss, got shape \(16,\)"):
+        fit(lambda w, b: (b[0] @ w - b[1]) ** 2, W, optax.sgd(0.1), (X, Y))
+    with pytest.raises(TypeError, match=r"fit\(<lambda>, params, optimizer, data\): loss_fn must return a scalar loss .* got dict"):
+        fit(lambda w, b: {"loss": loss(w, b)}, W, optax.sgd(0.1), (X, Y))
+
+
+@pytest.mark.parametrize("steps", [0, -3])
+def test_steps_must_be_positive(steps):
+    with pytest.raises(ValueError, match=FIT + f"steps must be a positive int, got {steps}"):
+        fit(loss, W, optax.sgd(0.1), (X, Y), steps=steps)
+    with pytest.raises(TypeError, match=FIT + r"steps must be a positive int, got 2.5"):
+        fit(loss, W, optax.sgd(0.1), (X, Y), steps=2.5)
+
+
+def test_empty_data():
+    with pytest.raises(ValueError, match=FIT + r"data is an empty tuple"):
+        fit(loss, W, optax.sgd(0.1), ())
+    with pytest.raises(ValueError, match=FIT + r"data has 0 rows"):
+        fit(loss, W, optax.sgd(0.1), (X[:0], Y[:0]))
+    with pytest.raises(ValueError, match=FIT + r"data yielded no batches"):
+        fit(loss, W, optax.sgd(0.1), [])
+    with pytest.raises(ValueError, match=FIT + r"data yielded no batches"):
+        fit(loss, W, optax.sgd(0.1), (b for b in []))
+
+
+def test_batch_size_larger_than_data():
+    with pytest.raises(ValueError, match=FIT + r"batch_size=17 is larger than the 16 rows of data; use batch_size <= 16"):
+        fit(loss, W, optax.sgd(0.1), (X, Y), batch_size=17)
+    with pytest.raises(ValueError, match=FIT + r"batch_size must be a positive int, got 0"):
+        fit(loss, W, optax.sgd(0.1), (X, Y), batch_size=0)
+
+
+def test_data_shapes():
+    with pytest.raises(ValueError, match=FIT + r"the arrays of data must have the same number of rows .* \(\(16, 3\), \(15,\)\)"):
+        fit(loss, W, optax.sgd(0.1), (X, Y[:15]))
+    with pytest.raises(ValueError, match=FIT + r"data\[1\] has shape \(\); every array of data needs a leading axis"):
+        fit(loss, W, optax.sgd(0.1), (X, np.float32(1.0)))
+    with pytest.raises(TypeError, match=FIT + r"data must be a tuple of arrays .* got int"):
+        fit(loss, W, optax.sgd(0.1), 3)
+
+
+def test_accumulate_must_divide_batch():
+    with pytest.raises(ValueError, match=FIT + r"the batch size 8 must be a multiple of accumulate=3"):
+        fit(loss, W, optax.sgd(0.1), (X, Y), batch_size=8, accumulate=3)
+    with pytest.raises(ValueError, match=r"train_step\(loss, optimizer\)\(params, opt_state, batch\): the batch size 5"):
+        train.train_step(loss, optax.sgd(0.1), accumulate=2)(
+            jnp.zeros(3), optax.sgd(0.1).init(jnp.zeros(3)), (jnp.ones((5, 3)), jnp.ones(5)))
+
+
+def test_iterable_batches_checked():
+    batches = [(X[:8], Y[:8]), (X[:4], Y[:4])]
+    with pytest.raises(ValueError, match=FIT + r"batch 1 of data has shapes \(\(4, 3\), \(4,\)\), the first had \(\(8, 3\), \(8,\)\)"):
+        fit(loss, W, optax.sgd(0.1), batches)
+    with pytest.raises(ValueError, match=FIT + r"data ran out after 1 batches; it must yield one batch per step"):
+        fit(loss, W, optax.sgd(0.1), [(X[:8], Y[:8])], steps=2)
+    with pytest.raises(ValueError, match=FIT + r"batch_size=4 but the first batch of data has 8 rows"):
+        fit(loss, W, optax.sgd(0.1), [(X[:8], Y[:8])], batch_size=4)
+    with pytest.raises(ValueError, match=FIT + r"the arrays of a batch must share their leading \(batch\) size"):
+        fit(loss, W, optax.sgd(0.1), [(X[:8], Y[:7])])
+
+
+def test_other_arguments():
+    with pytest.raises(TypeError, match=r"expected optimizer to be an optax.GradientTransformation .* got str"):
+        fit(loss, W, "adam", (X, Y))
+    with pytest.raises(TypeError, match=r"train_step\(loss, optimizer\): expected optimizer to be an optax"):
+        train.train_step(loss, object())
+    with pytest.raises(TypeError, match=r"fit\(loss_fn, params, optimizer, data\): expected loss_fn to be a callable loss_fn\(params, batch\) -> scalar, got int"):
+        train.fit(3, W, optax.sgd(0.1), (X, Y), steps=1)
+    with pytest.raises(TypeError, match=FIT + r"params has dtype int32; derivatives are taken"):
+        fit(loss, jnp.zeros(3, jnp.int32), optax.sgd(0.1), (X, Y))
+    with pytest.raises(TypeError, match=FIT + r"key must be a PRNG key"):
+        fit(loss, W, optax.sgd(0.1), (X, Y), key="seed")
+    with pytest.raises(TypeError, match=FIT + r"expected callbacks\[0\] to be a callable"):
+        fit(loss, W, optax.sgd(0.1), (X, Y), callbacks=[3])
+    with pytest.raises(TypeError, match=FIT + r"callbacks must be a sequence of callables"):
+        fit(loss, W, optax.sgd(0.1), (X, Y), callbacks=print)
+    with pytest.raises(TypeError, match=FIT + r"expected progress to be True or False"):
+        fit(loss, W, optax.sgd(0.1), (X, Y), progress=None)
+    with pytest.raises(ValueError, match=FIT + r"steps_per_call must be a positive int, got 0"):
+        fit(loss, W, optax.sgd(0.1), (X, Y), steps_per_call=0)

@@ -1,0 +1,112 @@
+"""fit's data parallelism over a 4-device mesh, in a subprocess with
+XLA_FLAGS=--xla_force_host_platform_device_count=4 (JAX fixes its device count at
+start-up): explicit axes (jax.make_mesh's default), auto axes, a 2-D mesh and an
+iterable of batches all equal one device within float32 round-off, and each device
+sees only its quarter of every batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = textwrap.dedent("""
+    import json
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import AxisType
+    from functorch_lite import train
+
+    assert jax.device_count() == 4, jax.devices()
+    seen = []
+
+    def rows_per_device(sharding, shape):
+        index = sharding.devices_indices_map(shape).values()
+        return sorted(len(range(*i[0].indices(shape[0]))) for i in index)
+
+    def loss(params, batch):
+        x, y = batch
+        jax.debug.inspect_array_sharding(x, callback=lambda s: seen.append(rows_per_device(s, x.shape)))
+        h = jnp.tanh(x @ params["W1"] + params["b1"][None, :])
+        return jnp.mean(((h @ params["W2"])[:, 0] - y) ** 2)
+
+    rng = np.random.RandomState(0)
+    x = rng.randn(128, 5).astype(np.float32)
+    y = np.sin(x @ rng.randn(5)).astype(np.float32)
+    k1, k2 = jax.random.split(jax.random.key(0))
+    params = {"W1": jax.random.normal(k1, (5, 32)) / 2, "b1": jnp.zeros(32),
+              "W2": jax.random.normal(k2, (32, 1)) / 6}
+    kw = dict(steps=12, batch_size=32, accumulate=2, steps_per_call=3, progress=False)
+    meshes = {
+        "explicit": jax.make_mesh((4,), ("data",)),
+        "auto": jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,)),
+        "2d": jax.make_mesh((2, 2), ("data", "model")),
+        "batch_axis": jax.make_mesh((4,), ("batch",)),
+    }
+    ref = train.fit(loss, params, optax.adam(1e-2), (x, y), **kw)
+    out = {"axis_types": str(meshes["explicit"].axis_types), "ref_loss": ref.history["loss"].tolist()}
+    for name, mesh in meshes.items():
+        seen.clear()
+        axis = "batch" if name == "batch_axis" else "data"
+        r = train.fit(loss, params, optax.adam(1e-2), (x, y), mesh=mesh, data_axis=axis, **kw)
+        out[name] = {
+            "params": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)) / (1e-3 + np.abs(np.asarray(b)))))
+                          for a, b in zip(jax.tree.leaves(r.params), jax.tree.leaves(ref.params))),
+            "loss": float(np.max(np.abs(r.history["loss"] - ref.history["loss"]) / ref.history["loss"])),
+            "replicated": all(p.sharding.is_fully_replicated for p in jax.tree.leaves(r.params)),
+            "rows_per_device": seen[0] if seen else None,
+        }
+    batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 128, 32)] * 3
+    r1 = train.fit(loss, params, optax.adam(1e-2), batches, steps=12, accumulate=2, steps_per_call=3, progress=False)
+    r4 = train.fit(loss, params, optax.adam(1e-2), batches, steps=12, accumulate=2, steps_per_call=3,
+                   mesh=meshes["explicit"], progress=False)
+    out["iterable"] = float(np.max(np.abs(r4.history["loss"] - r1.history["loss"]) / r1.history["loss"]))
+    try:
+        train.fit(loss, params, optax.adam(1e-2), (x, y), steps=2, batch_size=30, mesh=meshes["explicit"], progress=False)
+    except ValueError as e:
+        out["indivisible"] = str(e)
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_data_parallel_on_4_devices_equals_one_device(tmp_path):
+    script = tmp_path / "dp.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert "Explicit" in out["axis_types"]  # jax.make_mesh's default in this JAX
+    assert len(out["ref_loss"]) == 12
+    for name in ("explicit", "auto", "2d", "batch_axis"):
+        r = out[name]
+        assert r["params"] < 1e-4 and r["loss"] < 1e-5, (name, r)
+        assert r["replicated"], name
+    # micro-batches of 16 rows split over the data axis: 4 rows per device (8 on the 2x2 mesh)
+    assert out["explicit"]["rows_per_device"] == [4, 4, 4, 4]
+    assert out["auto"]["rows_per_device"] == [4, 4, 4, 4]
+    assert out["2d"]["rows_per_device"] == [8, 8, 8, 8]
+    assert out["iterable"] < 1e-5
+    assert "batch size 30 must be a multiple of accumulate=1 times the 4 devices" in out["indivisible"]
+
+
+def test_mesh_without_the_data_axis_is_refused():
+    from functorch_lite import train
+
+    mesh = jax.make_mesh((1,), ("model",))
+    x = np.ones((4, 2), np.float32)
+    loss = lambda w, b: jax.numpy.mean(b[0] @ w)  # noqa: E731
+    with pytest.raises(ValueError, match=r"the mesh has axes \('model',\) but no axis named 'data'"):
+        train.fit(loss, np.zeros(2, np.float32), __import__("optax").sgd(0.1), (x,), steps=1, mesh=mesh,
+                  progress=False)
+    with pytest.raises(TypeError, match=r"mesh must be a jax.sharding.Mesh"):
+        train.fit(loss, np.zeros(2, np.float32), __import__("optax").sgd(0.1), (x,), steps=1, mesh="data",
+                  progress=False)
