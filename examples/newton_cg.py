@@ -60,7 +60,7 @@ def newton_cg(loss, w0, steps: int = 8, cg_iters: int = 50):
     @jax.jit
     def step(w):
         g = fl.grad(loss)(w)
-        p, k = cg(lambda v: fl.hvp(loss, (w,), (v,))[1][0], -g, cg_iters, 1e-6)
+        p, k = cg(lambda v: fl.hvp(loss, (w,), (v,))[1], -g, cg_iters, 1e-6)
         return w + p, jnp.linalg.norm(g), k
 
     w, history = w0, []

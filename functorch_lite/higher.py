@@ -83,7 +83,7 @@ def resolve_hessian_mode(func: Callable, mode: str = "auto", args: tuple | None 
     needs forward-over-forward. Without ``args``, ``"auto"`` means forward-over-reverse.
 
     >>> import jax.numpy as jnp
-    >>> resolve_hessian_mode(jnp.sum, "auto", (jnp.ones(3),))
+    >>> resolve_hessian_mode(jnp.sum, "auto", (jnp.ones(3, jnp.float32),))
     'fwd-over-rev'
     """
     if mode != "auto":
@@ -102,8 +102,10 @@ def resolve_hessian_mode(func: Callable, mode: str = "auto", args: tuple | None 
     for candidate in _AUTO_ORDER:
         nested = _nesting(func, candidate, argnums, None)
         try:
-            with forward_mode():
-                jax.eval_shape(lambda *a: nested(*a, **kwargs), *args)
+            # Probe exactly the program that will run: its forward halves (jacfwd) trace
+            # inside forward_mode() themselves, its reverse halves outside it, so layers
+            # that switch rules on that flag are probed with the rule they will use.
+            jax.eval_shape(lambda *a: nested(*a, **kwargs), *args)
         except _PROBE_ERRORS as err:
             errors.append(err)
             continue
@@ -124,7 +126,7 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     ``hessian`` has no such argument).
 
     >>> import jax.numpy as jnp
-    >>> hessian(lambda x: (x ** 3).sum())(jnp.array([1.0, 2.0]))     # diag(6x)
+    >>> hessian(lambda x: (x ** 3).sum())(jnp.array([1.0, 2.0], jnp.float32))     # diag(6x)
     Array([[ 6.,  0.],
            [ 0., 12.]], dtype=float32)
     """
@@ -152,16 +154,18 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
 
 
 def _scalar_grad(func: Callable, nargs: int, where: str) -> Callable:
-    """``(*primals) -> tuple of gradients``, one per primal; checks the scalar output."""
+    """``(*primals) -> gradient``: shaped like the one primal, or a tuple with one entry
+    per primal when there are several (``grad`` with argnums ``0`` or ``(0, 1, ...)``);
+    checks the scalar output."""
     def scalar_func(*a):
         out = func(*a)
         _args.check_scalar(out, where, "jvp/vjp of jacrev")
         return out
 
-    return jax.grad(scalar_func, argnums=tuple(range(nargs)))
+    return jax.grad(scalar_func, argnums=0 if nargs == 1 else tuple(range(nargs)))
 
 
-def hvp(func: Callable, primals: Any, tangents: Any) -> tuple[tuple, tuple]:
+def hvp(func: Callable, primals: Any, tangents: Any) -> tuple[Any, Any]:
     """Gradient and Hessian-vector product, by forward-over-reverse: ``(∇f(x), H v)``.
 
     .. math:: H v = \\frac{d}{dt} \\nabla f(x + t v) \\Big|_{t=0}
@@ -169,14 +173,17 @@ def hvp(func: Callable, primals: Any, tangents: Any) -> tuple[tuple, tuple]:
     is one JVP of the gradient, so ``H`` (n x n) is never formed; it costs a small
     constant times one evaluation of ``f``. As ``jvp``, ``primals`` and ``tangents`` are
     tuples with one entry per positional argument of ``func`` (which must return a
-    scalar); all arguments are differentiated. Both results are tuples with one entry per
-    primal (torch.autograd.functional.hvp returns ``(f(x), H v)``; here the gradient,
-    which Newton-type methods need anyway, comes with it for free). Works under ``jit``,
-    and ``vmap`` over a batch of tangents.
+    scalar); all arguments are differentiated. This is ``jvp(grad(func), primals,
+    tangents)``, torch.func's recipe, so both results are shaped like the gradient: like
+    ``x`` for one primal, a tuple with one entry per primal for several (the full
+    product: ``Hv[a] = Σ_b H[a][b] v[b]``). torch.autograd.functional.hvp returns
+    ``(f(x), H v)``; here the gradient, which Newton-type methods need anyway, comes
+    for free. Works under ``jit``, and ``vmap`` over a batch of tangents.
 
     >>> import jax.numpy as jnp
     >>> f = lambda x: (x ** 3).sum()                 # H = diag(6x)
-    >>> (g,), (hv,) = hvp(f, (jnp.array([1.0, 2.0]),), (jnp.array([1.0, 1.0]),))
+    >>> x, v = jnp.array([1.0, 2.0], jnp.float32), jnp.ones(2, jnp.float32)
+    >>> g, hv = hvp(f, (x,), (v,))
     >>> g, hv
     (Array([ 3., 12.], dtype=float32), Array([ 6., 12.], dtype=float32))
     """
@@ -189,7 +196,7 @@ def hvp(func: Callable, primals: Any, tangents: Any) -> tuple[tuple, tuple]:
     return grads, hv
 
 
-def vhp(func: Callable, primals: Any, tangents: Any) -> tuple[tuple, tuple]:
+def vhp(func: Callable, primals: Any, tangents: Any) -> tuple[Any, Any]:
     """Gradient and vector-Hessian product, by reverse-over-reverse: ``(∇f(x), v^T H)``.
 
     ``v^T H`` is one VJP of the gradient with cotangent ``v``; it equals ``H v`` for a
@@ -198,7 +205,8 @@ def vhp(func: Callable, primals: Any, tangents: Any) -> tuple[tuple, tuple]:
     backward pass). Arguments and results as :func:`hvp`.
 
     >>> import jax.numpy as jnp
-    >>> (g,), (vh,) = vhp(lambda x: (x ** 3).sum(), (jnp.array([1.0, 2.0]),), (jnp.array([1.0, 1.0]),))
+    >>> x, v = jnp.array([1.0, 2.0], jnp.float32), jnp.ones(2, jnp.float32)
+    >>> g, vh = vhp(lambda x: (x ** 3).sum(), (x,), (v,))
     >>> vh
     Array([ 6., 12.], dtype=float32)
     """
@@ -207,7 +215,8 @@ def vhp(func: Callable, primals: Any, tangents: Any) -> tuple[tuple, tuple]:
     primals, tangents = _check_primals_tangents(primals, tangents, where)
     grad_f = _scalar_grad(func, len(primals), where)
     grads, pullback = jax.vjp(grad_f, *primals)
-    return grads, pullback(tangents)
+    vh = pullback(tangents[0] if len(primals) == 1 else tangents)
+    return grads, (vh[0] if len(primals) == 1 else vh)
 
 
 # ----------------------------------------------------------------------------- hessian_diag
@@ -255,10 +264,11 @@ def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "e
 
     >>> import jax, jax.numpy as jnp
     >>> f = lambda x: (x ** 3).sum() + x[0] * x[1]
-    >>> hessian_diag(f)(jnp.array([1.0, 2.0]))
+    >>> x = jnp.array([1.0, 2.0], jnp.float32)
+    >>> hessian_diag(f)(x)
     Array([ 6., 12.], dtype=float32)
     >>> hessian_diag(lambda x: (x ** 3).sum(), method="hutchinson", key=jax.random.key(0),
-    ...              num_samples=4)(jnp.array([1.0, 2.0]))    # diagonal H: exact
+    ...              num_samples=4)(x)    # diagonal H: exact
     Array([ 6., 12.], dtype=float32)
     """
     transform = "hessian_diag"

@@ -19,7 +19,9 @@ Where ``jet`` has no rule for a primitive that the input reaches (``tan``, ``con
 ``while`` ...), or where the function carries a custom derivative rule that ``jet``
 would silently ignore (``custom_jvp``/``custom_vjp``, e.g. ``jnp.sinc``), these
 transforms fall back to nested differentiation, with a :class:`TaylorFallbackWarning`
-naming the primitive. The answer is then slower, never wrong.
+naming the primitive. The answer is then slower, never wrong. Layers of
+:mod:`functorch_lite.nn` need no fallback: Taylor mode traces inside
+``functorch_lite._mode.taylor_mode()``, where they expand their plain primal.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import numpy as np
 from jax.experimental import jet as _jet
 
 from . import _args
-from ._mode import forward_mode
+from ._mode import forward_mode, taylor_mode
 
 __all__ = ["derivative", "taylor", "TaylorFallbackWarning"]
 
@@ -190,13 +192,15 @@ def coefficients(func: Callable, x: Any, direction: Any, order: int, args: tuple
         _args.check_inexact_output(out, where)
         return out
 
-    with forward_mode():
-        if order == 0:
-            out = h(*leaves)
-            out_leaves, out_tree = jax.tree_util.tree_flatten(out)
-            return [out_leaves], out_tree
-        closed = jax.make_jaxpr(h)(*leaves)
-        blockers = _blockers(closed)
+    if order == 0:
+        out = h(*leaves)
+        out_leaves, out_tree = jax.tree_util.tree_flatten(out)
+        return [out_leaves], out_tree
+    # Taylor mode traces inside taylor_mode(): functorch_lite.nn layers then run their
+    # bare primal (jet cannot trace custom rules); the nested fallback traces inside
+    # forward_mode(), where those layers use their forward rule.
+    with taylor_mode():
+        blockers = _blockers(jax.make_jaxpr(h)(*leaves))
         if not blockers:
             try:
                 return _jet_coefficients(h, leaves, dirs, order)
@@ -205,15 +209,32 @@ def coefficients(func: Callable, x: Any, direction: Any, order: int, args: tuple
                 if name is None:
                     raise
                 blockers = [name]
-        reverse = any(b.startswith("custom_vjp") for b in blockers)
-        warnings.warn(
-            f"{where}: Taylor mode (jax.experimental.jet) has no faithful rule for "
-            f"{', '.join(blockers)}; falling back to nested {'jacrev' if reverse else 'jvp'} "
-            f"(correct, but its cost grows exponentially with order={order}).",
-            TaylorFallbackWarning,
-            stacklevel=3,
-        )
-        return _nested_coefficients(h, leaves, dirs, order, reverse)
+    reverse = not _forward_nesting_works(h, leaves, dirs, order)
+    warnings.warn(
+        f"{where}: Taylor mode (jax.experimental.jet) has no faithful rule for "
+        f"{', '.join(blockers)}; falling back to nested {'jacrev' if reverse else 'jvp'} "
+        f"(correct, but its cost grows exponentially with order={order}).",
+        TaylorFallbackWarning,
+        stacklevel=3,
+    )
+    if reverse:
+        return _nested_coefficients(h, leaves, dirs, order, reverse=True)
+    with forward_mode():
+        return _nested_coefficients(h, leaves, dirs, order, reverse=False)
+
+
+def _forward_nesting_works(h: Callable, leaves: list, dirs: list, order: int) -> bool:
+    """Whether nested jvp can trace ``h`` (inside ``forward_mode()``, where this
+    library's layers switch to their forward rule); a plain ``jax.custom_vjp`` cannot.
+    Abstract tracing only (``jax.eval_shape``)."""
+    try:
+        with forward_mode():
+            jax.eval_shape(lambda *xs: _nested_coefficients(h, list(xs), dirs, order, False)[0], *leaves)
+    # a custom_vjp under jvp raises TypeError ("can't apply forward-mode autodiff (jvp) to
+    # a custom_vjp function") or, nested, NotImplementedError (no rule for 'custom_lin')
+    except (TypeError, NotImplementedError):
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- public
@@ -255,7 +276,7 @@ def taylor(func: Callable, order: int, *, direction: Any = None) -> Callable:
     Extra positional and keyword arguments are passed to ``func`` and held constant.
 
     >>> import jax.numpy as jnp
-    >>> taylor(jnp.exp, order=3)(0.0)          # 1, 1, 1/2, 1/6
+    >>> taylor(jnp.exp, order=3)(jnp.float32(0.0))     # 1, 1, 1/2, 1/6
     Array([1.        , 1.        , 0.5       , 0.16666667], dtype=float32)
     """
     _args.check_callable(func, "taylor")
@@ -289,9 +310,10 @@ def derivative(func: Callable, order: int, *, direction: Any = None) -> Callable
     Works under ``jit`` and ``vmap``.
 
     >>> import jax.numpy as jnp
-    >>> derivative(jnp.sin, order=4)(0.5) == jnp.sin(0.5)
-    Array(True, dtype=bool)
-    >>> derivative(lambda x: (x ** 3).sum(), order=3, direction=jnp.array([1.0, 2.0]))(jnp.ones(2))
+    >>> derivative(lambda x: x ** 5, order=3)(jnp.float32(2.0))     # 60 x^2
+    Array(240., dtype=float32)
+    >>> v = jnp.array([1.0, 2.0], jnp.float32)              # d^3 sum(x^3)[v, v, v] = 6 sum(v^3)
+    >>> derivative(lambda x: (x ** 3).sum(), order=3, direction=v)(jnp.ones(2, jnp.float32))
     Array(54., dtype=float32)
     """
     _args.check_callable(func, "derivative")

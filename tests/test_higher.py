@@ -140,11 +140,11 @@ def test_hessian_bad_mode_and_chunk():
 
 def test_hvp_equals_hessian_times_v(x64):
     x, v = x0(), jnp.array([1.0, -2.0, 0.5, 0.25])
-    (g,), (hv,) = fl.hvp(f, (x,), (v,))
+    g, hv = fl.hvp(f, (x,), (v,))
     H = jax.hessian(f)(x)
     np.testing.assert_allclose(np.asarray(hv), np.asarray(H @ v), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(g), np.asarray(jax.grad(f)(x)), rtol=1e-12)
-    (g2,), (vh,) = fl.vhp(f, (x,), (v,))
+    g2, vh = fl.vhp(f, (x,), (v,))
     np.testing.assert_allclose(np.asarray(vh), np.asarray(v @ H), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(g2), np.asarray(g), rtol=1e-12)
 
@@ -169,16 +169,16 @@ def test_hvp_jit_and_vmap_over_tangents(x64):
     x = x0()
     V = jnp.arange(12.0).reshape(3, 4) / 7
     H = jax.hessian(f)(x)
-    batched = jax.jit(jax.vmap(lambda v: fl.hvp(f, (x,), (v,))[1][0]))(V)
+    batched = jax.jit(jax.vmap(lambda v: fl.hvp(f, (x,), (v,))[1]))(V)
     np.testing.assert_allclose(np.asarray(batched), np.asarray(V @ H.T), rtol=1e-12)
-    batched_vhp = jax.jit(jax.vmap(lambda v: fl.vhp(f, (x,), (v,))[1][0]))(V)
+    batched_vhp = jax.jit(jax.vmap(lambda v: fl.vhp(f, (x,), (v,))[1]))(V)
     np.testing.assert_allclose(np.asarray(batched_vhp), np.asarray(V @ H), rtol=1e-12)
 
 
 def test_vhp_works_for_reverse_only_rules(x64):
     g, x, v = _reverse_only(), x0(), jnp.ones(4)
     ref = jax.hessian(lambda x: (jnp.sin(x) * x).sum())(x) @ v
-    np.testing.assert_allclose(np.asarray(fl.vhp(g, (x,), (v,))[1][0]), np.asarray(ref), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(fl.vhp(g, (x,), (v,))[1]), np.asarray(ref), rtol=1e-12)
 
 
 @pytest.mark.parametrize("transform", [fl.hvp, fl.vhp])
@@ -317,8 +317,8 @@ def test_switching_layer_under_hessian_hvp(x64):
     for mode in ("auto",) + MODES:
         np.testing.assert_allclose(np.asarray(fl.hessian(g, mode=mode)(x)), np.asarray(H), rtol=1e-12,
                                    err_msg=mode)
-    np.testing.assert_allclose(np.asarray(fl.hvp(g, (x,), (v,))[1][0]), np.asarray(H @ v), rtol=1e-12)
-    np.testing.assert_allclose(np.asarray(fl.vhp(g, (x,), (v,))[1][0]), np.asarray(v @ H), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(fl.hvp(g, (x,), (v,))[1]), np.asarray(H @ v), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(fl.vhp(g, (x,), (v,))[1]), np.asarray(v @ H), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(fl.hessian_diag(g, chunk_size=2)(x)), np.diag(np.asarray(H)),
                                rtol=1e-12)
 
@@ -339,6 +339,6 @@ def test_against_torch_func(x64):
     for mode in ("auto",) + MODES:
         np.testing.assert_allclose(np.asarray(fl.hessian(f, mode=mode)(x)), H_torch, rtol=1e-12, atol=1e-12)
     g_torch, hv_torch = torch_jvp(torch_grad(ft), (xt,), (vt,))      # torch.func's hvp recipe
-    (g,), (hv,) = fl.hvp(f, (x,), (v,))
+    g, hv = fl.hvp(f, (x,), (v,))
     np.testing.assert_allclose(np.asarray(g), g_torch.numpy(), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(hv), hv_torch.numpy(), rtol=1e-12)

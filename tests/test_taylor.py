@@ -287,6 +287,30 @@ def test_switching_layer_uses_its_forward_rule(x64):
     from test_higher import switching_layer
 
     layer = switching_layer()
-    with pytest.warns(TaylorFallbackWarning, match="custom_jvp_call.*nested jvp"):
+    # under taylor_mode() this layer (unlike functorch_lite.nn's) keeps its custom_vjp, so
+    # jet cannot be used; nested jvp runs in forward_mode(), where it has a forward rule
+    with pytest.warns(TaylorFallbackWarning, match="custom_vjp_call of rev.*nested jvp"):
         got = fl.derivative(layer, order=3)(0.3)
     np.testing.assert_allclose(float(got), -np.cos(0.3), rtol=1e-12)
+
+
+@pytest.mark.parametrize("layer", ["l2_norm", "layer_norm"])
+def test_nn_layers_run_in_taylor_mode_without_fallback(x64, layer):
+    nn = pytest.importorskip("functorch_lite.nn")
+    fn = nn.l2_norm if layer == "l2_norm" else (lambda x: nn.layer_norm(x, None, None))
+    x = jnp.array([0.3, -1.2, 2.0, 0.7])
+    v = jnp.array([1.0, 0.5, -0.25, 2.0])
+    f = lambda x: (fn(x) * jnp.arange(1.0, 5.0)).sum()  # noqa: E731
+    # the reference: nested jax.jacfwd (raw JAX, inside forward_mode so the layer has a rule)
+    from functorch_lite._mode import forward_mode
+
+    def ref(k):
+        h = lambda t: f(x + t * v)  # noqa: E731
+        for _ in range(k):
+            h = jax.jacfwd(h)
+        with forward_mode():
+            return jax.jit(h)(0.0)
+
+    for k in (1, 3):     # filterwarnings=error: a fallback warning would fail the test
+        np.testing.assert_allclose(float(fl.derivative(f, order=k, direction=v)(x)), float(ref(k)),
+                                   rtol=1e-9, atol=1e-12)
