@@ -34,7 +34,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from . import _args
-from ._mode import forward_mode
+from ._mode import forward_mode, in_forward_mode, in_taylor_mode
 from .jacobians import jacfwd, jacrev
 from .transforms import _check_primals_tangents
 
@@ -57,7 +57,8 @@ def _nesting(func: Callable, mode: str, argnums: Any, chunk_size: int | None) ->
 
 
 def _signature(args: tuple, kwargs: dict, argnums: Any) -> Any:
-    """A hashable key of the abstract inputs (structure, shapes, dtypes)."""
+    """A hashable key of the abstract inputs (structure, shapes, dtypes) and of the
+    tracing mode (layers switch rules in forward and Taylor mode)."""
     def leaf_key(leaf):
         dtype = _args._leaf_dtype(leaf)
         if dtype is None:
@@ -65,7 +66,7 @@ def _signature(args: tuple, kwargs: dict, argnums: Any) -> Any:
         return (tuple(np.shape(leaf)), dtype.name, isinstance(leaf, (bool, numbers.Number)))
     leaves, tree = jax.tree_util.tree_flatten((args, kwargs))
     key = (argnums if not isinstance(argnums, list) else tuple(argnums), tree,
-           tuple(leaf_key(x) for x in leaves))
+           tuple(leaf_key(x) for x in leaves), in_forward_mode(), in_taylor_mode())
     hash(key)
     return key
 
