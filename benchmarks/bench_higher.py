@@ -3,9 +3,10 @@
     python -m benchmarks --only higher [--quick]
 
 1. ``fl.derivative(f, order=k)`` (Taylor mode) vs ``k`` nested ``jax.grad``, both
-   ``jit(vmap(.))`` over N points: compile time (trace + lower + XLA compile, once each)
-   and run time (median, interleaved). Full: N = 10,000, k = 1..10; quick: N = 1,000,
-   k = 1..4.
+   ``jit(vmap(.))`` over N points: compile time (trace + lower + XLA compile of a freshly
+   built function; median of 3, a single compile for nested ``grad`` above order 6) and
+   run time (median, interleaved). Full: N = 10,000, k = 1..10 (nested ``grad`` up to 9);
+   quick: N = 1,000, k = 1..4.
 2. ``fl.hessian`` in each nesting vs ``jax.hessian``, per input size n: run time.
 3. ``fl.hessian(chunk_size=c)`` and ``fl.hessian_diag(chunk_size=c)``: XLA's planned temp
    bytes vs ``jax.hessian``.
