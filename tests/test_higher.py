@@ -342,3 +342,18 @@ def test_against_torch_func(x64):
     g, hv = fl.hvp(f, (x,), (v,))
     np.testing.assert_allclose(np.asarray(g), g_torch.numpy(), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(hv), hv_torch.numpy(), rtol=1e-12)
+
+
+def test_plain_custom_vjp_runs_fwd_over_rev(x64):
+    @jax.custom_vjp
+    def my_sin(x):
+        return jnp.sin(x)
+
+    my_sin.defvjp(lambda x: (jnp.sin(x), x), lambda x, c: (c * jnp.cos(x),))
+    g = lambda x: (my_sin(x) * x).sum()  # noqa: E731
+    x = x0()
+    assert higher.resolve_hessian_mode(g, "auto", (x,)) == "fwd-over-rev"
+    ref = jax.hessian(lambda x: (jnp.sin(x) * x).sum())(x)
+    np.testing.assert_allclose(np.asarray(fl.hessian(g)(x)), np.asarray(ref), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(fl.hvp(g, (x,), (jnp.ones(4),))[1]), np.asarray(ref @ jnp.ones(4)),
+                               rtol=1e-12)
