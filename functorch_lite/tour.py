@@ -24,6 +24,7 @@ the tour ends with ``tour: N/N checks passed, pictures in DIR``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import io
 import sys
 import time
@@ -388,3 +389,60 @@ def _hessian(ctx: TourContext) -> None:
     ctx.check("grad = 2 (Xw - y)^T X", fl.grad(loss)(w), 2 * (X @ w - y) @ X)
     for mode in ("fwd-over-rev", "rev-over-rev", "rev-over-fwd", "fwd-over-fwd"):
         ctx.check(f"hessian(mode={mode!r}) = 2 X^T X", fl.hessian(loss, mode=mode)(w), 2 * X.T @ X)
+
+
+@stop("hvp", "A Hessian-vector product, forward over reverse, never forming H")
+def _hvp(ctx: TourContext) -> None:
+    r = _rng(5)
+    X, y, w = jnp.asarray(r.normal(size=(8, 4))), jnp.asarray(r.normal(size=8)), jnp.asarray(r.normal(size=4))
+    v = jnp.asarray(r.normal(size=4))
+
+    def loss(w):
+        return jnp.sum((X @ w - y) ** 2) + jnp.sum(jnp.cos(w))
+
+    H = 2 * X.T @ X - jnp.diag(jnp.cos(w))
+    g, Hv = fl.hvp(loss, (w,), (v,))
+    ctx.say("hvp = jvp of grad: one reverse pass for the gradient, carried forward along v,")
+    ctx.say("costs a few gradients whatever n is; H (n x n) is never built.")
+    ctx.check("grad = 2 X^T (Xw - y) - sin(w)", g, 2 * X.T @ (X @ w - y) - jnp.sin(w))
+    ctx.check("H v = (2 X^T X - diag(cos w)) v", Hv, H @ v)
+    ctx.check("hessian_diag = diag(H)", fl.hessian_diag(loss)(w), jnp.diag(H))
+
+
+@stop("taylor", "The 8th derivative by Taylor mode (jet), not eight nested grads")
+def _taylor(ctx: TourContext) -> None:
+    a, x = 0.7, 0.3
+    d8 = fl.derivative(lambda t: jnp.exp(a * t) * jnp.sin(t), order=8)(x)
+    # d^k/dt^k [e^{at} sin t] = (a^2 + 1)^{k/2} e^{at} sin(t + k atan2(1, a))
+    expected = (a * a + 1) ** 4 * np.exp(a * x) * np.sin(x + 8 * np.arctan2(1.0, a))
+    ctx.check("d^8/dx^8 e^{ax} sin x = (a^2+1)^4 e^{ax} sin(x + 8 atan(1/a))", d8, expected, rtol=1e-10)
+    coeffs = fl.taylor(jnp.exp, order=6)(0.0)
+    ctx.check("Taylor coefficients of exp at 0 are 1/k!", coeffs,
+              jnp.asarray([1.0 / math.factorial(k) for k in range(7)]))
+    ctx.say("Nested grad grows exponentially in the order; Taylor mode propagates a truncated")
+    ctx.say("power series once, about quadratically (docs/benchmarks.md: order 8 over 10,000")
+    ctx.say("points runs and compiles >= 20x faster than eight nested jax.grad).")
+
+
+@stop("mixed", "Mixed mode: a bottleneck chain bracketed the cheapest way")
+def _mixed(ctx: TourContext) -> None:
+    r = _rng(6)
+    n, b = 200, 4
+    W1, W2 = jnp.asarray(r.normal(size=(b, n)) / n ** 0.5), jnp.asarray(r.normal(size=(n, b)) / b ** 0.5)
+    V1, V2 = jnp.asarray(r.normal(size=(n, n)) / n ** 0.5), jnp.asarray(r.normal(size=(n, n)) / n ** 0.5)
+    chain_of = fl.chain(lambda x: jnp.tanh(V1 @ x), lambda h: jnp.tanh(W1 @ h),
+                                  lambda z: jnp.tanh(W2 @ z), lambda h: V2 @ h)
+    x = jnp.asarray(r.normal(size=n))
+    ctx.say(f"R^{n} -> R^{n} -> R^{b} -> R^{n} -> R^{n}: a narrow middle, so push J forward into the")
+    ctx.say(f"bottleneck and pull it back out of it: {b} passes each side instead of {n}.")
+    J = fl.jacobian(chain_of)(x)
+    ctx.check("mixed-mode Jacobian = jax.jacrev of the composition", J, jax.jacrev(lambda x: chain_of(x))(x), rtol=1e-9)
+    report = fl.explain(chain_of, x)
+    ctx.say(f"bracketing: {report.bracketing}")
+    flops = {c.name: c.flops for c in report.candidates}
+    ctx.say("FLOPs (XLA): " + ", ".join(f"{k} {v:.3g}" for k, v in flops.items()))
+    chosen = flops.get(report.chosen, float("nan"))
+    ctx.check_true("the chosen plan needs fewer FLOPs than forward and reverse",
+                   all(chosen < v for k, v in flops.items() if k in ("fwd", "rev")),
+                   f"chosen {report.chosen}")
+    ctx.save("mixed_mode_explain.png", report.plot)
