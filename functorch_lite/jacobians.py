@@ -129,27 +129,37 @@ def jacrev(func: Callable, argnums: _args.Argnums = 0, *, has_aux: bool = False,
     >>> jacrev(lambda x: A @ x, layout="denominator")(jnp.zeros(2)).shape
     (2, 3)
     """
-    as_tuple, chunk_size = _prepare(func, argnums, has_aux, chunk_size, layout, "jacrev")
+    return _jacobian_transform(func, argnums, has_aux, chunk_size, layout, "jacrev", _jacrev_engine)
+
+
+def _jacobian_transform(func, argnums, has_aux, chunk_size, layout, transform, engine):
+    """The body shared by jacrev and jacfwd; ``engine(g, primal, chunk_size) -> (jac, aux)``
+    computes the numerator-layout Jacobian of ``g`` (which returns ``(out, aux)``)."""
+    as_tuple, chunk_size = _prepare(func, argnums, has_aux, chunk_size, layout, transform)
     name = _args.func_name(func)
 
     def jac_f(*args, **kwargs):
-        where = f"jacrev({name})(*args)"
+        where = f"{transform}({name})(*args)"
         positions = _args.normalize_argnums(argnums, len(args), where)
         diff = tuple(args[p] for p in positions)
         for p, d in zip(positions, diff):
             _args.check_differentiable(d, where, f"args[{p}]")
         g = _closed_over(func, args, kwargs, positions, as_tuple, has_aux, where)
         primal = diff if as_tuple else diff[0]
-        if chunk_size is None:
-            jac, aux = jax.jacrev(g, has_aux=True)(primal)
-        else:
-            jac, aux = _jacrev_chunked(g, primal, chunk_size)
+        jac, aux = engine(g, primal, chunk_size)
         jac = to_layout(jac, primal, layout)
         return (jac, aux) if has_aux else jac
 
-    jac_f.__name__ = f"jacrev({name})"
-    jac_f.__doc__ = f"Jacobian of {name} by reverse mode w.r.t. argnums={argnums}."
+    mode = "reverse" if transform == "jacrev" else "forward"
+    jac_f.__name__ = f"{transform}({name})"
+    jac_f.__doc__ = f"Jacobian of {name} by {mode} mode w.r.t. argnums={argnums}."
     return jac_f
+
+
+def _jacrev_engine(g, primal, chunk_size):
+    if chunk_size is None:
+        return jax.jacrev(g, has_aux=True)(primal)
+    return _jacrev_chunked(g, primal, chunk_size)
 
 
 def _jacrev_chunked(g, primal, chunk_size):
@@ -188,29 +198,15 @@ def jacfwd(func: Callable, argnums: _args.Argnums = 0, has_aux: bool = False, *,
     Array([[2., 0.],
            [0., 4.]], dtype=float32)
     """
-    as_tuple, chunk_size = _prepare(func, argnums, has_aux, chunk_size, layout, "jacfwd")
     _args.check_choice(randomness, ("error", "same"), "jacfwd", "randomness")
-    name = _args.func_name(func)
+    return _jacobian_transform(func, argnums, has_aux, chunk_size, layout, "jacfwd", _jacfwd_engine)
 
-    def jac_f(*args, **kwargs):
-        where = f"jacfwd({name})(*args)"
-        positions = _args.normalize_argnums(argnums, len(args), where)
-        diff = tuple(args[p] for p in positions)
-        for p, d in zip(positions, diff):
-            _args.check_differentiable(d, where, f"args[{p}]")
-        g = _closed_over(func, args, kwargs, positions, as_tuple, has_aux, where)
-        primal = diff if as_tuple else diff[0]
-        with forward_mode():
-            if chunk_size is None:
-                jac, aux = jax.jacfwd(g, has_aux=True)(primal)
-            else:
-                jac, aux = _jacfwd_chunked(g, primal, chunk_size)
-        jac = to_layout(jac, primal, layout)
-        return (jac, aux) if has_aux else jac
 
-    jac_f.__name__ = f"jacfwd({name})"
-    jac_f.__doc__ = f"Jacobian of {name} by forward mode w.r.t. argnums={argnums}."
-    return jac_f
+def _jacfwd_engine(g, primal, chunk_size):
+    with forward_mode():
+        if chunk_size is None:
+            return jax.jacfwd(g, has_aux=True)(primal)
+        return _jacfwd_chunked(g, primal, chunk_size)
 
 
 def _jacfwd_chunked(g, primal, chunk_size):
