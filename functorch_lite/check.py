@@ -163,7 +163,13 @@ def check_grad(func: Callable, *args: Any, argnums: _args.Argnums | None = None,
             a = jnp.asarray(a)
             return a.astype(jnp.complex128 if jnp.iscomplexobj(a) else jnp.float64)
 
-        diff = jax.tree_util.tree_map(to64, tuple(args[p] for p in positions))
+        def inexact_to64(a):
+            # every float argument, perturbed or not, so dtypes still match inside func
+            dtype = _args._leaf_dtype(a)
+            return to64(a) if dtype is not None and jnp.issubdtype(dtype, jnp.inexact) else a
+
+        args = jax.tree_util.tree_map(inexact_to64, tuple(args))
+        diff = tuple(args[p] for p in positions)
         x, unravel = ravel_pytree(diff)
 
         def flat_func(x_flat):

@@ -65,3 +65,12 @@ def test_rejects_wrong_second_derivative():
     assert fl.check_grad(f, x, order=1).passed
     with pytest.raises(fl.GradCheckError, match=r"d2 of"):
         fl.check_grad(f, x, order=2)
+
+
+def test_non_differentiated_float_args_are_cast_too():
+    # a function that insists its arguments share a dtype still checks with argnums
+    def f(x, w):
+        assert x.dtype == w.dtype, (x.dtype, w.dtype)
+        return jnp.tanh(x @ w)
+
+    assert fl.check_grad(f, jnp.ones((2, 3)), jnp.ones((3, 2)) * 0.1, argnums=1, order=2).passed
