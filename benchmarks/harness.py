@@ -41,16 +41,25 @@ def block(x: Any) -> Any:
     return jax.block_until_ready(x)
 
 
-def interleaved(contenders: dict[str, Callable[[], Any]], reps: int = 21, warmup: int = 2) -> dict[str, float]:
+def interleaved(contenders: dict[str, Callable[[], Any]], reps: int | None = None, warmup: int = 2,
+                budget: float = 0.5) -> dict[str, float]:
     """Median wall time (s) of each zero-argument callable, interleaved.
 
     Every round runs each contender once, in a freshly shuffled order (seeded), so
     neither drift nor "runs right after a bigger program" favours one of them.
+    ``reps=None`` picks the number of rounds from the warm-up timing: about ``budget``
+    seconds per contender, at least 21 and at most 2001 rounds (tiny programs need many
+    rounds for a stable median on a shared machine).
     Each callable must already be compiled (call it once before, or rely on `warmup`).
     """
+    slowest = 0.0
     for _ in range(warmup):
         for f in contenders.values():
+            t0 = time.perf_counter()
             block(f())
+            slowest = max(slowest, time.perf_counter() - t0)
+    if reps is None:
+        reps = int(min(2001, max(21, budget / max(slowest, 1e-6))))
     times: dict[str, list[float]] = {k: [] for k in contenders}
     order = list(contenders)
     rng = random.Random(0)
