@@ -53,6 +53,8 @@ def run(quick: bool = False) -> list[Row]:
         rows.append(Row("core", f"{job}: FLOPs", "", fo, {"jax": fj}, target="ratio == 1.00",
                         note=f"optimized HLO instructions identical to raw JAX: {'yes' if same else 'NO'}"))
 
+    rows.extend(_peer_rows(32 if quick else 128, reps))
+
     # jacrev chunking: R^n -> R^n through a wide hidden layer
     n, width = (256, 4096) if quick else (512, 8192)
     f = _mlp(n, width, n)
@@ -68,4 +70,52 @@ def run(quick: bool = False) -> list[Row]:
                         note=f"temp = {temp_bytes(ch) / full_bytes:.3f} x unchunked"))
         rows.append(Row("core", f"jacrev chunk={c}: time", "s", t["chunk"], {"unchunked": t["full"]},
                         note=f"time = {t['chunk'] / t['full']:.2f} x unchunked"))
+    return rows
+
+
+def _peer_rows(n: int, reps: int | None) -> list[Row]:
+    """grad / jacrev / hessian of the same MLP under torch.func and HIPS autograd (eager,
+    float32 weights), where installed, against our jitted transforms."""
+    import numpy as np
+
+    k1, k2 = jax.random.split(jax.random.key(0))
+    W1 = np.asarray(jax.random.normal(k1, (4 * n, n)) / np.sqrt(n), np.float32)
+    W2 = np.asarray(jax.random.normal(k2, (n, 4 * n)) / np.sqrt(4 * n), np.float32)
+    x = np.linspace(-1.0, 1.0, n).astype(np.float32)
+    f = lambda x: jnp.asarray(W2) @ jnp.tanh(jnp.asarray(W1) @ x)
+    loss = lambda x: jnp.sum(f(x) ** 2)
+    ours = {"grad": fl.grad(loss), "jacrev": fl.jacrev(f), "hessian": fl.hessian(loss)}
+    peers: dict[str, dict[str, object]] = {job: {} for job in ours}
+    try:
+        import torch
+        from torch import func as tf
+
+        tW1, tW2, tx = (torch.tensor(a) for a in (W1, W2, x))
+        tfun = lambda x: tW2 @ torch.tanh(tW1 @ x)
+        tloss = lambda x: torch.sum(tfun(x) ** 2)
+        peers["grad"]["torch.func"] = lambda: tf.grad(tloss)(tx)
+        peers["jacrev"]["torch.func"] = lambda: tf.jacrev(tfun)(tx)
+        peers["hessian"]["torch.func"] = lambda: tf.hessian(tloss)(tx)
+    except ImportError:
+        pass
+    try:
+        import autograd
+        import autograd.numpy as anp
+
+        afun = lambda x: W2 @ anp.tanh(W1 @ x)
+        aloss = lambda x: anp.sum(afun(x) ** 2)
+        peers["grad"]["autograd"] = lambda g=autograd.grad(aloss): g(x)
+        peers["jacrev"]["autograd"] = lambda g=autograd.jacobian(afun): g(x)
+        peers["hessian"]["autograd"] = lambda g=autograd.hessian(aloss): g(x)
+    except ImportError:
+        pass
+    rows = []
+    xj = jnp.asarray(x)
+    for job, fn in ours.items():
+        if not peers[job]:
+            continue
+        c = compiled(fn, xj)
+        t = interleaved({"ours": lambda: c(xj), **peers[job]}, reps=reps)
+        rows.append(Row("core", f"{job} R^{n}->R^{4 * n}->R^{n} vs eager peers", "s", t.pop("ours"), t,
+                        note="peers run eagerly (their normal use); torch at its default thread count"))
     return rows
