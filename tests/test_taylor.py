@@ -296,7 +296,7 @@ def test_switching_layer_uses_its_forward_rule(x64):
 
 @pytest.mark.parametrize("layer", ["l2_norm", "layer_norm"])
 def test_nn_layers_run_in_taylor_mode_without_fallback(x64, layer):
-    nn = pytest.importorskip("functorch_lite.nn")
+    nn = fl.nn
     fn = nn.l2_norm if layer == "l2_norm" else (lambda x: nn.layer_norm(x, None, None))
     x = jnp.array([0.3, -1.2, 2.0, 0.7])
     v = jnp.array([1.0, 0.5, -0.25, 2.0])
