@@ -91,6 +91,15 @@ def normalize_argnums(argnums: Argnums, nargs: int, where: str) -> tuple[int, ..
     return tuple(out)
 
 
+def differentiable_positions(args: tuple, argnums: Argnums, where: str) -> tuple[int, ...]:
+    """Resolve ``argnums`` against ``args`` and check that each named argument can be
+    differentiated (float leaves only); returns the non-negative positions."""
+    positions = normalize_argnums(argnums, len(args), where)
+    for p in positions:
+        check_differentiable(args[p], where, f"args[{p}]")
+    return positions
+
+
 def _leaf_dtype(leaf: Any) -> np.dtype | None:
     if isinstance(leaf, _ARRAY_TYPES) or isinstance(leaf, jax.ShapeDtypeStruct):
         return np.dtype(leaf.dtype)

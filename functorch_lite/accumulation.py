@@ -777,9 +777,7 @@ def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, **kwargs: An
     where = f"explain({_args.func_name(func)})"
     _args.check_callable(func, where)
     _, as_tuple = _args.check_argnums(argnums, where)
-    positions = _args.normalize_argnums(argnums, len(args), where)
-    for p in positions:
-        _args.check_differentiable(args[p], where, f"args[{p}]")
+    positions = _args.differentiable_positions(args, argnums, where)
     primal = tuple(args[p] for p in positions)
     if isinstance(func, Chain):
         if kwargs or len(args) != 1:

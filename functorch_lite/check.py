@@ -154,9 +154,8 @@ def check_grad(func: Callable, *args: Any, argnums: _args.Argnums | None = None,
         raise ValueError(f"{where}: modes must be a non-empty subset of {MODES}, got {modes!r}.")
     if not args:
         raise ValueError(f"{where}: give the point to check at, e.g. check_grad(f, x).")
-    positions = tuple(range(len(args))) if argnums is None else _args.normalize_argnums(argnums, len(args), where)
-    for p in positions:
-        _args.check_differentiable(args[p], where, f"args[{p}]")
+    positions = _args.differentiable_positions(
+        args, tuple(range(len(args))) if argnums is None else argnums, where)
 
     with jax.enable_x64(True):
         def to64(a):

@@ -139,8 +139,7 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
 
     def hess_f(*args, **kwargs):
         where = f"hessian({name})(*args)"
-        for p in _args.normalize_argnums(argnums, len(args), where):
-            _args.check_differentiable(args[p], where, f"args[{p}]")
+        _args.differentiable_positions(args, argnums, where)
         chosen = resolve_hessian_mode(func, mode, args, kwargs, argnums)
         return _nesting(func, chosen, argnums, chunk_size)(*args, **kwargs)
 
@@ -294,10 +293,8 @@ def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "e
 
     def diag_f(*args, **kwargs):
         where = f"{transform}({name})(*args)"
-        positions = _args.normalize_argnums(argnums, len(args), where)
+        positions = _args.differentiable_positions(args, argnums, where)
         diff = tuple(args[p] for p in positions)
-        for p, d in zip(positions, diff):
-            _args.check_differentiable(d, where, f"args[{p}]")
         flat, unravel = ravel_pytree(diff)
 
         def g(v):

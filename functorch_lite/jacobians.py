@@ -140,10 +140,8 @@ def _jacobian_transform(func, argnums, has_aux, chunk_size, layout, transform, e
 
     def jac_f(*args, **kwargs):
         where = f"{transform}({name})(*args)"
-        positions = _args.normalize_argnums(argnums, len(args), where)
+        positions = _args.differentiable_positions(args, argnums, where)
         diff = tuple(args[p] for p in positions)
-        for p, d in zip(positions, diff):
-            _args.check_differentiable(d, where, f"args[{p}]")
         g = _closed_over(func, args, kwargs, positions, as_tuple, has_aux, where)
         primal = diff if as_tuple else diff[0]
         jac, aux = engine(g, primal, chunk_size)
@@ -510,9 +508,7 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     else:
         def jac_f(*args, **kwargs):
             where = f"jacobian({name})(*args)"
-            positions = _args.normalize_argnums(argnums, len(args), where)
-            for p in positions:
-                _args.check_differentiable(args[p], where, f"args[{p}]")
+            positions = _args.differentiable_positions(args, argnums, where)
             choice = choose_mode(func, args, kwargs, argnums, has_aux=has_aux,
                                  chunk_size=chunk_size)
             run = {"fwd": jacfwd, "rev": jacrev}[choice.mode](func, argnums, **options)

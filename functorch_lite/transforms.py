@@ -48,9 +48,7 @@ def _value_and_grad(func: Callable, argnums: Any, has_aux: bool, transform: str)
 
     def run(*args, **kwargs):
         where = f"{transform}({name})(*args)"
-        positions = _args.normalize_argnums(argnums, len(args), where)
-        for p in positions:
-            _args.check_differentiable(args[p], where, f"args[{p}]")
+        positions = _args.differentiable_positions(args, argnums, where)
 
         def scalar_func(*a):
             out = func(*a, **kwargs)

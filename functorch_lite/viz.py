@@ -428,9 +428,7 @@ def graph(func: Callable, *args: Any, argnums: _args.Argnums = 0, mode: str = "r
     if not isinstance(max_nodes, int) or isinstance(max_nodes, bool) or max_nodes < 4:
         raise ValueError(f"{where}: max_nodes must be an int >= 4, got {max_nodes!r}.")
     _args.check_argnums(argnums, where)
-    positions = _args.normalize_argnums(argnums, len(args), where)
-    for p in positions:
-        _args.check_differentiable(args[p], where, f"args[{p}]")
+    positions = _args.differentiable_positions(args, argnums, where)
     args = tuple(args)
     name = _args.func_name(func)
     argnames = _arg_names(func, len(args))
