@@ -100,7 +100,7 @@ def differentiable_positions(args: tuple, argnums: Argnums, where: str) -> tuple
     return positions
 
 
-def _leaf_dtype(leaf: Any) -> np.dtype | None:
+def leaf_dtype(leaf: Any) -> np.dtype | None:
     if isinstance(leaf, _ARRAY_TYPES) or isinstance(leaf, jax.ShapeDtypeStruct):
         return np.dtype(leaf.dtype)
     if isinstance(leaf, bool):
@@ -121,7 +121,7 @@ def _path(prefix: str, keypath: tuple) -> str:
 def check_differentiable(tree: Any, where: str, argname: str) -> None:
     """Every leaf of ``tree`` must be a floating-point (or complex) array or number."""
     for keypath, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        dtype = _leaf_dtype(leaf)
+        dtype = leaf_dtype(leaf)
         name = _path(argname, keypath)
         if dtype is None:
             raise TypeError(
@@ -140,7 +140,7 @@ def check_differentiable(tree: Any, where: str, argname: str) -> None:
 def check_arraylike(tree: Any, where: str, argname: str) -> None:
     """Every leaf of ``tree`` must be an array or a Python number."""
     for keypath, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if _leaf_dtype(leaf) is None:
+        if leaf_dtype(leaf) is None:
             raise TypeError(
                 f"{where}: {_path(argname, keypath)} is a {type(leaf).__name__}, not an "
                 "array; pass arrays (or Python numbers), or close over other values."
@@ -149,7 +149,7 @@ def check_arraylike(tree: Any, where: str, argname: str) -> None:
 
 def check_inexact_output(tree: Any, where: str, what: str = "the output") -> None:
     for keypath, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        dtype = _leaf_dtype(leaf)
+        dtype = leaf_dtype(leaf)
         if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
             got = dtype.name if dtype is not None else type(leaf).__name__
             raise TypeError(
@@ -181,7 +181,7 @@ def describe(value: Any) -> str:
 
 def check_scalar(out: Any, where: str, alternative: str = "vjp or jacrev") -> None:
     """``grad``-like transforms need a real scalar output."""
-    dtype = _leaf_dtype(out)
+    dtype = leaf_dtype(out)
     if dtype is None:
         raise TypeError(
             f"{where}: expected the function to return a scalar array, got "
@@ -220,7 +220,7 @@ def check_same_tree(
         )
     ref_items = jax.tree_util.tree_leaves_with_path(reference)
     for (keypath, r), o in zip(ref_items, jax.tree_util.tree_leaves(other)):
-        if _leaf_dtype(o) is None:
+        if leaf_dtype(o) is None:
             raise TypeError(
                 f"{where}: {_path(other_name, keypath)} is a {type(o).__name__}, not an array."
             )
@@ -230,7 +230,7 @@ def check_same_tree(
                 f"{_path(ref_name, keypath)} has shape {tuple(np.shape(r))}; they must match."
             )
         if check_dtype and isinstance(o, _ARRAY_TYPES):
-            rd, od = tangent_dtype(_leaf_dtype(r)), np.dtype(o.dtype)
+            rd, od = tangent_dtype(leaf_dtype(r)), np.dtype(o.dtype)
             if rd != od:
                 raise TypeError(
                     f"{where}: {_path(other_name, keypath)} has dtype {od.name} but "
@@ -251,8 +251,8 @@ def tangent_dtype(dtype: np.dtype) -> np.dtype:
 def cast_python_scalars(tree: Any, like: Any) -> Any:
     """Turn Python numbers in ``tree`` into arrays of the dtype of ``like``'s leaves."""
     return jax.tree_util.tree_map(
-        lambda t, r: jnp.asarray(t, tangent_dtype(_leaf_dtype(r)))
-        if not isinstance(t, _ARRAY_TYPES) and _leaf_dtype(t) is not None
+        lambda t, r: jnp.asarray(t, tangent_dtype(leaf_dtype(r)))
+        if not isinstance(t, _ARRAY_TYPES) and leaf_dtype(t) is not None
         else t,
         tree,
         like,

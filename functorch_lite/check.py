@@ -164,7 +164,7 @@ def check_grad(func: Callable, *args: Any, argnums: _args.Argnums | None = None,
 
         def inexact_to64(a):
             # every float argument, perturbed or not, so dtypes still match inside func
-            dtype = _args._leaf_dtype(a)
+            dtype = _args.leaf_dtype(a)
             return to64(a) if dtype is not None and jnp.issubdtype(dtype, jnp.inexact) else a
 
         args = jax.tree_util.tree_map(inexact_to64, tuple(args))

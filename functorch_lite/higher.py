@@ -60,7 +60,7 @@ def _signature(args: tuple, kwargs: dict, argnums: Any) -> Any:
     """A hashable key of the abstract inputs (structure, shapes, dtypes) and of the
     tracing mode (layers switch rules in forward and Taylor mode)."""
     def leaf_key(leaf):
-        dtype = _args._leaf_dtype(leaf)
+        dtype = _args.leaf_dtype(leaf)
         if dtype is None:
             return ("object", leaf)      # must be hashable, else no caching
         return (tuple(np.shape(leaf)), dtype.name, isinstance(leaf, (bool, numbers.Number)))

@@ -48,7 +48,7 @@ def _basis(index: jax.Array, like: list) -> list:
     out, offset = [], 0
     for leaf in like:
         size = math.prod(np.shape(leaf))
-        dtype = _args.tangent_dtype(_args._leaf_dtype(leaf))
+        dtype = _args.tangent_dtype(_args.leaf_dtype(leaf))
         one_hot = (jnp.arange(size) == index - offset).astype(dtype)
         out.append(one_hot.reshape(np.shape(leaf)))
         offset += size

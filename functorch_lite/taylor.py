@@ -244,7 +244,7 @@ def _prepare_point(x: Any, direction: Any, where: str) -> tuple[Any, Any]:
     """Validate ``x`` (Python floats become arrays) and resolve ``direction``."""
     _args.check_differentiable(x, where, "x")
     x = jax.tree_util.tree_map(
-        lambda a: jnp.asarray(a, _args.tangent_dtype(_args._leaf_dtype(a))), x)
+        lambda a: jnp.asarray(a, _args.tangent_dtype(_args.leaf_dtype(a))), x)
     if direction is None:
         leaves = jax.tree_util.tree_leaves(x)
         if len(leaves) != 1 or np.shape(leaves[0]) != ():

@@ -231,7 +231,7 @@ def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, ha
 
 
 def _checked_linear(where: str, primals: tuple, lin: Callable, *tangents):
-    primals_spec = jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(np.shape(p), _args._leaf_dtype(p)), primals)
+    primals_spec = jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(np.shape(p), _args.leaf_dtype(p)), primals)
     _, tangents = _check_primals_tangents(primals_spec, tangents, where)
     return lin(*tangents)
 
@@ -339,7 +339,7 @@ def vmap(func: Callable, in_dims: Any = 0, out_dims: Any = 0, randomness: str = 
             if d is None:
                 continue
             label = "args" + jax.tree_util.keystr(keypath)
-            if _args._leaf_dtype(leaf) is None:
+            if _args.leaf_dtype(leaf) is None:
                 raise TypeError(f"{where}: {label} is a {type(leaf).__name__}, not an array; "
                                 "only arrays can be batched (use in_dims=None for it).")
             ndim = np.ndim(leaf)
