@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
-import statistics
 import sys
 import time
 
@@ -32,31 +30,6 @@ import functorch_lite as fl
 from functorch_lite import jacobians as _jac
 
 from .harness import Row, format_table, interleaved
-
-
-def shuffled(contenders: dict, reps: int, seed: int = 0) -> dict[str, float]:
-    """Median seconds of each contender, interleaved in a fresh random order every round.
-
-    A contender is a zero-argument callable or a list of them ("instances": separately
-    compiled copies of the same program); samples of all instances are pooled. Programs
-    of ~100 us run noticeably slower right after a different, bigger program (cold
-    caches), so a fixed order (A B C A B C ...) favours whoever follows its own twin:
-    measured here, up to 30-40% between two copies of one HLO. A random order gives every
-    contender the same mix of predecessors.
-    """
-    rng = random.Random(seed)
-    runs = [(k, f) for k, fs in contenders.items() for f in (fs if isinstance(fs, list) else [fs])]
-    for _, f in runs:
-        jax.block_until_ready(f())
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(reps):
-        order = list(runs)
-        rng.shuffle(order)
-        for k, f in order:
-            t0 = time.perf_counter()
-            jax.block_until_ready(f())
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 HIDDEN = 256
@@ -98,7 +71,7 @@ def crossover(quick: bool) -> list[Row]:
         # separately compiled copies of each program (fresh closures), samples pooled
         contenders = {k: [(lambda g=jax.jit(make()): g(x)) for _ in range(instances)]
                       for k, make in makers.items()}
-        times = shuffled(contenders, reps=reps)
+        times = interleaved(contenders, reps=reps, warmup=1)
         choice = _jac.choose_mode(f, (x,))
         best = min(times["jax.jacfwd"], times["jax.jacrev"])
         picked = times["jax.jacfwd" if choice.mode == "fwd" else "jax.jacrev"]

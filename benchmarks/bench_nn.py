@@ -22,8 +22,6 @@ both. The target is checked against the faster of the two.
 
 from __future__ import annotations
 
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -32,34 +30,7 @@ import numpy as np
 import functorch_lite as fl
 from functorch_lite import nn
 
-from .harness import Row, block, compiled, temp_bytes
-
-
-def interleaved(contenders, reps=21, warmup=2, pause=0.01, burst=1):
-    """As ``harness.interleaved`` (median seconds, A B C A B C ...), with two changes for
-    runs that mix JAX and torch in one process:
-
-    - an untimed ``pause`` before each contender's turn: torch's OpenMP threads keep
-      spinning for a while after a call and would otherwise slow down whichever
-      contender runs right after torch (measured: up to 5x on this 2-core machine);
-    - ``burst``: each turn calls the contender ``burst`` times back to back and times
-      only the last call, so each framework is measured with its own thread pool awake
-      (after a torch call XLA's pool has gone to sleep, and the reverse), as in a loop
-      that calls one of them repeatedly.
-    """
-    for _ in range(warmup):
-        for f in contenders.values():
-            block(f())
-    times = {k: [] for k in contenders}
-    for _ in range(reps):
-        for k, f in contenders.items():
-            time.sleep(pause)
-            for _ in range(burst - 1):
-                block(f())
-            t0 = time.perf_counter()
-            block(f())
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+from .harness import Row, compiled, interleaved, temp_bytes
 
 
 # ------------------------------------------------------------------ plain-jnp formulas

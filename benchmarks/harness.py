@@ -19,6 +19,8 @@ from typing import Any
 
 import jax
 
+from functorch_lite._cost import stats_of
+
 
 @dataclasses.dataclass
 class Row:
@@ -41,32 +43,44 @@ def block(x: Any) -> Any:
     return jax.block_until_ready(x)
 
 
-def interleaved(contenders: dict[str, Callable[[], Any]], reps: int | None = None, warmup: int = 2,
-                budget: float = 0.5) -> dict[str, float]:
-    """Median wall time (s) of each zero-argument callable, interleaved.
+def interleaved(contenders: dict[str, Callable[[], Any] | list[Callable[[], Any]]], reps: int | None = None,
+                warmup: int = 2, budget: float = 0.5, pause: float = 0.0, burst: int = 1) -> dict[str, float]:
+    """Median wall time (s) of each contender, interleaved.
 
     Every round runs each contender once, in a freshly shuffled order (seeded), so
-    neither drift nor "runs right after a bigger program" favours one of them.
-    ``reps=None`` picks the number of rounds from the warm-up timing: about ``budget``
-    seconds per contender, at least 21 and at most 2001 rounds (tiny programs need many
-    rounds for a stable median on a shared machine).
-    Each callable must already be compiled (call it once before, or rely on `warmup`).
+    neither drift nor "runs right after a bigger program" favours one of them (measured:
+    a ~100 us program runs up to 30-40% slower right after a different, bigger one).
+
+    Args:
+      contenders: zero-argument callables, each already compiled (or warmed up here); a
+        list of callables is several instances (separately compiled copies of one
+        program) whose samples are pooled.
+      reps: rounds; ``None`` picks them from the warm-up timing: about ``budget`` seconds
+        per contender, at least 21 and at most 2001 (tiny programs need many rounds for
+        a stable median on a shared machine).
+      pause: untimed sleep before each turn. torch's OpenMP threads keep spinning after a
+        call and slow whatever runs next (measured: up to 5x on this 2-core machine).
+      burst: each turn calls the contender ``burst`` times back to back and times only the
+        last call, so each framework is measured with its own thread pool awake.
     """
+    runs = [(k, f) for k, fs in contenders.items() for f in (fs if isinstance(fs, list) else [fs])]
     slowest = 0.0
     for _ in range(warmup):
-        for f in contenders.values():
+        for _, f in runs:
             t0 = time.perf_counter()
             block(f())
             slowest = max(slowest, time.perf_counter() - t0)
     if reps is None:
         reps = int(min(2001, max(21, budget / max(slowest, 1e-6))))
     times: dict[str, list[float]] = {k: [] for k in contenders}
-    order = list(contenders)
     rng = random.Random(0)
     for _ in range(reps):
-        rng.shuffle(order)
-        for k in order:
-            f = contenders[k]
+        rng.shuffle(runs)
+        for k, f in runs:
+            if pause:
+                time.sleep(pause)
+            for _ in range(burst - 1):
+                block(f())
             t0 = time.perf_counter()
             block(f())
             times[k].append(time.perf_counter() - t0)
@@ -78,10 +92,8 @@ def compiled(f: Callable, *args: Any, **jit_kwargs: Any):
 
 
 def flops(c) -> float:
-    cost = c.cost_analysis()
-    if isinstance(cost, Sequence):
-        cost = cost[0]
-    return float(cost.get("flops", float("nan")))
+    """XLA's FLOPs of a compiled program (`cost_analysis()["flops"]`)."""
+    return stats_of(c).flops
 
 
 def hlo_ops(c) -> collections.Counter:
@@ -92,7 +104,8 @@ def hlo_ops(c) -> collections.Counter:
 
 
 def temp_bytes(c) -> int:
-    return int(c.memory_analysis().temp_size_in_bytes)
+    """XLA's planned temp memory of a compiled program (`memory_analysis()`)."""
+    return stats_of(c).temp_bytes
 
 
 def compile_seconds(f: Callable, *args: Any) -> float:
