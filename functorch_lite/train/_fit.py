@@ -219,10 +219,20 @@ _IN_FLIGHT = 32
 _DRAIN_SECONDS = 0.25
 
 
+def _steps(one: Callable, carry: Any, xs: Any, n: int) -> tuple[Any, jax.Array]:
+    """``n`` training steps ``one(carry, x) -> (carry, loss)`` in one compiled call: a
+    ``lax.scan`` over ``xs`` (``None``: nothing per step), or one plain call for ``n == 1``
+    (``xs`` is then the one batch). Losses come back stacked, shape ``(n,)``."""
+    if n == 1:
+        carry, loss = one(carry, xs)
+        return carry, loss[None]
+    return jax.lax.scan(one, carry, xs, length=n)
+
+
 @functools.lru_cache(maxsize=16)
 def _chunk(loss_fn: Callable, optimizer: Any, accumulate: int, mesh: Any, data_axis: str,
            sampler: Sampler | None, n: int) -> Callable:
-    """The compiled chunk of ``n`` steps; metrics come back as an ``(n, 2)`` array.
+    """The compiled chunk of ``n`` steps; the losses come back as an ``(n,)`` array.
 
     Cached on its (hashable) ingredients, so calling ``fit`` again with the same loss
     function and optimizer object reuses the compiled program instead of recompiling.
@@ -244,11 +254,7 @@ def _chunk(loss_fn: Callable, optimizer: Any, accumulate: int, mesh: Any, data_a
                 params, opt_state, m = update(params, opt_state, batch)
                 return (params, opt_state, t_now + 1), stats(m)
 
-            carry = (params, opt_state, t)
-            if n == 1:
-                carry, m = one(carry, None)
-                return carry, m[None]
-            return jax.lax.scan(one, carry, None, length=n)
+            return _steps(one, (params, opt_state, t), None, n)
 
         return jax.jit(run, donate_argnums=(0, 1, 2))
 
@@ -258,11 +264,7 @@ def _chunk(loss_fn: Callable, optimizer: Any, accumulate: int, mesh: Any, data_a
             params, opt_state, m = update(params, opt_state, batch)
             return (params, opt_state, t + 1), stats(m)
 
-        carry = (params, opt_state, t)
-        if n == 1:
-            carry, m = one(carry, batches)
-            return carry, m[None]
-        return jax.lax.scan(one, carry, batches)
+        return _steps(one, (params, opt_state, t), batches, n)
 
     return jax.jit(run_iter, donate_argnums=(0, 1, 2))
 
