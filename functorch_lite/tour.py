@@ -24,8 +24,8 @@ the tour ends with ``tour: N/N checks passed, pictures in DIR``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import io
+import math
 import sys
 import time
 import traceback
@@ -39,6 +39,7 @@ import numpy as np
 
 import functorch_lite as fl
 
+from ._cost import analyse
 from .viz import ComputationGraph, graph
 
 __all__ = ["STOPS", "Check", "Stop", "TourContext", "TourResult", "run_tour", "stop"]
@@ -197,10 +198,7 @@ def _rng(seed: int) -> np.random.Generator:
 
 def _flops(f: Callable, *args: Any) -> float:
     """FLOPs of ``jax.jit(f)`` at ``args`` from XLA's cost analysis."""
-    cost = jax.jit(f).lower(*args).compile().cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return float(cost.get("flops", float("nan")))
+    return analyse(f, *args).flops
 
 
 @stop("layout", "Numerator vs denominator layout: d(Ax)/dx = A, and its transpose")

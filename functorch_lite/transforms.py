@@ -137,6 +137,21 @@ def _checked_pullback(where: str, out_tree, out_shapes, out_dtypes, pullback, co
     return pullback(cotangents)
 
 
+def _checked_output(func: Callable, has_aux: bool, where: str) -> Callable:
+    """``func`` returning ``(out, aux)`` (``aux=None`` without ``has_aux``), its output
+    checked to be differentiable (floating-point leaves)."""
+
+    def traced(*a):
+        out = func(*a)
+        aux = None
+        if has_aux:
+            out, aux = _args.split_aux(out, where)
+        _args.check_inexact_output(out, where)
+        return out, aux
+
+    return traced
+
+
 def vjp(func: Callable, *primals: Any, has_aux: bool = False):
     """Vector-Jacobian product, as ``torch.func.vjp``.
 
@@ -160,13 +175,7 @@ def vjp(func: Callable, *primals: Any, has_aux: bool = False):
     for i, p in enumerate(primals):
         _args.check_differentiable(p, where, f"primals[{i}]")
 
-    def traced(*a):
-        out = func(*a)
-        aux = None
-        if has_aux:
-            out, aux = _args.split_aux(out, where)
-        _args.check_inexact_output(out, where)
-        return out, aux
+    traced = _checked_output(func, has_aux, where)
 
     out, pullback, aux = jax.vjp(traced, *primals, has_aux=True)
     leaves, tree = jax.tree_util.tree_flatten(out)
@@ -217,13 +226,7 @@ def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, ha
     where = f"jvp({_args.func_name(func)}, primals, tangents)"
     primals, tangents = _check_primals_tangents(primals, tangents, where)
 
-    def traced(*a):
-        out = func(*a)
-        aux = None
-        if has_aux:
-            out, aux = _args.split_aux(out, where)
-        _args.check_inexact_output(out, where)
-        return out, aux
+    traced = _checked_output(func, has_aux, where)
 
     with forward_mode():
         out, tangent_out, aux = jax.jvp(traced, primals, tangents, has_aux=True)
@@ -255,13 +258,9 @@ def linearize(func: Callable, *primals: Any):
     for i, p in enumerate(primals):
         _args.check_differentiable(p, where, f"primals[{i}]")
 
-    def traced(*a):
-        out = func(*a)
-        _args.check_inexact_output(out, where)
-        return out
-
+    traced = _checked_output(func, False, where)
     with forward_mode():
-        out, lin = jax.linearize(traced, *primals)
+        out, lin, _ = jax.linearize(traced, *primals, has_aux=True)
     jvp_fn = functools.partial(_checked_linear, f"linearize({name}, *primals)[1](*tangents)", primals, lin)
     return out, jvp_fn
 
