@@ -508,7 +508,7 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     else:
         def jac_f(*args, **kwargs):
             where = f"jacobian({name})(*args)"
-            positions = _args.differentiable_positions(args, argnums, where)
+            _args.differentiable_positions(args, argnums, where)
             choice = choose_mode(func, args, kwargs, argnums, has_aux=has_aux,
                                  chunk_size=chunk_size)
             run = {"fwd": jacfwd, "rev": jacrev}[choice.mode](func, argnums, **options)

@@ -12,6 +12,7 @@ SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
 
 shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
 dtypes = st.sampled_from([jnp.float32, jnp.float64])
+TOLERANCE = {jnp.float32: dict(rtol=1e-4, atol=1e-4), jnp.float64: dict(rtol=1e-10, atol=1e-10)}
 
 
 def _array(draw, shape, dtype):
@@ -48,7 +49,7 @@ def test_jacobians_agree_across_modes_and_chunks(data):
     dtype = data.draw(dtypes)
     with jax.enable_x64(dtype == jnp.float64):
         tree = data.draw(pytrees(dtype))
-        tol = dict(rtol=1e-4, atol=1e-4) if dtype == jnp.float32 else dict(rtol=1e-10, atol=1e-10)
+        tol = TOLERANCE[dtype]
         want = jax.jacrev(smooth)(tree)
         chunk = data.draw(st.sampled_from([None, 1, 2, 5]))
         rev = fl.jacrev(smooth, chunk_size=chunk)(tree)
@@ -65,7 +66,7 @@ def test_grad_equals_jacrev_and_vjp_of_one(data):
     dtype = data.draw(dtypes)
     with jax.enable_x64(dtype == jnp.float64):
         tree = data.draw(pytrees(dtype))
-        tol = dict(rtol=1e-4, atol=1e-4) if dtype == jnp.float32 else dict(rtol=1e-10, atol=1e-10)
+        tol = TOLERANCE[dtype]
         g = fl.grad(scalar)(tree)
         assert jax.tree_util.tree_structure(g) == jax.tree_util.tree_structure(tree)
         assert_tree_allclose(g, jax.grad(scalar)(tree), **tol)

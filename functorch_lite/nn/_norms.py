@@ -18,7 +18,6 @@ rules themselves.
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -262,6 +261,7 @@ def rms_norm(x: jax.Array, scale: jax.Array | None, *, axis: int | tuple[int, ..
     ``dx_hat = rstd * (dx - x_hat * mean(x_hat * dx))``. Residuals: ``x``, per-row
     ``rstd``, ``scale``. A zero row is finite in all orders.
 
+    >>> import math
     >>> import jax.numpy as jnp
     >>> rms_norm(jnp.array([3.0, 4.0]), jnp.ones(2), eps=0.0) * math.sqrt(12.5)
     Array([3., 4.], dtype=float32)
