@@ -70,6 +70,33 @@ def run(quick: bool = False) -> list[Row]:
                         note=f"temp = {temp_bytes(ch) / full_bytes:.3f} x unchunked"))
         rows.append(Row("core", f"jacrev chunk={c}: time", "s", t["chunk"], {"unchunked": t["full"]},
                         note=f"time = {t['chunk'] / t['full']:.2f} x unchunked"))
+    rows.extend(_thin_dot_rows(n, width, reps=5 if quick else 21))
+    return rows
+
+
+def _thin_dot_rows(n: int, width: int, reps: int) -> list[Row]:
+    """Why small chunks cost time: each chunk's backward pass multiplies a thin (c x n)
+    cotangent by a whole (n x width) weight. Times XLA's dot for several c against its
+    c/n share of the full (n x n) @ (n x width) product, and against one plain read of the
+    weight (a row-max), which is what the weight's memory traffic alone would cost."""
+    W = jax.random.normal(jax.random.key(3), (n, width))
+    dot = jax.jit(lambda a, w: a @ w)
+    read = jax.jit(lambda w: jnp.max(w, axis=1))
+    cs = sorted({8, 32, n})
+    lhs = {c: jnp.ones((c, n)) for c in cs}
+    contenders = {c: (lambda a=lhs[c]: dot(a, W)) for c in cs}
+    contenders["read"] = lambda: read(W)
+    t = interleaved(contenders, reps=reps)
+    mib = W.size * W.dtype.itemsize / 2**20
+    rows = [Row("core", f"read the ({n} x {width}) weight once ({mib:.0f} MiB)", "s", t["read"],
+                note=f"{mib / 1024 / t['read']:.1f} GiB/s; what re-reading the weight per chunk costs")]
+    per_row = t[n] / n
+    for c in cs[:-1]:
+        fixed = t[c] - c * per_row
+        rows.append(Row("core", f"dot ({c} x {n}) @ ({n} x {width})", "s", t[c],
+                        {f"{c}/{n} of the full product": c * per_row},
+                        note=f"fixed cost per call ~{fixed * 1e3:.2f} ms = {fixed / t['read']:.1f}x one read "
+                             f"of the weight (a kernel that packs the weight on every call would show this)"))
     return rows
 
 

@@ -168,9 +168,12 @@ def mlp_rows(quick: bool) -> list[Row]:
     return rows
 
 
-def _vs_torch(job, ours, torch_fn, reps, target, pause=0.005, burst=1):
+def _vs_torch(job, ours, torch_fn, reps, target, pause=0.005, burst=1, steady=None):
     """Ours vs a torch.func callable: one interleaved run per torch thread count, one row
-    each (ours is re-measured in each run: torch's threads slow down what runs near it)."""
+    each (ours is re-measured in each run: torch's threads slow down what runs near it).
+
+    ``steady=(reps, burst, settle)`` adds a steady-state run per thread count: no pause,
+    ``burst`` calls per turn, all but the first ``settle`` timed (harness.interleaved)."""
     import torch
 
     rows = []
@@ -179,7 +182,15 @@ def _vs_torch(job, ours, torch_fn, reps, target, pause=0.005, burst=1):
         t = interleaved({"ours": ours, "torch": torch_fn}, reps=reps, pause=pause, burst=burst)
         rows.append(Row("nn", f"{job} vs torch.func, torch threads={threads}", "s", t["ours"],
                         {"torch.func": t["torch"]}, target,
-                        note=f"ratio = torch/ours (> 1: ours faster); last of {burst} calls per turn"))
+                        note=f"ratio = torch/ours (> 1: ours faster); {pause * 1e3:g} ms pause, "
+                             f"then last of {burst} calls per turn"))
+        if steady is not None:
+            s_reps, s_burst, s_settle = steady
+            t = interleaved({"ours": ours, "torch": torch_fn}, reps=s_reps, burst=s_burst, settle=s_settle)
+            rows.append(Row("nn", f"{job} vs torch.func, torch threads={threads}, steady state", "s",
+                            t["ours"], {"torch.func": t["torch"]}, target,
+                            note=f"ratio = torch/ours; no pause, {s_burst} calls per turn, all but "
+                                 f"the first {s_settle} timed"))
     torch.set_num_threads(2)
     return rows
 
@@ -235,7 +246,7 @@ def per_sample_rows(quick: bool) -> list[Row]:
     got = tfn(tp, tx, ty)
     np.testing.assert_allclose(got[0]["w"].numpy(), want[0]["w"], rtol=1e-4, atol=1e-5)
     rows += _vs_torch(job, contenders["ours"], lambda: tfn(tp, tx, ty), reps if quick else 61,
-                      ">= 2x", burst=1 if quick else 5)
+                      ">= 2x", burst=1 if quick else 5, steady=(7, 20, 12) if quick else (21, 40, 15))
     return rows
 
 

@@ -44,7 +44,8 @@ def block(x: Any) -> Any:
 
 
 def interleaved(contenders: dict[str, Callable[[], Any] | list[Callable[[], Any]]], reps: int | None = None,
-                warmup: int = 2, budget: float = 0.5, pause: float = 0.0, burst: int = 1) -> dict[str, float]:
+                warmup: int = 2, budget: float = 0.5, pause: float = 0.0, burst: int = 1,
+                settle: int | None = None) -> dict[str, float]:
     """Median wall time (s) of each contender, interleaved.
 
     Every round runs each contender once, in a freshly shuffled order (seeded), so
@@ -62,7 +63,14 @@ def interleaved(contenders: dict[str, Callable[[], Any] | list[Callable[[], Any]
         call and slow whatever runs next (measured: up to 5x on this 2-core machine).
       burst: each turn calls the contender ``burst`` times back to back and times only the
         last call, so each framework is measured with its own thread pool awake.
+      settle: steady-state mode. Each turn still makes ``burst`` calls back to back, but
+        every call after the first ``settle`` is timed and pooled into the median. With
+        ``pause=0`` this is the regime of a training loop (the same program called again
+        and again), and it needs no sleep to shield one framework from the other's
+        spinning threads: the first ``settle`` calls of a turn absorb that.
     """
+    if settle is not None and not 0 <= settle < burst:
+        raise ValueError(f"interleaved: settle={settle} must be in [0, burst={burst}): some calls must be timed.")
     runs = [(k, f) for k, fs in contenders.items() for f in (fs if isinstance(fs, list) else [fs])]
     slowest = 0.0
     for _ in range(warmup):
@@ -79,11 +87,18 @@ def interleaved(contenders: dict[str, Callable[[], Any] | list[Callable[[], Any]
         for k, f in runs:
             if pause:
                 time.sleep(pause)
-            for _ in range(burst - 1):
+            if settle is None:
+                for _ in range(burst - 1):
+                    block(f())
+                t0 = time.perf_counter()
                 block(f())
-            t0 = time.perf_counter()
-            block(f())
-            times[k].append(time.perf_counter() - t0)
+                times[k].append(time.perf_counter() - t0)
+                continue
+            for i in range(burst):
+                t0 = time.perf_counter()
+                block(f())
+                if i >= settle:
+                    times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
