@@ -195,7 +195,8 @@ def _vs_torch(job, ours, torch_fn, reps, target, pause=0.005, burst=1, steady=No
     return rows
 
 
-def per_sample_rows(quick: bool) -> list[Row]:
+def per_sample_setup(quick: bool):
+    """The per-sample job: (params, x, y, ours, raw JAX, by hand), the three jitted."""
     batch, d_in, hidden = (64, 64, 256) if quick else (256, 64, 256)
     model = nn.mlp([d_in, hidden, 1], activation=jnp.tanh)
     params = model.init(jax.random.key(4))
@@ -218,7 +219,12 @@ def per_sample_rows(quick: bool) -> list[Row]:
 
     ours = jax.jit(fl.vmap(fl.grad(loss_ours), in_dims=(None, 0, 0)))
     plain = jax.jit(jax.vmap(jax.grad(loss_plain), in_axes=(None, 0, 0)))
-    hand = jax.jit(by_hand)
+    return params, x, y, ours, plain, jax.jit(by_hand)
+
+
+def per_sample_rows(quick: bool) -> list[Row]:
+    params, x, y, ours, plain, hand = per_sample_setup(quick)
+    (batch, d_in), hidden = x.shape, params[0]["w"].shape[1]
     want = hand(params, x, y)
     for f in (ours, plain):
         for a, b in zip(jax.tree_util.tree_leaves(f(params, x, y)), jax.tree_util.tree_leaves(want)):
@@ -229,7 +235,12 @@ def per_sample_rows(quick: bool) -> list[Row]:
     times = interleaved(contenders, reps=reps, pause=0.005, burst=1 if quick else 3)
     t_ours = times.pop("ours")
     job = f"per-sample grads vmap(grad) {d_in}-{hidden}-1 b{batch}"
-    rows = [Row("nn", job, "s", t_ours, times, "= hand einsum", note="ratio = peer/ours (> 1: ours faster)")]
+    rows = [Row("nn", job, "s", t_ours, times, "= hand einsum",
+                note="ratio = peer/ours (> 1: ours faster); 5 ms pause before each turn")]
+    times = interleaved(contenders, reps=7 if quick else 21, burst=20 if quick else 40, settle=12 if quick else 15)
+    t_ours = times.pop("ours")
+    rows.append(Row("nn", f"{job}, steady state", "s", t_ours, times, "= hand einsum",
+                    note="ratio = peer/ours; no pause, all but the first calls of each turn timed"))
     try:
         import torch
         from torch.func import grad as tgrad, vmap as tvmap
