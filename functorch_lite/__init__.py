@@ -7,7 +7,8 @@ Array([2., 4.], dtype=float32)
 """
 
 from . import nn as nn, train as train
-from .accumulation import chain as chain, explain as explain
+from .accumulation import chain as chain
+from .explanation import explain as explain
 from .check import GradCheckError as GradCheckError, GradCheckReport as GradCheckReport, check_grad as check_grad
 from .higher import (
     hessian as hessian,

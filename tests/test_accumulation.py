@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import functorch_lite as fl
-from functorch_lite import accumulation as acc
+from functorch_lite import planner
 from functorch_lite import jacobians as jac_mod
 from functorch_lite._mode import in_forward_mode
 
@@ -355,7 +355,7 @@ def test_planner_is_optimal_against_brute_force(widths, data):
     per_pass = st.floats(1.0, 1e6, allow_nan=False)
     cf = data.draw(st.lists(per_pass, min_size=K, max_size=K))
     cr = data.draw(st.lists(per_pass, min_size=K, max_size=K))
-    plan = acc.plan_chain(widths, cf, cr)
+    plan = planner.plan_chain(widths, cf, cr)
     brute = min(_all_plan_costs(widths, [0.0] + cf, [0.0] + cr, 1, K))
     assert plan.cost == pytest.approx(brute, rel=1e-12)
     assert _replay(plan.root, widths, [0.0] + cf, [0.0] + cr) == pytest.approx(plan.cost, rel=1e-12)
@@ -367,14 +367,14 @@ def test_planner_matches_the_classical_matrix_chain_order():
     # (in its cheaper mode) and then only the matrix-chain order matters: widths
     # 10, 100, 5, 50 -> (J3 (J2 J1)) costs 2*(10*100*5 + 10*5*50) vs 2*(100*5*50 + 10*100*50).
     widths = [10, 100, 5, 50]
-    plan = acc.plan_chain(widths, [1e9] * 3, [1e9] * 3)
+    plan = planner.plan_chain(widths, [1e9] * 3, [1e9] * 3)
     assert plan.bracketing() == "J3 · (J2 · J1)"
-    plan = acc.plan_chain([50, 5, 100, 10], [1e9] * 3, [1e9] * 3)
+    plan = planner.plan_chain([50, 5, 100, 10], [1e9] * 3, [1e9] * 3)
     assert plan.bracketing() == "(J3 · J2) · J1"
-    assert acc.plan_chain([5, 50, 500], [1.0, 1.0], [1.0, 1.0]).kind == "fwd"
-    assert acc.plan_chain([500, 50, 5], [1.0, 1.0], [1.0, 1.0]).kind == "rev"
+    assert planner.plan_chain([5, 50, 500], [1.0, 1.0], [1.0, 1.0]).kind == "fwd"
+    assert planner.plan_chain([500, 50, 5], [1.0, 1.0], [1.0, 1.0]).kind == "rev"
     with pytest.raises(ValueError, match="plan_chain: need K \\+ 1 widths and K costs"):
-        acc.plan_chain([3, 4], [1.0, 2.0], [1.0])
+        planner.plan_chain([3, 4], [1.0, 2.0], [1.0])
 
 
 # ------------------------------------------------------------------------- explain
