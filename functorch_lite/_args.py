@@ -201,6 +201,23 @@ def check_scalar(out: Any, where: str, alternative: str = "vjp or jacrev") -> No
         )
 
 
+def checked_output(func: Callable, has_aux: bool, where: str,
+                   check: Callable[[Any, str], None] = check_inexact_output) -> Callable:
+    """``func`` returning ``(out, aux)`` (``aux=None`` without ``has_aux``), ``out`` passed
+    through ``check(out, where)`` (default: floating-point leaves; ``check_scalar`` for
+    ``grad``)."""
+
+    def traced(*a):
+        out = func(*a)
+        aux = None
+        if has_aux:
+            out, aux = split_aux(out, where)
+        check(out, where)
+        return out, aux
+
+    return traced
+
+
 def check_same_tree(
     reference: Any,
     other: Any,

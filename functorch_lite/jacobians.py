@@ -96,16 +96,11 @@ def _closed_over(func, args, kwargs, positions, as_tuple, has_aux, where):
     """``g(diff) -> (out, aux)``, the non-differentiated args closed over; ``diff`` is
     the tuple of differentiated args (tuple argnums) or the one argument."""
 
-    def g(diff):
+    def call(diff):
         diff = diff if as_tuple else (diff,)
-        out = func(*_args.replace_args(args, positions, diff), **kwargs)
-        aux = None
-        if has_aux:
-            out, aux = _args.split_aux(out, where)
-        _args.check_inexact_output(out, where)
-        return out, aux
+        return func(*_args.replace_args(args, positions, diff), **kwargs)
 
-    return g
+    return _args.checked_output(call, has_aux, where)
 
 
 def jacrev(func: Callable, argnums: _args.Argnums = 0, *, has_aux: bool = False,

@@ -50,14 +50,8 @@ def _value_and_grad(func: Callable, argnums: Any, has_aux: bool, transform: str)
         where = f"{transform}({name})(*args)"
         positions = _args.differentiable_positions(args, argnums, where)
 
-        def scalar_func(*a):
-            out = func(*a, **kwargs)
-            aux = None
-            if has_aux:
-                out, aux = _args.split_aux(out, where)
-            _args.check_scalar(out, where)
-            return out, aux
-
+        scalar_func = _args.checked_output(lambda *a: func(*a, **kwargs), has_aux, where,
+                                           check=_args.check_scalar)
         (value, aux), grads = jax.value_and_grad(scalar_func, positions, has_aux=True)(*args)
         return value, (grads if as_tuple else grads[0]), aux
 
@@ -137,21 +131,6 @@ def _checked_pullback(where: str, out_tree, out_shapes, out_dtypes, pullback, co
     return pullback(cotangents)
 
 
-def _checked_output(func: Callable, has_aux: bool, where: str) -> Callable:
-    """``func`` returning ``(out, aux)`` (``aux=None`` without ``has_aux``), its output
-    checked to be differentiable (floating-point leaves)."""
-
-    def traced(*a):
-        out = func(*a)
-        aux = None
-        if has_aux:
-            out, aux = _args.split_aux(out, where)
-        _args.check_inexact_output(out, where)
-        return out, aux
-
-    return traced
-
-
 def vjp(func: Callable, *primals: Any, has_aux: bool = False):
     """Vector-Jacobian product, as ``torch.func.vjp``.
 
@@ -175,7 +154,7 @@ def vjp(func: Callable, *primals: Any, has_aux: bool = False):
     for i, p in enumerate(primals):
         _args.check_differentiable(p, where, f"primals[{i}]")
 
-    traced = _checked_output(func, has_aux, where)
+    traced = _args.checked_output(func, has_aux, where)
 
     out, pullback, aux = jax.vjp(traced, *primals, has_aux=True)
     leaves, tree = jax.tree_util.tree_flatten(out)
@@ -226,7 +205,7 @@ def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, ha
     where = f"jvp({_args.func_name(func)}, primals, tangents)"
     primals, tangents = _check_primals_tangents(primals, tangents, where)
 
-    traced = _checked_output(func, has_aux, where)
+    traced = _args.checked_output(func, has_aux, where)
 
     with forward_mode():
         out, tangent_out, aux = jax.jvp(traced, primals, tangents, has_aux=True)
@@ -258,7 +237,7 @@ def linearize(func: Callable, *primals: Any):
     for i, p in enumerate(primals):
         _args.check_differentiable(p, where, f"primals[{i}]")
 
-    traced = _checked_output(func, False, where)
+    traced = _args.checked_output(func, False, where)
     with forward_mode():
         out, lin, _ = jax.linearize(traced, *primals, has_aux=True)
     jvp_fn = functools.partial(_checked_linear, f"linearize({name}, *primals)[1](*tangents)", primals, lin)
