@@ -65,9 +65,9 @@ def test_hessian_auto_is_fwd_over_rev_for_plain_functions():
     assert higher.resolve_hessian_mode(f) == "fwd-over-rev"
 
 
-def _reverse_only():
-    """A custom_vjp whose backward rule calls another custom_vjp: forward mode cannot
-    differentiate the backward pass, so only reverse-over-reverse works."""
+def _reverse_only_sin():
+    """``sin`` as a custom_vjp whose backward rule calls another custom_vjp (``cos``):
+    forward mode cannot differentiate that backward pass."""
     @jax.custom_vjp
     def my_cos(x):
         return jnp.cos(x)
@@ -79,6 +79,12 @@ def _reverse_only():
         return jnp.sin(x)
 
     my_sin.defvjp(lambda x: (jnp.sin(x), x), lambda x, c: (c * my_cos(x),))
+    return my_sin
+
+
+def _reverse_only():
+    """Only reverse-over-reverse can take the Hessian of this (see _reverse_only_sin)."""
+    my_sin = _reverse_only_sin()
     return lambda x: (my_sin(x) * x).sum()
 
 
@@ -286,17 +292,7 @@ def switching_layer():
     rule), which switches to a custom_jvp forward rule inside forward_mode()."""
     from functorch_lite._mode import in_forward_mode
 
-    @jax.custom_vjp
-    def my_cos(x):
-        return jnp.cos(x)
-
-    my_cos.defvjp(lambda x: (jnp.cos(x), x), lambda x, c: (-c * jnp.sin(x),))
-
-    @jax.custom_vjp
-    def rev(x):
-        return jnp.sin(x)
-
-    rev.defvjp(lambda x: (jnp.sin(x), x), lambda x, c: (c * my_cos(x),))
+    rev = _reverse_only_sin()
 
     @jax.custom_jvp
     def fwd(x):
