@@ -131,6 +131,14 @@ def _checked_pullback(where: str, out_tree, out_shapes, out_dtypes, pullback, co
     return pullback(cotangents)
 
 
+def _check_primals(primals: tuple, where: str, transform: str) -> None:
+    """``vjp`` / ``linearize``: at least one primal, each differentiable."""
+    if not primals:
+        raise ValueError(f"{where}: expected at least one primal; call {transform}(f, x).")
+    for i, p in enumerate(primals):
+        _args.check_differentiable(p, where, f"primals[{i}]")
+
+
 def vjp(func: Callable, *primals: Any, has_aux: bool = False):
     """Vector-Jacobian product, as ``torch.func.vjp``.
 
@@ -149,10 +157,7 @@ def vjp(func: Callable, *primals: Any, has_aux: bool = False):
     _args.check_bool(has_aux, "vjp", "has_aux")
     name = _args.func_name(func)
     where = f"vjp({name}, *primals)"
-    if not primals:
-        raise ValueError(f"{where}: expected at least one primal; call vjp(f, x).")
-    for i, p in enumerate(primals):
-        _args.check_differentiable(p, where, f"primals[{i}]")
+    _check_primals(primals, where, "vjp")
 
     traced = _args.checked_output(func, has_aux, where)
 
@@ -232,10 +237,7 @@ def linearize(func: Callable, *primals: Any):
     _args.check_callable(func, "linearize")
     name = _args.func_name(func)
     where = f"linearize({name}, *primals)"
-    if not primals:
-        raise ValueError(f"{where}: expected at least one primal; call linearize(f, x).")
-    for i, p in enumerate(primals):
-        _args.check_differentiable(p, where, f"primals[{i}]")
+    _check_primals(primals, where, "linearize")
 
     traced = _args.checked_output(func, False, where)
     with forward_mode():
