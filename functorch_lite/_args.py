@@ -179,6 +179,12 @@ def describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def first_line(exc: BaseException) -> str:
+    """``'TypeError: <first line of its message>'``: an exception, briefly, for reports."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
 def check_scalar(out: Any, where: str, alternative: str = "vjp or jacrev") -> None:
     """``grad``-like transforms need a real scalar output."""
     dtype = leaf_dtype(out)

@@ -38,7 +38,7 @@ from jax.flatten_util import ravel_pytree
 
 from . import _args, _cost
 from ._mode import forward_mode
-from .jacobians import cached_plan, choose_mode, jacfwd, jacrev, to_layout
+from .jacobians import BY_MODE, cached_plan, choose_mode, to_layout
 from .planner import Plan, Step, plan_chain
 
 __all__ = ["chain", "Chain", "execute", "plan_chain", "Plan", "Step"]
@@ -117,7 +117,7 @@ class Chain:
                 source = "the chain's input" if k == 1 else f"stage {k - 1} ({self.names[k - 2]})"
                 raise ValueError(
                     f"{where}: stages do not compose: stage {k} ({self.names[k - 1]}) cannot "
-                    f"take {_describe(values[-1])} from {source}: {_first_line(exc).rstrip('.')}. Make "
+                    f"take {_describe(values[-1])} from {source}: {_args.first_line(exc).rstrip('.')}. Make "
                     f"{source} return the shape and structure stage {k} expects."
                 ) from exc
             leaves = jax.tree_util.tree_leaves(values[-1])
@@ -143,7 +143,7 @@ class Chain:
             raise ValueError(f"{where}: has_aux=True is not supported for a chain (its stages "
                              "pass one value each); compute aux outside the chain.")
         if mode != "auto":
-            return {"fwd": jacfwd, "rev": jacrev}[mode](self, argnums, chunk_size=chunk_size,
+            return BY_MODE[mode](self, argnums, chunk_size=chunk_size,
                                                         layout=layout)
         _, as_tuple = _args.check_argnums(argnums, where)
 
@@ -160,7 +160,7 @@ class Chain:
                 # No mixed bracketing beats the pure modes here; which pure mode is
                 # faster on this machine is then measured, as for any function.
                 choice = choose_mode(self, (x,), {}, argnums, chunk_size=chunk_size)
-                pure = {"fwd": jacfwd, "rev": jacrev}[choice.mode]
+                pure = BY_MODE[choice.mode]
                 return pure(self, argnums, chunk_size=chunk_size, layout=layout)(x)
             matrix = execute(plan, self.stages, x, chunk_size)
             out = jax.eval_shape(self, _cost.abstract(x))
@@ -187,11 +187,6 @@ def chain(*stages: Callable) -> Chain:
            [0., 2.]], dtype=float32)
     """
     return Chain(*stages)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _flat_stage(stage: Callable, example_in: Any) -> Callable:
@@ -251,14 +246,14 @@ def _stage_costs(stage: Callable, a_in: Any):
                 t2 = jax.ShapeDtypeStruct((2, width), dtype)
                 jax.eval_shape(passes, consts, v, t2)
         except Exception as exc:  # noqa: BLE001 - this mode cannot run the stage
-            unsupported[mode] = _first_line(exc)
+            unsupported[mode] = _args.first_line(exc)
             costs[mode] = math.inf
             continue
         try:
             per_pass = (_cost.lowered_flops(passes, consts, v, t2)
                         - _cost.lowered_flops(passes, consts, v, t1))
         except Exception as exc:  # noqa: BLE001 - the mode traces but will not lower
-            unsupported[mode] = _first_line(exc)
+            unsupported[mode] = _args.first_line(exc)
             costs[mode] = math.inf
             continue
         if not math.isfinite(per_pass) or per_pass <= 0:

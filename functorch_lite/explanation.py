@@ -13,11 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import numpy as np
 
 from . import _args, _cost
-from .accumulation import Chain, _describe, _first_line
-from .jacobians import ModeChoice, choose_mode, jacfwd, jacobian, jacrev, split_dynamic
+from .accumulation import Chain, _describe
+from .jacobians import BY_MODE, ModeChoice, choose_mode, jacfwd, jacobian, jacrev, split_dynamic, tree_size
 
 __all__ = ["explain", "Report", "Candidate", "StageInfo"]
 
@@ -196,7 +195,7 @@ def _fill(c: Candidate, run: Callable, abstract: list) -> None:
         stats = _cost.analyse(run, *abstract)
         c.flops, c.bytes_accessed, c.temp_bytes = stats.flops, stats.bytes_accessed, stats.temp_bytes
     except Exception as exc:  # noqa: BLE001 - reported, not raised
-        c.reason = f"could not compile: {_first_line(exc)}"
+        c.reason = f"could not compile: {_args.first_line(exc)}"
 
 
 def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, **kwargs: Any) -> Report:
@@ -233,8 +232,7 @@ def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, **kwargs: An
         return func(*a, **kw)
 
     out = jax.eval_shape(call, *abstract)
-    in_size = sum(math.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(primal))
-    out_size = sum(math.prod(o.shape) for o in jax.tree_util.tree_leaves(out))
+    in_size, out_size = tree_size(primal), tree_size(out)
     report = Report(name=_args.func_name(func), argnums=argnums, in_shapes=_shapes(primal),
                     out_shapes=_shapes(out), in_size=in_size, out_size=out_size,
                     candidates=[], chosen="", source="", reason="")
@@ -306,7 +304,7 @@ def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, **kwargs: An
         if c.name in choice.unsupported:
             c.supported, c.reason = False, choice.unsupported[c.name]
         else:
-            _fill(c, runner({"fwd": jacfwd, "rev": jacrev}[c.name]), abstract)
+            _fill(c, runner(BY_MODE[c.name]), abstract)
         c.seconds = choice.seconds.get(c.name, math.nan)
         c.chosen = c.name == choice.mode
     report.chosen, report.source = choice.mode, choice.source

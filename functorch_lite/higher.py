@@ -35,7 +35,7 @@ from jax.flatten_util import ravel_pytree
 
 from . import _args
 from ._mode import forward_mode, in_forward_mode, in_taylor_mode
-from .jacobians import jacfwd, jacrev
+from .jacobians import BY_MODE
 from .transforms import _check_primals_tangents
 
 __all__ = ["hessian", "hvp", "vhp", "hessian_diag", "resolve_hessian_mode"]
@@ -52,8 +52,8 @@ _probe_cache: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDicti
 
 def _nesting(func: Callable, mode: str, argnums: Any, chunk_size: int | None) -> Callable:
     outer_name, _, inner_name = mode.split("-")
-    inner = {"fwd": jacfwd, "rev": jacrev}[inner_name](func, argnums)
-    return {"fwd": jacfwd, "rev": jacrev}[outer_name](inner, argnums, chunk_size=chunk_size)
+    inner = BY_MODE[inner_name](func, argnums)
+    return BY_MODE[outer_name](inner, argnums, chunk_size=chunk_size)
 
 
 def _signature(args: tuple, kwargs: dict, argnums: Any) -> Any:

@@ -226,6 +226,10 @@ def _jacfwd_chunked(g, primal, chunk_size):
     return jac, aux
 
 
+# The pure-mode transform for each mode name ("fwd", "rev").
+BY_MODE = {"fwd": jacfwd, "rev": jacrev}
+
+
 # --------------------------------------------------------------------------------------
 # jacobian(mode="auto"): choose forward or reverse accumulation, once per signature.
 
@@ -308,11 +312,6 @@ def cached_plan(key: Any, make: Callable[[], Any]) -> Any:
     return plan
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
 def split_dynamic(args: tuple, kwargs: dict):
     """Array leaves of ``(args, kwargs)`` (the inputs of a compiled candidate) and a
     function rebuilding ``(args, kwargs)`` from them; other leaves are closed over."""
@@ -345,7 +344,8 @@ def calibration_inputs(dynamic: list) -> list:
     return out
 
 
-def _tree_size(tree: Any) -> int:
+def tree_size(tree: Any) -> int:
+    """Total number of elements over the leaves of ``tree`` (arrays or shape structs)."""
     return sum(math.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(tree))
 
 
@@ -389,9 +389,8 @@ def _choose_mode(func, args, kwargs, argnums, has_aux, chunk_size, policy) -> Mo
     positions = _args.normalize_argnums(argnums, len(args), where)
     dynamic, rebuild = split_dynamic(args, kwargs)
     abstract = _cost.abstract(dynamic)
-    builders = {"fwd": jacfwd, "rev": jacrev}
     candidates = {}
-    for m, transform in builders.items():
+    for m, transform in BY_MODE.items():
         jac = transform(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
 
         def run(*dyn, jac=jac):
@@ -405,9 +404,9 @@ def _choose_mode(func, args, kwargs, argnums, has_aux, chunk_size, policy) -> Mo
         try:
             jax.eval_shape(run, *abstract)
         except Exception as exc:  # noqa: BLE001 - any failure means "cannot run"
-            unsupported[m] = _first_line(exc)
+            unsupported[m] = _args.first_line(exc)
 
-    in_size = _tree_size([args[p] for p in positions])
+    in_size = tree_size([args[p] for p in positions])
     out_size = -1
     try:
         def call(*dyn):
@@ -415,7 +414,7 @@ def _choose_mode(func, args, kwargs, argnums, has_aux, chunk_size, policy) -> Mo
             return func(*a, **kw)
 
         out = jax.eval_shape(call, *abstract)
-        out_size = _tree_size(out[0] if has_aux else out)
+        out_size = tree_size(out[0] if has_aux else out)
     except Exception:  # noqa: BLE001 - the chosen transform will report it
         pass
 
@@ -449,13 +448,13 @@ def _choose_mode(func, args, kwargs, argnums, has_aux, chunk_size, policy) -> Mo
                     choice.source = "calibration"
                     return choice
                 except Exception as exc:  # noqa: BLE001
-                    choice.fallback = f"calibration failed, {_first_line(exc)}"
+                    choice.fallback = f"calibration failed, {_args.first_line(exc)}"
             if all(math.isfinite(f) for f in choice.flops.values()):
                 choice.mode = "fwd" if choice.flops["fwd"] < choice.flops["rev"] else "rev"
                 choice.source = "cost analysis"
                 return choice
         except Exception as exc:  # noqa: BLE001
-            choice.fallback = f"could not compile the candidates, {_first_line(exc)}"
+            choice.fallback = f"could not compile the candidates, {_args.first_line(exc)}"
     choice.mode = "fwd" if 0 <= in_size < out_size else "rev"
     choice.source = "sizes"
     return choice
@@ -499,14 +498,14 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     name = _args.func_name(func)
     options = dict(has_aux=has_aux, chunk_size=chunk_size, layout=layout)
     if mode != "auto":
-        jac_f = {"fwd": jacfwd, "rev": jacrev}[mode](func, argnums, **options)
+        jac_f = BY_MODE[mode](func, argnums, **options)
     else:
         def jac_f(*args, **kwargs):
             where = f"jacobian({name})(*args)"
             _args.differentiable_positions(args, argnums, where)
             choice = choose_mode(func, args, kwargs, argnums, has_aux=has_aux,
                                  chunk_size=chunk_size)
-            run = {"fwd": jacfwd, "rev": jacrev}[choice.mode](func, argnums, **options)
+            run = BY_MODE[choice.mode](func, argnums, **options)
             return run(*args, **kwargs)
 
     jac_f.__name__ = f"jacobian({name})"
