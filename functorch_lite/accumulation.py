@@ -143,8 +143,7 @@ class Chain:
             raise ValueError(f"{where}: has_aux=True is not supported for a chain (its stages "
                              "pass one value each); compute aux outside the chain.")
         if mode != "auto":
-            return BY_MODE[mode](self, argnums, chunk_size=chunk_size,
-                                                        layout=layout)
+            return BY_MODE[mode](self, argnums, chunk_size=chunk_size, layout=layout)
         _, as_tuple = _args.check_argnums(argnums, where)
 
         def jac_f(*args, **kwargs):
