@@ -19,7 +19,7 @@ from typing import Any
 
 import jax
 
-from functorch_lite._cost import stats_of
+from functorch_lite._cost import format_bytes, stats_of
 
 
 @dataclasses.dataclass
@@ -162,8 +162,5 @@ def _fmt(v: float, unit: str) -> str:
             return f"{v * 1e3:.2f}ms"
         return f"{v:.2f}s"
     if unit == "B":
-        for u in ("B", "KiB", "MiB", "GiB"):
-            if abs(v) < 1024 or u == "GiB":
-                return f"{v:.0f}{u}" if u == "B" else f"{v:.1f}{u}"
-            v /= 1024
+        return format_bytes(v)
     return f"{v:.4g}{unit}"

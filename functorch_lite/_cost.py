@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["Stats", "analyse", "race", "abstract", "signature"]
+__all__ = ["Stats", "analyse", "race", "abstract", "signature", "format_bytes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +84,19 @@ def lowered_flops(func: Callable, *abstract_args: Any) -> float:
     if "flops" not in cost:
         cost = _first(lowered.compile().cost_analysis())
     return float(cost.get("flops", math.nan))
+
+
+def format_bytes(n: float, sep: str = "") -> str:
+    """``'512B'``, ``'1.5KiB'``, ``'16.0MiB'``, ``'2.0GiB'`` (``sep`` between number and unit).
+
+    >>> format_bytes(3 * 2**20, sep=" ")
+    '3.0 MiB'
+    """
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f}{sep}{unit}" if unit == "B" else f"{n:.1f}{sep}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def is_array_leaf(leaf: Any) -> bool:

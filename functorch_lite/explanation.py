@@ -173,11 +173,7 @@ def _num(v: float) -> str:
 def _bytes(v: float) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)) or v < 0:
         return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if v < 1024 or unit == "GiB":
-            return f"{v:.0f}{unit}" if unit == "B" else f"{v:.1f}{unit}"
-        v /= 1024
-    return str(v)
+    return _cost.format_bytes(v)
 
 
 def _secs(v: float) -> str:

@@ -44,7 +44,7 @@ import jax
 import jax.extend.core as jcore
 import numpy as np
 
-from . import _args
+from . import _args, _cost
 from ._draw import CLUSTER_TITLES as _CLUSTER_TITLES, COLORS as _COLORS
 
 __all__ = ["ComputationGraph", "Edge", "GraphSummary", "Node", "graph"]
@@ -111,21 +111,13 @@ class GraphSummary:
                     f"in one pass; nothing stored")
         extra = self.forward_ops - self.primal_ops
         kept = (f", of which {self.stored_inputs} input{'' if self.stored_inputs == 1 else 's'}: "
-                f"{_fmt_bytes(self.stored_input_bytes)}"
+                f"{_cost.format_bytes(self.stored_input_bytes, sep=' ')}"
                 if self.stored_inputs else "")
         return (f"graph({self.name}), reverse mode (vjp): {self.primal_ops} primal ops; "
                 f"forward pass {self.forward_ops} ops ({extra:+d} for the backward's sake), "
                 f"backward pass {self.backward_ops} ops; {self.residuals} "
                 f"residual{'' if self.residuals == 1 else 's'} stored "
-                f"({_fmt_bytes(self.residual_bytes)}{kept})")
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024 or unit == "MiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
+                f"({_cost.format_bytes(self.residual_bytes, sep=' ')}{kept})")
 
 
 def _short_dtype(dtype: Any) -> str:
