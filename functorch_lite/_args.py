@@ -282,6 +282,19 @@ def cast_python_scalars(tree: Any, like: Any) -> Any:
     )
 
 
+def check_positive_int(value: Any, where: str, argname: str, *, allow_none: bool = False,
+                       hint: str = "") -> int | None:
+    """``value`` must be a positive Python (or NumPy) int (or None with ``allow_none``);
+    ``hint`` is appended to the message for a value below 1."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}: {argname} must be a positive int, got {value!r}.")
+    if value <= 0:
+        raise ValueError(f"{where}: {argname} must be a positive int, got {value}{hint}.")
+    return int(value)
+
+
 def check_chunk_size(chunk_size: Any, transform: str) -> int | None:
     if chunk_size is None:
         return None

@@ -235,17 +235,6 @@ def _check_key(key: Any, transform: str) -> None:
     )
 
 
-def _check_num_samples(num_samples: Any, transform: str) -> int:
-    if isinstance(num_samples, (bool, np.bool_)) or not isinstance(num_samples, numbers.Integral):
-        raise TypeError(f"{transform}: num_samples must be a positive int, got {num_samples!r}.")
-    if num_samples <= 0:
-        raise ValueError(
-            f"{transform}: num_samples must be a positive int, got {num_samples}; the "
-            "estimate's error falls like 1/sqrt(num_samples)."
-        )
-    return int(num_samples)
-
-
 def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "exact",
                  key: Any = None, num_samples: int = 100,
                  chunk_size: int | None = None) -> Callable:
@@ -276,7 +265,9 @@ def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "e
     _, as_tuple = _args.check_argnums(argnums, transform)
     _args.check_choice(method, HESSIAN_DIAG_METHODS, transform, "method")
     chunk_size = _args.check_chunk_size(chunk_size, transform)
-    num_samples = _check_num_samples(num_samples, transform)
+    num_samples = _args.check_positive_int(
+        num_samples, transform, "num_samples",
+        hint="; the estimate's error falls like 1/sqrt(num_samples)")
     if method == "hutchinson":
         if key is None:
             raise ValueError(

@@ -30,7 +30,7 @@ from .. import _args
 from ._checkpoint import Checkpoints, fingerprint
 from ._data import ArraySource, Sampler, make_source
 from ._sharding import Placement
-from ._step import check_loss_fn, check_optimizer, check_positive_int, make_update
+from ._step import check_loss_fn, check_optimizer, make_update
 
 __all__ = ["fit", "FitResult"]
 
@@ -145,11 +145,11 @@ def fit(
     check_loss_fn(loss_fn, "fit(loss_fn, params, optimizer, data)")
     where = f"fit({_args.func_name(loss_fn)}, params, optimizer, data)"
     check_optimizer(optimizer, where)
-    steps = check_positive_int(steps, where, "steps")
-    batch_size = check_positive_int(batch_size, where, "batch_size", allow_none=True)
-    accumulate = check_positive_int(accumulate, where, "accumulate")
-    spc = check_positive_int(steps_per_call, where, "steps_per_call")
-    checkpoint_every = check_positive_int(checkpoint_every, where, "checkpoint_every", allow_none=True)
+    steps = _args.check_positive_int(steps, where, "steps")
+    batch_size = _args.check_positive_int(batch_size, where, "batch_size", allow_none=True)
+    accumulate = _args.check_positive_int(accumulate, where, "accumulate")
+    spc = _args.check_positive_int(steps_per_call, where, "steps_per_call")
+    checkpoint_every = _args.check_positive_int(checkpoint_every, where, "checkpoint_every", allow_none=True)
     _args.check_bool(resume, where, "resume")
     _args.check_bool(progress, where, "progress")
     callbacks = _check_callbacks(callbacks, where)

@@ -21,7 +21,6 @@ the batch is sharded over devices each micro-batch stays evenly sharded.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,7 @@ import optax
 from .. import _args
 from ..transforms import value_and_grad
 
-__all__ = ["train_step", "make_update", "check_optimizer", "check_positive_int", "shapes"]
+__all__ = ["train_step", "make_update", "check_optimizer", "shapes"]
 
 
 def shapes(tree: Any) -> Any:
@@ -47,16 +46,6 @@ def check_optimizer(optimizer: Any, where: str) -> None:
             f"{where}: expected optimizer to be an optax.GradientTransformation (with init and "
             f"update), got {type(optimizer).__name__}; pass e.g. optax.adam(1e-3)."
         )
-
-
-def check_positive_int(value: Any, where: str, argname: str, *, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {argname} must be a positive int, got {value!r}.")
-    if value <= 0:
-        raise ValueError(f"{where}: {argname} must be a positive int, got {value}.")
-    return int(value)
 
 
 def check_loss_fn(loss_fn: Any, where: str) -> None:
@@ -218,7 +207,7 @@ def train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, ha
     check_loss_fn(loss_fn, "train_step(loss_fn, optimizer)")
     check_optimizer(optimizer, where)
     _args.check_bool(has_aux, where, "has_aux")
-    accumulate = check_positive_int(accumulate, where, "accumulate")
+    accumulate = _args.check_positive_int(accumulate, where, "accumulate")
     update = make_update(loss_fn, optimizer, has_aux=has_aux, accumulate=accumulate,
                          where=f"{where}(params, opt_state, batch)")
 
