@@ -75,17 +75,17 @@ def _reverse_only_sin():
     my_cos.defvjp(lambda x: (jnp.cos(x), x), lambda x, c: (-c * jnp.sin(x),))
 
     @jax.custom_vjp
-    def my_sin(x):
+    def rev_sin(x):
         return jnp.sin(x)
 
-    my_sin.defvjp(lambda x: (jnp.sin(x), x), lambda x, c: (c * my_cos(x),))
-    return my_sin
+    rev_sin.defvjp(lambda x: (jnp.sin(x), x), lambda x, c: (c * my_cos(x),))
+    return rev_sin
 
 
 def _reverse_only():
     """Only reverse-over-reverse can take the Hessian of this (see _reverse_only_sin)."""
-    my_sin = _reverse_only_sin()
-    return lambda x: (my_sin(x) * x).sum()
+    rev_sin = _reverse_only_sin()
+    return lambda x: (rev_sin(x) * x).sum()
 
 
 def test_hessian_auto_picks_rev_over_rev_for_reverse_only_rules(x64):
