@@ -224,16 +224,10 @@ def checked_output(func: Callable, has_aux: bool, where: str,
     return traced
 
 
-def check_same_tree(
-    reference: Any,
-    other: Any,
-    where: str,
-    ref_name: str,
-    other_name: str,
-    *,
-    check_dtype: bool = True,
-) -> None:
-    """``other`` must have the structure, shapes (and dtypes) of ``reference``."""
+def match_tree(reference: Any, other: Any, where: str, ref_name: str, other_name: str) -> Any:
+    """``other`` (tangents, cotangents, a direction) checked against ``reference``: same
+    structure, shapes and (tangent) dtypes. Python numbers in ``other`` become arrays of
+    the matching dtype first; returns ``other`` so cast."""
     ref_def = jax.tree_util.tree_structure(reference)
     other_def = jax.tree_util.tree_structure(other)
     if ref_def != other_def:
@@ -241,6 +235,7 @@ def check_same_tree(
             f"{where}: {other_name} must have the same structure as {ref_name}; "
             f"expected {ref_def}, got {other_def}."
         )
+    other = cast_python_scalars(other, reference)
     ref_items = jax.tree_util.tree_leaves_with_path(reference)
     for (keypath, r), o in zip(ref_items, jax.tree_util.tree_leaves(other)):
         if leaf_dtype(o) is None:
@@ -252,7 +247,7 @@ def check_same_tree(
                 f"{where}: {_path(other_name, keypath)} has shape {tuple(np.shape(o))} but "
                 f"{_path(ref_name, keypath)} has shape {tuple(np.shape(r))}; they must match."
             )
-        if check_dtype and isinstance(o, _ARRAY_TYPES):
+        if isinstance(o, _ARRAY_TYPES):
             rd, od = tangent_dtype(leaf_dtype(r)), np.dtype(o.dtype)
             if rd != od:
                 raise TypeError(
@@ -260,6 +255,7 @@ def check_same_tree(
                     f"{_path(ref_name, keypath)} needs {rd.name}; cast it with "
                     f".astype(jnp.{rd.name})."
                 )
+    return other
 
 
 def tangent_dtype(dtype: np.dtype) -> np.dtype:

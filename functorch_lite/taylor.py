@@ -256,10 +256,7 @@ def _prepare_point(x: Any, direction: Any, where: str) -> tuple[Any, Any]:
                 "d^k f(x)[v, ..., v], or differentiate each entry separately."
             )
         return x, jax.tree_util.tree_map(jnp.ones_like, x)
-    direction = _args.cast_python_scalars(direction, x) if (
-        jax.tree_util.tree_structure(direction) == jax.tree_util.tree_structure(x)) else direction
-    _args.check_same_tree(x, direction, where, "x", "direction")
-    return x, direction
+    return x, _args.match_tree(x, direction, where, "x", "direction")
 
 
 def taylor(func: Callable, order: int, *, direction: Any = None) -> Callable:

@@ -125,10 +125,7 @@ def _checked_pullback(where: str, out_tree, out_shapes, out_dtypes, pullback, co
     reference = jax.tree_util.tree_unflatten(
         out_tree, [jax.ShapeDtypeStruct(s, d) for s, d in zip(out_shapes, out_dtypes)]
     )
-    cotangents = _args.cast_python_scalars(cotangents, reference) if (
-        jax.tree_util.tree_structure(cotangents) == out_tree) else cotangents
-    _args.check_same_tree(reference, cotangents, where, "the output", "cotangents")
-    return pullback(cotangents)
+    return pullback(_args.match_tree(reference, cotangents, where, "the output", "cotangents"))
 
 
 def _check_primals(primals: tuple, where: str, transform: str) -> None:
@@ -187,10 +184,7 @@ def _check_primals_tangents(primals: Any, tangents: Any, where: str) -> tuple[tu
         )
     for i, p in enumerate(primals):
         _args.check_differentiable(p, where, f"primals[{i}]")
-    tangents = _args.cast_python_scalars(tuple(tangents), tuple(primals)) if (
-        jax.tree_util.tree_structure(tuple(tangents)) == jax.tree_util.tree_structure(tuple(primals))
-    ) else tuple(tangents)
-    _args.check_same_tree(tuple(primals), tangents, where, "primals", "tangents")
+    tangents = _args.match_tree(tuple(primals), tuple(tangents), where, "primals", "tangents")
     return tuple(primals), tangents
 
 
