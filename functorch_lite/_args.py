@@ -25,7 +25,7 @@ import numpy as np
 
 Argnums = int | Sequence[int]
 
-_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
+ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 
 
 def func_name(func: Callable) -> str:
@@ -101,7 +101,7 @@ def differentiable_positions(args: tuple, argnums: Argnums, where: str) -> tuple
 
 
 def leaf_dtype(leaf: Any) -> np.dtype | None:
-    if isinstance(leaf, _ARRAY_TYPES) or isinstance(leaf, jax.ShapeDtypeStruct):
+    if isinstance(leaf, ARRAY_TYPES) or isinstance(leaf, jax.ShapeDtypeStruct):
         return np.dtype(leaf.dtype)
     if isinstance(leaf, bool):
         return np.dtype(bool)
@@ -174,7 +174,7 @@ def describe(value: Any) -> str:
     """``'an array of shape (3,)'``, ``'a tuple of length 3'``, ``'a str'``: for messages."""
     if isinstance(value, (tuple, list)):
         return f"a {type(value).__name__} of length {len(value)}"
-    if isinstance(value, _ARRAY_TYPES):
+    if isinstance(value, ARRAY_TYPES):
         return f"an array of shape {tuple(np.shape(value))}"
     return f"a {type(value).__name__}"
 
@@ -247,7 +247,7 @@ def match_tree(reference: Any, other: Any, where: str, ref_name: str, other_name
                 f"{where}: {_path(other_name, keypath)} has shape {tuple(np.shape(o))} but "
                 f"{_path(ref_name, keypath)} has shape {tuple(np.shape(r))}; they must match."
             )
-        if isinstance(o, _ARRAY_TYPES):
+        if isinstance(o, ARRAY_TYPES):
             rd, od = tangent_dtype(leaf_dtype(r)), np.dtype(o.dtype)
             if rd != od:
                 raise TypeError(
@@ -271,7 +271,7 @@ def cast_python_scalars(tree: Any, like: Any) -> Any:
     """Turn Python numbers in ``tree`` into arrays of the dtype of ``like``'s leaves."""
     return jax.tree_util.tree_map(
         lambda t, r: jnp.asarray(t, tangent_dtype(leaf_dtype(r)))
-        if not isinstance(t, _ARRAY_TYPES) and leaf_dtype(t) is not None
+        if not isinstance(t, ARRAY_TYPES) and leaf_dtype(t) is not None
         else t,
         tree,
         like,

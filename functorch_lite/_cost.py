@@ -26,6 +26,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from ._args import ARRAY_TYPES
+
 __all__ = ["Stats", "analyse", "race", "abstract", "signature", "format_bytes"]
 
 
@@ -100,7 +102,7 @@ def format_bytes(n: float, sep: str = "") -> str:
 
 
 def is_array_leaf(leaf: Any) -> bool:
-    return isinstance(leaf, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct))
+    return isinstance(leaf, (*ARRAY_TYPES, jax.ShapeDtypeStruct))
 
 
 def abstract(tree: Any) -> Any:

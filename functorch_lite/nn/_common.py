@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
+from .._args import ARRAY_TYPES
 from .._mode import in_forward_mode, in_taylor_mode
 
-_ARRAYS = (jax.Array, np.ndarray, np.generic)
 HALF = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 
 
@@ -59,7 +59,7 @@ def acc_dtype(dtype: Any) -> np.dtype:
 def check_float(value: Any, where: str, name: str, *, optional: bool = False) -> None:
     if value is None and optional:
         return
-    if not isinstance(value, _ARRAYS):
+    if not isinstance(value, ARRAY_TYPES):
         raise TypeError(
             f"{where}: {name} must be a floating-point array, got {type(value).__name__}; "
             f"pass e.g. jnp.asarray({name}, jnp.float32)."

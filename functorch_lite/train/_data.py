@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _args
 from ._sharding import Placement
 from ._step import check_batch, check_batch_size, shapes
 
@@ -54,10 +55,6 @@ class Sampler:
             perms = perms[t // self.per_epoch - t_start // self.per_epoch]
         idx = jax.lax.dynamic_slice(perms, (j * self.batch_size,), (self.batch_size,))
         return tuple(placement.take_rows(x, idx) for x in arrays)
-
-
-def _is_array(x: Any) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, np.generic))
 
 
 class ArraySource:
@@ -176,6 +173,6 @@ class IterSource:
 
 def make_source(data: Any, batch_size: int | None, accumulate: int, placement: Placement, where: str):
     """A tuple whose items are all arrays is a dataset; anything else iterable yields batches."""
-    if isinstance(data, tuple) and all(_is_array(x) for x in data):
+    if isinstance(data, tuple) and all(isinstance(x, _args.ARRAY_TYPES) for x in data):
         return ArraySource(data, batch_size, accumulate, placement, where)
     return IterSource(data, batch_size, accumulate, placement, where)
