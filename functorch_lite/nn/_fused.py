@@ -30,8 +30,8 @@ import jax.numpy as jnp
 
 from .._mode import in_forward_mode, in_taylor_mode
 from . import _common
-from ._linear import _mm, _xw, linear
-from ._norms import _safe_rsqrt, layer_norm, rms_norm
+from ._linear import _bias, _xw, backward, linear
+from ._norms import layer_norm, rms_norm, row_stats, through_xhat
 
 __all__ = ["linear_norm_act"]
 
@@ -40,14 +40,13 @@ __all__ = ["linear_norm_act"]
 def _make(norm: str, activation: Callable, eps: float, has_offset: bool):
     centre = norm == "layer"
 
+    def linear_acc(x, w, b, acc):
+        return _xw(x, w, acc) + _bias(b, x.ndim, acc)
+
     def pre(x, w, b):
         """``h = xW + b`` and its row statistics, in the accumulation dtype."""
-        acc = _common.acc_dtype(x.dtype)
-        h = _xw(x, w, acc) + b.astype(acc).reshape((1,) * (x.ndim - 1) + b.shape)
-        mu = jnp.mean(h, axis=-1, keepdims=True) if centre else None
-        hc = h - mu if centre else h
-        rstd = _safe_rsqrt(jnp.mean(hc * hc, axis=-1, keepdims=True) + eps)
-        return h, mu, rstd
+        h = linear_acc(x, w, b, _common.acc_dtype(x.dtype))
+        return (h,) + row_stats(h, (-1,), eps, centre)
 
     def post(h, mu, rstd, scale, offset):
         """``(x_hat, y)``: the normalised rows and the affine output (before activation)."""
@@ -74,22 +73,15 @@ def _make(norm: str, activation: Callable, eps: float, has_offset: bool):
         # the barrier stops XLA from merging this recomputation with the forward matmul
         # (which would keep h alive after all and store as much as the unfused layers)
         x, w, b = jax.lax.optimization_barrier((x, w, b))
-        h = _xw(x, w, acc) + b.astype(acc).reshape((1,) * (x.ndim - 1) + b.shape)  # recomputed
+        h = linear_acc(x, w, b, acc)                                       # recomputed
         xhat, y = post(h, mu, rstd, scale, offset[0] if has_offset else None)
         _, act_vjp = jax.vjp(activation, y)
         (dy,) = act_vjp(da.astype(acc))
         g = dy * scale.astype(acc).reshape((1,) * (x.ndim - 1) + scale.shape)
-        inner = g - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True)
-        if centre:
-            inner = inner - jnp.mean(g, axis=-1, keepdims=True)
-        dh = rstd * inner
+        dh = through_xhat(g, xhat, rstd, (-1,), centre)
+        dx, dw, db = backward(x, w, dh, acc)
         lead = tuple(range(x.ndim - 1))
-        dx = _mm(dh, w, (dh.ndim - 1,), (1,), acc)
-        if lead:
-            dw = _mm(x, dh, lead, lead, acc)
-        else:
-            dw = x.astype(acc)[:, None] * dh[None, :]
-        grads = (dx.astype(x.dtype), dw.astype(w.dtype), jnp.sum(dh, axis=lead).astype(b.dtype),
+        grads = (dx.astype(x.dtype), dw.astype(w.dtype), db.astype(b.dtype),
                  jnp.sum(dy * xhat, axis=lead).astype(scale.dtype))
         if has_offset:
             grads += (jnp.sum(dy, axis=lead).astype(offset[0].dtype),)

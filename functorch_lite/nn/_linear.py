@@ -35,6 +35,20 @@ def _bias(b, ndim, acc):
     return b.astype(acc).reshape((1,) * (ndim - 1) + b.shape)
 
 
+def backward(x, w, dy, acc, *, bias: bool = True):
+    """The reverse rule of ``y = x W + b`` in the dtype ``acc``: ``(dL/dx, dL/dW, dL/db)``
+    = ``(dy W^T, x^T dy, sum of dy over the rows)``, rows being every leading axis of
+    ``x`` (``dL/db`` is None when ``bias`` is False)."""
+    lead = tuple(range(x.ndim - 1))
+    dx = _mm(dy, w, (dy.ndim - 1,), (1,), acc)               # dL/dy W^T
+    if lead:
+        dw = _mm(x, dy, lead, lead, acc)                     # x^T dL/dy
+    else:  # one sample: the outer product, as a broadcast (vmaps to a fused multiply)
+        dw = x.astype(acc)[:, None] * dy.astype(acc)[None, :]
+    db = jnp.sum(dy.astype(acc), axis=lead) if bias else None  # sum over rows
+    return dx, dw, db
+
+
 @functools.lru_cache(maxsize=None)
 def _make(has_bias: bool):
     def primal(x, w, *b):
@@ -49,17 +63,9 @@ def _make(has_bias: bool):
 
     def bwd(res, dy):
         x, w = res
-        acc = _common.acc_dtype(x.dtype)
-        lead = tuple(range(x.ndim - 1))
-        dx = _mm(dy, w, (dy.ndim - 1,), (1,), acc)               # dL/dy W^T
-        if lead:
-            dw = _mm(x, dy, lead, lead, acc)                     # x^T dL/dy
-        else:  # one sample: the outer product, as a broadcast (vmaps to a fused multiply)
-            dw = x.astype(acc)[:, None] * dy.astype(acc)[None, :]
+        dx, dw, db = backward(x, w, dy, _common.acc_dtype(x.dtype), bias=has_bias)
         grads = (dx.astype(x.dtype), dw.astype(w.dtype))
-        if has_bias:
-            grads += (jnp.sum(dy.astype(acc), axis=lead).astype(x.dtype),)  # sum over rows
-        return grads
+        return grads + (db.astype(x.dtype),) if has_bias else grads
 
     def tangent(primals, tangents):
         x, w = primals[:2]

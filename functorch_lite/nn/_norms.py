@@ -105,12 +105,33 @@ def l2_norm(x: jax.Array, axis: int | tuple[int, ...] | None = None, keepdims: b
     if not isinstance(keepdims, bool):
         raise TypeError(f"{where}: keepdims must be True or False, got {keepdims!r}.")
     eps = _common.check_eps(eps, where)
-    if not axes:  # a scalar input: |x|
-        axes = ()
-    return _make_l2(axes, keepdims, eps)(x)
+    return _make_l2(axes, keepdims, eps)(x)       # a scalar x has axes (): |x|
 
 
 # ----------------------------------------------------------------------- layer / rms norm
+
+
+def row_stats(xf, axes, eps, centre):
+    """Per-row ``(mu, rstd)`` of ``xf`` (already in the accumulation dtype) over
+    ``axes``, keepdims: ``rstd = 1 / sqrt(mean((x - mu)^2) + eps)``; without ``centre``
+    (rms) ``mu`` is None and ``rstd = 1 / sqrt(mean(x^2) + eps)``."""
+    mu = jnp.mean(xf, axis=axes, keepdims=True) if centre else None
+    xc = xf - mu if centre else xf
+    return mu, _safe_rsqrt(jnp.mean(xc * xc, axis=axes, keepdims=True) + eps)
+
+
+def through_xhat(v, xhat, rstd, axes, centre):
+    """``rstd * (v - mean(v) - x_hat mean(x_hat v))`` over ``axes`` (no ``mean(v)``
+    without ``centre``): the derivative of ``x_hat`` with respect to ``x``. It is
+    self-adjoint, so it maps a tangent ``dx`` to ``dx_hat`` (forward rule) and a
+    cotangent ``dL/dx_hat`` to ``dL/dx`` (reverse rule)."""
+    def mean(u):
+        return jnp.mean(u, axis=axes, keepdims=True)
+
+    inner = v - xhat * mean(v * xhat)
+    if centre:
+        inner = inner - mean(v)
+    return rstd * inner
 
 
 def _check_param(p, x, axes, where, name):
@@ -136,11 +157,7 @@ def _make_norm(kind: str, axes: tuple[int, ...], eps: float, has_scale: bool, ha
     centre = kind == "layer"
 
     def stats(x):
-        """Per-row ``(mu, rstd)`` in the accumulation dtype (keepdims; mu=None for rms)."""
-        xf = x.astype(_common.acc_dtype(x.dtype))
-        mu = jnp.mean(xf, axis=axes, keepdims=True) if centre else None
-        xc = xf - mu if centre else xf
-        return mu, _safe_rsqrt(jnp.mean(xc * xc, axis=axes, keepdims=True) + eps)
+        return row_stats(x.astype(_common.acc_dtype(x.dtype)), axes, eps, centre)
 
     def normalise(x, mu, rstd):
         xf = x.astype(rstd.dtype)
@@ -157,9 +174,6 @@ def _make_norm(kind: str, axes: tuple[int, ...], eps: float, has_scale: bool, ha
             y = y + bcast(params[-1], x, xhat.dtype)
         return y.astype(x.dtype)
 
-    def mean(v):
-        return jnp.mean(v, axis=axes, keepdims=True)
-
     def primal(x, *params):
         mu, rstd = stats(x)
         return affine(normalise(x, mu, rstd), x, params)
@@ -175,12 +189,7 @@ def _make_norm(kind: str, axes: tuple[int, ...], eps: float, has_scale: bool, ha
         xhat = normalise(x, mu, rstd)
         dyf = dy.astype(acc)
         g = dyf * bcast(scale, x, acc) if has_scale else dyf            # dL/dx_hat
-        # dL/dx = rstd * (g - mean(g) - x_hat mean(g x_hat))   (layer)
-        #       = rstd * (g - x_hat mean(g x_hat))              (rms)
-        inner = g - xhat * mean(g * xhat)
-        if centre:
-            inner = inner - mean(g)
-        grads = ((rstd * inner).astype(x.dtype),)
+        grads = (through_xhat(g, xhat, rstd, axes, centre).astype(x.dtype),)   # dL/dx
         rows = _common.other_axes(x.ndim, axes)
         shape = _common.param_shape(x.shape, axes)
         if has_scale:
@@ -197,12 +206,7 @@ def _make_norm(kind: str, axes: tuple[int, ...], eps: float, has_scale: bool, ha
         y = affine(xhat, x, params)
         dy = jnp.zeros(x.shape, acc)
         if not _common.is_zero(tangents[0]):
-            t = tangents[0].astype(acc)
-            # d x_hat = rstd * (dx - mean(dx) - x_hat mean(x_hat dx))   (no mean(dx) for rms)
-            inner = t - xhat * mean(xhat * t)
-            if centre:
-                inner = inner - mean(t)
-            dxhat = rstd * inner
+            dxhat = through_xhat(tangents[0].astype(acc), xhat, rstd, axes, centre)
             dy = dy + (dxhat * bcast(params[0], x, acc) if has_scale else dxhat)
         if has_scale and not _common.is_zero(tangents[1]):
             dy = dy + xhat * bcast(tangents[1], x, acc)
