@@ -89,7 +89,7 @@ def _checked_loss(loss_fn: Callable, has_aux: bool, where: str) -> Callable:
     return loss
 
 
-def micro_batches(batch: Any, accumulate: int, where: str) -> Any:
+def micro_batches(batch: Any, accumulate: int) -> Any:
     """Split every leaf ``(B, ...)`` into ``(accumulate, B / accumulate, ...)``, strided."""
 
     def split(x):
@@ -134,11 +134,6 @@ def check_batch_size(b: int, accumulate: int, divisor: int, where: str) -> None:
         )
 
 
-def _norm(tree: Any) -> jax.Array:
-    """``||tree||_2`` over all leaves."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
-
-
 def make_update(loss_fn: Callable, optimizer: optax.GradientTransformation, *, has_aux: bool,
                 accumulate: int, where: str, constrain: Callable[[Any], Any] | None = None) -> Callable:
     """The pure (not yet jitted) step function. ``constrain`` places each micro-batch
@@ -162,7 +157,7 @@ def make_update(loss_fn: Callable, optimizer: optax.GradientTransformation, *, h
                 total_v, total_g = carry
                 return (total_v + v, jax.tree_util.tree_map(jnp.add, total_g, g)), aux
 
-            micros = micro_batches(batch, accumulate, where)
+            micros = micro_batches(batch, accumulate)
             first = jax.tree_util.tree_map(lambda x: x[0], micros)
             v_shape = jax.eval_shape(grads_of, params, first)[0]
             zero = (jnp.zeros((), v_shape.dtype), jax.tree_util.tree_map(jnp.zeros_like, params))
@@ -173,7 +168,7 @@ def make_update(loss_fn: Callable, optimizer: optax.GradientTransformation, *, h
                 lambda a: jnp.mean(a, axis=0) if jnp.issubdtype(a.dtype, jnp.inexact) else a[-1], auxs)
         updates, opt_state = optimizer.update(g, opt_state, params)
         params = optax.apply_updates(params, updates)
-        metrics = {"loss": value, "grad_norm": _norm(g)}
+        metrics = {"loss": value, "grad_norm": optax.global_norm(g)}
         if has_aux:
             metrics["aux"] = aux
         return params, opt_state, metrics
