@@ -91,11 +91,6 @@ def _load_target(target: str, shapes: Sequence[str]) -> tuple[str, Any, tuple]:
     return func_name, func, args
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
 def _check_engine(engine: str) -> None:
     if engine == "dot" and shutil.which("dot") is None:
         raise UsageError("--engine dot: the Graphviz `dot` program is not on the PATH; install "
@@ -119,6 +114,7 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
 
 
 def _cmd_graph(ns: argparse.Namespace) -> int:
+    from ._args import first_line
     from .viz import graph
 
     _check_engine(ns.engine)
@@ -126,7 +122,7 @@ def _cmd_graph(ns: argparse.Namespace) -> int:
     try:
         g = graph(func, *args, argnums=ns.argnums, mode=ns.mode, max_nodes=ns.max_nodes)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"graph of {ns.target!r} failed: {_one_line(exc)}") from None
+        raise UsageError(f"graph of {ns.target!r} failed: {first_line(exc)}") from None
     out = Path(ns.out)
     safe = name.replace(".", "_")
     dot_path = g.render(out / f"graph_{safe}_{ns.mode}.dot")
@@ -139,17 +135,14 @@ def _cmd_graph(ns: argparse.Namespace) -> int:
 
 
 def _cmd_explain(ns: argparse.Namespace) -> int:
-    import functorch_lite as fl
+    from ._args import first_line
+    from .explanation import explain
 
     name, func, args = _load_target(ns.target, ns.shape)
-    explain = getattr(fl, "explain", None)
-    if explain is None:
-        print(f"{PROG} explain: this build of functorch_lite has no explain() yet", file=sys.stderr)
-        return 1
     try:
         report = explain(func, *args, argnums=ns.argnums)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"explain of {ns.target!r} failed: {_one_line(exc)}") from None
+        raise UsageError(f"explain of {ns.target!r} failed: {first_line(exc)}") from None
     print(report)
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)

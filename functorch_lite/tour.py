@@ -40,6 +40,7 @@ import numpy as np
 import functorch_lite as fl
 
 from ._cost import analyse
+from .nn import l2_norm
 from .viz import ComputationGraph, graph
 
 __all__ = ["STOPS", "Check", "Stop", "TourContext", "TourResult", "run_tour", "stop"]
@@ -301,41 +302,10 @@ def _linear(ctx: TourContext) -> None:
                    f"stored: {sorted(stored)}")
 
 
-def _tour_abs_or_norm(x: jax.Array) -> jax.Array:
-    """``||x||`` (``|x|`` for a scalar) with the subgradient 0 at 0, for when
-    ``functorch_lite.nn.l2_norm`` is absent."""
-
-    @jax.custom_jvp
-    def norm(x):
-        return jnp.sqrt(jnp.sum(x * x))
-
-    @norm.defjvp
-    def norm_jvp(primals, tangents):
-        (x,), (t,) = primals, tangents
-        n = norm(x)
-        safe = jnp.where(n > 0, n, 1.0)
-        return n, jnp.where(n > 0, jnp.sum(x * t) / safe, 0.0)
-
-    return norm(x)
-
-
-def _library_norm() -> tuple[Callable[[jax.Array], jax.Array], str]:
-    """The library's NaN-free norm: ``functorch_lite.nn.l2_norm`` when present (issue 5),
-    else the tour's own custom_jvp stand-in."""
-    try:
-        from functorch_lite import nn  # type: ignore[attr-defined]
-    except ImportError:
-        nn = None
-    l2 = getattr(nn, "l2_norm", None)
-    if l2 is not None:
-        return l2, "functorch_lite.nn.l2_norm"
-    return _tour_abs_or_norm, "the tour's custom_jvp stand-in (functorch_lite.nn.l2_norm not present)"
-
-
 @stop("subgradient", "|x| and ||x|| at 0: a subgradient (0), never NaN")
 def _subgradient(ctx: TourContext) -> None:
-    norm, source = _library_norm()
-    ctx.say(f"norm: {source}")
+    norm = l2_norm
+    ctx.say("norm: functorch_lite.nn.l2_norm")
     ctx.say(f"raw JAX for contrast: grad(jnp.abs)(0.) = {float(jax.grad(jnp.abs)(0.0))}, "
             f"grad(jnp.linalg.norm)(zeros(3)) = {np.asarray(jax.grad(jnp.linalg.norm)(jnp.zeros(3)))}")
     g0 = fl.grad(norm)(jnp.asarray(0.0))
