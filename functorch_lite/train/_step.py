@@ -168,7 +168,7 @@ def make_update(loss_fn: Callable, optimizer: optax.GradientTransformation, *, h
                 lambda a: jnp.mean(a, axis=0) if jnp.issubdtype(a.dtype, jnp.inexact) else a[-1], auxs)
         updates, opt_state = optimizer.update(g, opt_state, params)
         params = optax.apply_updates(params, updates)
-        metrics = {"loss": value, "grad_norm": optax.tree.norm(g)}
+        metrics = {"loss": value, "grad_norm": optax.tree_utils.tree_norm(g)}
         if has_aux:
             metrics["aux"] = aux
         return params, opt_state, metrics
