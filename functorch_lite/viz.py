@@ -201,6 +201,15 @@ class _Builder:
     def edge(self, src: str, dst: str) -> None:
         self.edges.append(Edge(src, dst))
 
+    def sinks(self, srcs: Sequence[Any], outvars: Sequence[Any], labels: Sequence[str],
+              kind: str, cluster: str) -> None:
+        """One ``kind`` node per outvar (an output, a gradient, a tangent), fed by the node
+        that computed it (no edge from a literal)."""
+        for src, v, label in zip(srcs, outvars, labels):
+            nid = self.add(kind, label, _aval_str(v.aval), cluster)
+            if isinstance(src, str):
+                self.edge(src, nid)
+
     def run(self, jaxpr: Any, consts: Sequence[Any], env: dict, cluster: str | Callable) -> list:
         """Add ``jaxpr``'s equations; ``env`` already maps its invars. Returns, per outvar,
         a node id or ``("lit", text)``."""
@@ -419,8 +428,7 @@ def graph(func: Callable, *args: Any, argnums: _args.Argnums = 0, mode: str = "r
     mode = _args.check_choice(mode, ("rev", "fwd"), where, "mode")
     if not isinstance(max_nodes, int) or isinstance(max_nodes, bool) or max_nodes < 4:
         raise ValueError(f"{where}: max_nodes must be an int >= 4, got {max_nodes!r}.")
-    _args.check_argnums(argnums, where)
-    positions = _args.differentiable_positions(args, argnums, where)
+    positions = _args.differentiable_positions(args, argnums, where)   # also checks argnums
     args = tuple(args)
     name = _args.func_name(func)
     argnames = _arg_names(func, len(args))
@@ -458,11 +466,7 @@ def graph(func: Callable, *args: Any, argnums: _args.Argnums = 0, mode: str = "r
             in_env[v] = input_ids[-1]
         outs = b.run(jf, fwd_jaxpr.consts, in_env, "forward")
         n_out = len(jax.tree_util.tree_leaves(out_shape))
-        out_names = _leaf_names("out", out_shape)
-        for src, v, nm in zip(outs[:n_out], jf.outvars[:n_out], out_names):
-            oid = b.add("output", nm, _aval_str(v.aval), "forward")
-            if isinstance(src, str):
-                b.edge(src, oid)
+        b.sinks(outs[:n_out], jf.outvars[:n_out], _leaf_names("out", out_shape), "output", "forward")
         # residuals: the forward values the backward pass reads
         res_srcs, seen, res_bytes, stored_inputs, stored_input_bytes = [], set(), 0, 0, 0
         for src, v in zip(outs[n_out:], jf.outvars[n_out:]):
@@ -484,10 +488,7 @@ def graph(func: Callable, *args: Any, argnums: _args.Argnums = 0, mode: str = "r
         for v, nm in zip(jb.invars[n_res:], ct_names):
             bwd_env[v] = b.add("cotangent", f"cotangent {nm}", _aval_str(v.aval), "backward")
         grads = b.run(jb, bwd_jaxpr.consts, bwd_env, "backward")
-        for src, v, nm in zip(grads, jb.outvars, diff_names):
-            gid = b.add("grad", f"grad {nm}", _aval_str(v.aval), "backward")
-            if isinstance(src, str):
-                b.edge(src, gid)
+        b.sinks(grads, jb.outvars, [f"grad {nm}" for nm in diff_names], "grad", "backward")
         summary = GraphSummary(name, "rev", primal_ops, b.ops["forward"], b.ops["backward"],
                                len(seen), res_bytes, stored_inputs, stored_input_bytes)
         jaxprs = {"primal": primal, "forward": fwd_jaxpr, "backward": bwd_jaxpr}
@@ -515,14 +516,8 @@ def graph(func: Callable, *args: Any, argnums: _args.Argnums = 0, mode: str = "r
 
         outs = b.run(jj, jvp_jaxpr.consts, in_env, classify)
         n_out = len(jax.tree_util.tree_leaves(out_shape))
-        for src, v, nm in zip(outs[:n_out], jj.outvars[:n_out], _leaf_names("out", out_shape)):
-            oid = b.add("output", nm, _aval_str(v.aval), "primal")
-            if isinstance(src, str):
-                b.edge(src, oid)
-        for src, v, nm in zip(outs[n_out:], jj.outvars[n_out:], _leaf_names("J u", out_shape)):
-            oid = b.add("tangent", nm, _aval_str(v.aval), "tangent")
-            if isinstance(src, str):
-                b.edge(src, oid)
+        b.sinks(outs[:n_out], jj.outvars[:n_out], _leaf_names("out", out_shape), "output", "primal")
+        b.sinks(outs[n_out:], jj.outvars[n_out:], _leaf_names("J u", out_shape), "tangent", "tangent")
         summary = GraphSummary(name, "fwd", primal_ops, b.ops["primal"], b.ops["tangent"], 0, 0, 0, 0)
         jaxprs = {"primal": primal, "jvp": jvp_jaxpr}
 
