@@ -20,7 +20,6 @@ figure is the median over interleaved repetitions (A B A B ...).
 from __future__ import annotations
 
 import functools
-import statistics
 
 import jax
 import jax.numpy as jnp
@@ -30,19 +29,6 @@ import optax
 from functorch_lite import train
 
 from .harness import Row, interleaved
-
-
-def _rotated(contenders: dict, reps: int) -> dict[str, float]:
-    """``interleaved`` once per rotation of the order (A B C, B C A, C A B), median of the
-    medians: on this shared 2-core machine the contender that runs right after another
-    one measured up to ~20% slower, whoever it was."""
-    names = list(contenders)
-    runs: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(len(names)):
-        order = names[r:] + names[:r]
-        for k, v in interleaved({k: contenders[k] for k in order}, reps=reps, warmup=1 if r == 0 else 0).items():
-            runs[k].append(v)
-    return {k: statistics.median(v) for k, v in runs.items()}
 
 
 def _mlp_init(key, sizes):
@@ -149,7 +135,7 @@ def run(quick: bool = False) -> list[Row]:
                              progress=True).params
 
     contenders = {"fit": ours, "fit+bar": ours_bar, "jit+optax": _handwritten(params, optimizer, x, y, steps, batch_size)}
-    t = _rotated(contenders, reps=max(3, reps // 3))
+    t = interleaved(contenders, reps=max(9, reps))   # shuffled order each round
     torch_note = ""
     try:
         import torch
@@ -200,7 +186,7 @@ def run(quick: bool = False) -> list[Row]:
         return lambda: train.fit(_loss, tiny_params, tiny_opt, tiny_data, steps=tiny_steps, batch_size=32,
                                  steps_per_call=s, progress=False).params
 
-    t = _rotated({"spc16": spc(16), "spc1": spc(1)}, reps=max(3, reps // 2))
+    t = interleaved({"spc16": spc(16), "spc1": spc(1)}, reps=max(6, reps))
     rows.append(Row("train", f"steps_per_call=16 vs 1, tiny MLP {'x'.join(map(str, tiny))}", "s",
                     t["spc16"] / tiny_steps, {"steps_per_call=1": t["spc1"] / tiny_steps}, target="ratio >= 2",
                     note=f"time per step; steps/s {tiny_steps / t['spc16']:.0f} vs {tiny_steps / t['spc1']:.0f}"))
