@@ -1,0 +1,68 @@
+"""The one place that reads jaxpr structure (public JAX only: ``jax.make_jaxpr``,
+``jax.extend.core``).
+
+When JAX changes how programs are staged, this package is the only one to update.
+Each reader of the program lives in its own module here:
+
+- ``cuts``      narrow vertex cuts of a program, for the planner's mixed mode;
+- ``sparsity``  index-set propagation, for sparse Jacobians and Hessians;
+- ``taylor``    collapsed Taylor-mode propagation, for differential operators.
+
+This module holds what they share: staging a flat function, walking equations, and
+telling literals, variables and sub-jaxprs apart.
+
+>>> import jax.numpy as jnp
+>>> closed = stage(lambda x: jnp.sin(x) * 2.0, jnp.ones(3))
+>>> [primitive_name(e) for e in closed.jaxpr.eqns]
+['sin', 'mul']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.extend.core as jcore
+
+ClosedJaxpr = jcore.ClosedJaxpr
+Jaxpr = jcore.Jaxpr
+JaxprEqn = jcore.JaxprEqn
+Literal = jcore.Literal
+Var = jcore.Var
+
+__all__ = ["stage", "primitive_name", "is_literal", "sub_jaxprs", "walk", "evaluate",
+           "ClosedJaxpr", "Jaxpr", "JaxprEqn", "Literal", "Var"]
+
+
+def stage(func: Callable, *args: Any) -> ClosedJaxpr:
+    """``jax.make_jaxpr(func)(*args)``: the closed jaxpr of ``func`` at these avals."""
+    return jax.make_jaxpr(func)(*args)
+
+
+def primitive_name(eqn: JaxprEqn) -> str:
+    """The name of the primitive an equation applies (``"dot_general"``, ``"sin"``...)."""
+    return eqn.primitive.name
+
+
+def is_literal(atom: Any) -> bool:
+    """True for an inline constant (a :class:`Literal`), false for a variable."""
+    return isinstance(atom, Literal)
+
+
+def sub_jaxprs(eqn: JaxprEqn) -> list:
+    """The jaxprs held in an equation's parameters (``pjit``, ``cond`` branches, ``scan``...)."""
+    return list(jcore.jaxprs_in_params(eqn.params))
+
+
+def walk(jaxpr: Jaxpr) -> Iterator[JaxprEqn]:
+    """Every equation of ``jaxpr`` and, depth first, of the jaxprs inside its equations."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in sub_jaxprs(eqn):
+            yield from walk(getattr(sub, "jaxpr", sub))
+
+
+def evaluate(closed: ClosedJaxpr, *args: Any) -> list:
+    """Run a closed jaxpr on arguments (``jax.core.eval_jaxpr``); a list of outputs."""
+    return jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *args)
