@@ -1,8 +1,12 @@
 """``explain``: how ``jacobian(mode="auto")`` accumulates, and what each way costs.
 
-The report lists forward, reverse and (for a :func:`~functorch_lite.chain`) the planned
-mixed-mode program with XLA's FLOPs, bytes and planned memory of each compiled Jacobian
-program, which one runs and why; ``print`` gives a table, ``.plot(path)`` a picture.
+The report renders the very plan object ``jacobian`` runs (the planner's cached
+:class:`~functorch_lite._planner.plans.JacobianPlan`; nothing is decided twice): the
+width of the program at every cut the planner considered (a text profile, and a panel
+of the picture), the static costs of forward, reverse and mixed mode, which one runs
+and why (or why no cut pays), and XLA's FLOPs, bytes and planned memory of each
+compiled candidate. Measured times appear only with ``calibrate=True``.
+``print`` gives a table, ``.plot(path)`` a picture.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from typing import Any
 import jax
 
 from . import _args, _cost
+from ._planner.plans import JacobianPlan
 from .accumulation import Chain, _describe
-from .jacobians import BY_MODE, ModeChoice, choose_mode, jacfwd, jacobian, jacrev, split_dynamic, tree_size
+from .jacobians import BY_MODE, jacobian, split_dynamic, tree_size
 
 __all__ = ["explain", "Report", "Candidate", "StageInfo"]
 
@@ -26,12 +31,13 @@ class Candidate:
     """One way to compute the Jacobian, with XLA's figures for its compiled program.
 
     Attributes:
-      name: ``"fwd"``, ``"rev"`` or ``"plan"`` (a chain's mixed-mode plan).
+      name: ``"fwd"``, ``"rev"`` or ``"plan"`` (the mixed-mode plan at the cuts).
       passes: a short description, e.g. ``"300 JVPs"``.
       supported: False if the function cannot run this way (``reason`` says why).
+      static_cost: the planner's static cost (FLOP-equivalents), what decides.
       flops, bytes_accessed, temp_bytes: from ``cost_analysis()`` / ``memory_analysis()``
         of the compiled Jacobian program (NaN / -1 when not compiled).
-      seconds: measured time when ``mode="auto"`` calibrated (else NaN).
+      seconds: measured time, only with ``calibrate=True`` (else NaN).
       chosen: whether ``jacobian(mode="auto")`` runs this one.
     """
 
@@ -39,6 +45,7 @@ class Candidate:
     passes: str
     supported: bool = True
     reason: str = ""
+    static_cost: float = math.nan
     flops: float = math.nan
     bytes_accessed: float = math.nan
     temp_bytes: int = -1
@@ -48,8 +55,9 @@ class Candidate:
 
 @dataclasses.dataclass
 class StageInfo:
-    """One stage of a chain: ``name``, ``n_in`` -> ``n_out``, the FLOPs of one JVP and one
-    VJP through it (``inf`` if that mode cannot run it)."""
+    """One stage between two chosen cuts (or of a :func:`~functorch_lite.chain`, named
+    after it): ``name``, ``n_in`` -> ``n_out``, the static FLOPs of one JVP and one VJP
+    through it (``inf`` if that mode cannot run it)."""
 
     index: int
     name: str
@@ -71,13 +79,16 @@ class Report:
       in_size, out_size: total element counts (``n`` and ``m`` of the ``m x n`` Jacobian).
       candidates: :class:`Candidate` rows: ``fwd``, ``rev`` and, for a chain, ``plan``.
       chosen: the name of the candidate ``jacobian(mode="auto")`` runs.
-      source: how it was chosen (``calibration``, ``cost analysis``, ``sizes``,
-        ``only supported mode``, or ``matrix-chain dynamic programming``).
+      source: how it was chosen (``static cost model``, or ``calibration``).
       reason: one sentence with the evidence.
-      stages: for a chain, one :class:`StageInfo` per stage (else empty).
-      bracketing: for a chain, the chosen product, e.g. ``J3 · (J2 · J1)``.
-      steps: for a chain, the plan in words.
-      predicted_flops: for a chain, the planner's FLOPs for ``fwd``, ``rev``, ``plan``.
+      stages: one :class:`StageInfo` per stage of the chosen mixed plan, or of a chain.
+      bracketing: the chosen product, e.g. ``J3 · (J2 · J1)``.
+      steps: the plan in words.
+      predicted_flops: the static costs of ``fwd``, ``rev`` and ``plan`` (mixed).
+      plan: the planner's plan object itself (what ``jacobian`` runs).
+      cuts: the cuts considered (:class:`~functorch_lite._planner.plans.Cut`); the
+        chosen ones are ``plan.cuts``.
+      notes: why no cut was taken, or what was kept whole.
     """
 
     name: str
@@ -94,6 +105,9 @@ class Report:
     bracketing: str = ""
     steps: list[str] = dataclasses.field(default_factory=list)
     predicted_flops: dict[str, float] = dataclasses.field(default_factory=dict)
+    plan: JacobianPlan | None = None
+    cuts: list = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def candidate(self, name: str) -> Candidate:
         return next(c for c in self.candidates if c.name == name)
@@ -110,8 +124,13 @@ class Report:
             for s in self.stages:
                 lines.append(f"  {s.index:<6} {s.name[:16]:<16} {s.n_in:>7} {s.n_out:>7} "
                              f"{_num(s.jvp_flops):>11} {_num(s.vjp_flops):>11}")
+        if self.plan is not None and len(self.plan.profile) > 2:
+            lines.append("")
+            lines.append(f"  width of the program at the cuts considered ({len(self.plan.profile) - 1} "
+                         "equations; the active values live there):")
+            lines.extend(self.plan.profile_text(labels={c.position: c.label for c in self.cuts if c.label}))
         lines.append("")
-        head = (f"  {'':<2}{'mode':<6} {'passes':<28} {'FLOPs':>10} {'bytes':>10} "
+        head = (f"  {'':<2}{'mode':<6} {'passes':<28} {'static':>10} {'XLA FLOPs':>10} {'bytes':>10} "
                 f"{'temp mem':>10} {'time':>10}")
         lines.append(head)
         lines.append("  " + "-" * (len(head) - 2))
@@ -120,11 +139,13 @@ class Report:
             if not c.supported:
                 lines.append(f"  {mark}{c.name:<6} cannot run: {c.reason}")
                 continue
-            lines.append(f"  {mark}{c.name:<6} {c.passes[:28]:<28} {_num(c.flops):>10} "
+            lines.append(f"  {mark}{c.name:<6} {c.passes[:28]:<28} {_num(c.static_cost):>10} {_num(c.flops):>10} "
                          f"{_bytes(c.bytes_accessed):>10} {_bytes(c.temp_bytes):>10} "
                          f"{_secs(c.seconds):>10}")
         lines.append("")
         lines.append(f"  chosen: {self.chosen}, by {self.source}: {self.reason}")
+        for note in self.notes:
+            lines.append(f"  note: {note}")
         if self.bracketing:
             lines.append(f"  bracketing: {self.bracketing}")
             for k, step in enumerate(self.steps, start=1):
@@ -139,23 +160,31 @@ class Report:
             raise ImportError("Report.plot needs matplotlib: pip install "
                               "'functorch-lite[plot]'.") from exc
         rows = [c for c in self.candidates if c.supported]
-        panels = 3 if self.stages else 2
+        profile = list(self.plan.profile) if self.plan is not None else []
+        panels = 3 if len(profile) > 2 else 2
         fig = Figure(figsize=(4.2 * panels, 3.8), layout="constrained")
         axes = fig.subplots(1, panels)
         names = [c.name + (" *" if c.chosen else "") for c in rows]
         colours = ["tab:orange" if c.chosen else "tab:blue" for c in rows]
-        axes[0].bar(names, [c.flops for c in rows], color=colours)
+        axes[0].bar(names, [c.static_cost for c in rows], color=colours)
         axes[0].set_yscale("log")
-        axes[0].set_title("FLOPs (XLA cost analysis)")
+        axes[0].set_title("static cost (planner)")
         axes[1].bar(names, [max(c.temp_bytes, 0) / 2**20 for c in rows], color=colours)
         axes[1].set_title("planned temp memory (MiB)")
-        if self.stages:
-            widths = [self.stages[0].n_in] + [s.n_out for s in self.stages]
+        if len(profile) > 2:
             ax = axes[2]
-            ax.plot(range(len(widths)), widths, marker="o")
+            ax.step(range(len(profile)), [max(w, 0.5) for w in profile], where="post")
             ax.set_yscale("log")
-            ax.set_xticks(range(len(widths)), ["in"] + [s.name[:10] for s in self.stages])
-            ax.set_title("widths: " + self.bracketing, fontsize=9)
+            ax.set_xlabel("position in the program (equations)")
+            ax.set_ylabel("active width")
+            for cut in self.cuts:
+                chosen = cut.position in self.plan.cuts
+                ax.plot([cut.position], [max(cut.width, 0.5)], "o",
+                        color="tab:orange" if chosen else "tab:gray")
+                if chosen:
+                    ax.annotate(cut.label or str(cut.width), (cut.position, max(cut.width, 0.5)),
+                                fontsize=7, textcoords="offset points", xytext=(3, 5))
+            ax.set_title("cuts: " + (self.bracketing or "none taken"), fontsize=9)
         fig.suptitle(f"explain({self.name}): R^{self.in_size} -> R^{self.out_size}, "
                      f"chosen {self.chosen} ({self.source})", fontsize=10)
         fig.savefig(path, dpi=110)
@@ -186,6 +215,8 @@ def _shapes(tree: Any) -> list[str]:
     return [_describe(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
 
 
+
+
 def _fill(c: Candidate, run: Callable, abstract: list) -> None:
     try:
         stats = _cost.analyse(run, *abstract)
@@ -194,24 +225,52 @@ def _fill(c: Candidate, run: Callable, abstract: list) -> None:
         c.reason = f"could not compile: {_args.first_line(exc)}"
 
 
-def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, **kwargs: Any) -> Report:
+def _check_func(func: Any) -> None:
+    if not callable(func):
+        raise TypeError(
+            f"explain: expected func to be a callable, got {type(func).__name__}; pass the "
+            "function and then its arguments, e.g. explain(f, x), not explain(f(x), x).")
+
+
+def _stage_rows(plan: JacobianPlan, info: Any, bounds: list[int], names: list[str]) -> list[StageInfo]:
+    rows = []
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:]), start=1):
+        t = sum(info.tangent[a:b]) if info is not None else math.nan
+        fwd_bad = info is not None and any(a <= i < b for i, _ in info.no_forward)
+        rev_bad = info is not None and any(a <= i < b for i, _ in info.no_reverse)
+        rows.append(StageInfo(k, names[k - 1], plan.profile[a], plan.profile[b],
+                              math.inf if fwd_bad else t, math.inf if rev_bad else t))
+    return rows
+
+
+def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, calibrate: bool = False,
+            xla: bool = True, **kwargs: Any) -> Report:
     """How ``jacobian(func, argnums, mode="auto")`` accumulates at ``args``, and what the
     alternatives cost.
 
-    Compiles (does not run) the forward, reverse and chosen programs and reads XLA's
-    ``cost_analysis()`` and ``memory_analysis()``. For a :func:`chain` it also lists the
-    stages and the chosen bracketing. ``print(report)`` gives a table; ``report.plot(path)``
-    draws it (matplotlib). Keyword arguments are passed to ``func`` undifferentiated.
+    Shows the planner's plan for this signature, the very object ``jacobian`` runs: the
+    active width of the program at each cut considered (``print`` shows a text profile,
+    ``plot`` a picture), the static costs of forward, reverse and mixed mode, which one
+    runs and why, or why no cut pays. With ``xla=True`` (default) the candidate Jacobian
+    programs are also compiled (not run) for XLA's ``cost_analysis()`` and
+    ``memory_analysis()``. ``calibrate=True`` plans as ``jacobian(..., calibrate=True)``
+    does (candidates compiled and timed) and shows the times. For a :func:`chain` the
+    cuts at stage boundaries are named after the stages. Keyword arguments are passed to
+    ``func`` undifferentiated.
 
     >>> import jax.numpy as jnp
     >>> A = jnp.ones((50, 2))
-    >>> r = explain(lambda x: jnp.tanh(A @ x), jnp.ones(2))
-    >>> r.in_size, r.out_size, r.candidate("fwd").passes
-    (2, 50, '2 JVPs')
+    >>> r = explain(lambda x: jnp.tanh(A @ x), jnp.ones(2), xla=False)
+    >>> r.in_size, r.out_size, r.candidate("fwd").passes, r.chosen
+    (2, 50, '2 JVPs', 'fwd')
     """
+    from ._planner import api
+
+    _check_func(func)
     where = f"explain({_args.func_name(func)})"
-    _args.check_callable(func, where)
     _, as_tuple = _args.check_argnums(argnums, where)
+    _args.check_bool(calibrate, where, "calibrate")
+    _args.check_bool(xla, where, "xla")
     positions = _args.differentiable_positions(args, argnums, where)
     primal = tuple(args[p] for p in positions)
     if isinstance(func, Chain):
@@ -220,89 +279,76 @@ def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, **kwargs: An
                             f"1's input), got {len(args)} and keywords {sorted(kwargs)}.")
         args = (_args.cast_python_scalars(args[0], args[0]),)
         func.boundaries(args[0], where)  # names the stage that does not compose
+    plan, traced = api.plan_jacobian(func, args, kwargs, argnums, calibrate=calibrate,
+                                     where=where)
+    if traced is None:
+        traced = api.trace(func, args, kwargs, argnums, False, where)
     dynamic, rebuild = split_dynamic(args, kwargs)
     abstract = _cost.abstract(dynamic)
-
-    def call(*dyn):
-        a, kw = rebuild(list(dyn))
-        return func(*a, **kw)
-
-    out = jax.eval_shape(call, *abstract)
-    in_size, out_size = tree_size(primal), tree_size(out)
+    in_size, out_size = tree_size(primal), plan.out_size
+    out_shapes = [_describe(a) for a in traced.out_avals]
     report = Report(name=_args.func_name(func), argnums=argnums, in_shapes=_shapes(primal),
-                    out_shapes=_shapes(out), in_size=in_size, out_size=out_size,
-                    candidates=[], chosen="", source="", reason="")
+                    out_shapes=out_shapes, in_size=in_size, out_size=out_size,
+                    candidates=[], chosen="", source=plan.source, reason="", plan=plan,
+                    notes=list(plan.reasons))
+    labels: dict[int, str] = {}
+    if isinstance(func, Chain):
+        ends = func.stage_positions(args[0])
+        for k, end in enumerate(ends[:-1], start=1):
+            labels[end] = f"after stage {k} ({func.names[k - 1]})"
+    report.cuts = [dataclasses.replace(c, label=labels.get(c.position, c.label))
+                   for c in plan.candidates]
 
-    def runner(transform: Callable) -> Callable:
-        jac = transform(func, argnums)
-
+    def runner(variant: JacobianPlan) -> Callable:
         def run(*dyn):
             a, kw = rebuild(list(dyn))
-            return jac(*a, **kw)
-
+            return api.run_jacobian(variant, None, func, a, kw, argnums, has_aux=False,
+                                    chunk_size=None, layout="numerator", where=where)
         return run
 
-    fwd = Candidate("fwd", f"{in_size} JVPs")
-    rev = Candidate("rev", f"{out_size} VJPs")
-    report.candidates = [fwd, rev]
-
-    if isinstance(func, Chain):
-        plan = func.plan(args[0], where)
-        counts = plan.passes()
-        planned = Candidate("plan", f"{counts['jvp']} JVP, {counts['vjp']} VJP, "
-                                    f"{counts['matmul']} matmul")
-        report.candidates.append(planned)
-        bad_fwd = {k: d["fwd"] for k, d in plan.unsupported.items() if "fwd" in d}
-        bad_rev = {k: d["rev"] for k, d in plan.unsupported.items() if "rev" in d}
-        for c, bad in ((fwd, bad_fwd), (rev, bad_rev)):
-            if bad:
-                c.supported = False
-                c.reason = "; ".join(f"stage {k}: {r}" for k, r in bad.items())
-        if fwd.supported:
-            _fill(fwd, runner(jacfwd), abstract)
-        if rev.supported:
-            _fill(rev, runner(jacrev), abstract)
-        planned_jac = jacobian(func, argnums)
-
-        def run_plan(*dyn):
-            a, _ = rebuild(list(dyn))
-            return planned_jac(*a)
-
-        report.source = "matrix-chain dynamic programming"
-        report.reason = (f"predicted {_num(plan.cost)} FLOPs vs fwd {_num(plan.fwd_cost_total)}, "
-                         f"rev {_num(plan.rev_cost_total)} (per-pass costs: {plan.cost_source})")
-        if plan.kind == "mixed":
-            _fill(planned, run_plan, abstract)
-            planned.chosen = True
-            report.chosen = "plan"
-            report.reason = "mixed mode; " + report.reason
-        else:  # a pure mode: jacobian measures which one (see Chain.__fl_jacobian__)
-            report.candidates.remove(planned)
-            choice = choose_mode(func, args, {}, argnums)
-            for c in (fwd, rev):
-                c.seconds = choice.seconds.get(c.name, math.nan)
-                c.chosen = c.name == choice.mode
-            report.chosen = choice.mode
-            report.source += " + " + choice.source
-            report.reason = (f"no mixed bracketing is cheaper ({report.reason}); "
-                             f"then {choice.describe()}")
-        report.stages = [StageInfo(k, name, plan.widths[k - 1], plan.widths[k],
-                                   plan.fwd_cost[k - 1], plan.rev_cost[k - 1])
-                         for k, name in enumerate(plan.names, start=1)]
+    names = {"fwd": "fwd", "rev": "rev", "mixed": "plan"}
+    positions_all = tuple(c.position for c in plan.candidates)
+    for kind in ("fwd", "rev", "mixed"):
+        if kind not in plan.costs:
+            continue
+        if kind == "mixed":
+            counts = plan.chain.passes()
+            passes = f"{counts['jvp']} JVP, {counts['vjp']} VJP, {counts['matmul']} matmul"
+        else:
+            passes = f"{in_size} JVPs" if kind == "fwd" else f"{out_size} VJPs"
+        c = Candidate(names[kind], passes, static_cost=plan.costs[kind],
+                      seconds=plan.seconds.get(kind, math.nan), chosen=plan.kind == kind)
+        if kind in plan.unsupported:
+            c.supported, c.reason = False, plan.unsupported[kind]
+        elif math.isinf(plan.costs[kind]):
+            c.supported, c.reason = False, "a stage cannot run this mode"
+        elif xla:
+            variant = dataclasses.replace(plan, kind=kind,
+                                          cuts=positions_all if kind == "mixed" else ())
+            _fill(c, runner(variant), abstract)
+        report.candidates.append(c)
+    report.chosen = names[plan.kind]
+    costs = ", ".join(f"{names[k]} {_num(v)}" for k, v in plan.costs.items())
+    if plan.kind == "mixed":
+        widths = ", ".join(str(plan.profile[p]) for p in plan.cuts)
+        report.reason = (f"mixed mode at {len(plan.cuts)} cut(s) of width {widths}; static "
+                         f"costs {costs}")
+    else:
+        report.reason = f"{'forward' if plan.kind == 'fwd' else 'reverse'} mode; static costs {costs}"
+    for m, why in plan.unsupported.items():
+        report.reason += f"; {m} cannot run: {why}"
+    if plan.seconds:
+        report.reason += "; measured " + ", ".join(
+            f"{names[k]} {t * 1e3:.3g} ms" for k, t in plan.seconds.items())
+    report.predicted_flops = {names[k]: v for k, v in plan.costs.items()}
+    if plan.kind == "mixed":
+        bounds = [0] + list(plan.cuts) + [len(plan.profile) - 1]
+        stage_names = [labels.get(b, f"eqns {a}..{b - 1}") for a, b in zip(bounds, bounds[1:])]
+        report.stages = _stage_rows(plan, traced.info, bounds, stage_names)
         report.bracketing = plan.bracketing()
         report.steps = plan.describe_steps()
-        report.predicted_flops = {"fwd": plan.fwd_cost_total, "rev": plan.rev_cost_total,
-                                  "plan": plan.cost}
-        return report
-
-    choice: ModeChoice = choose_mode(func, args, kwargs, argnums)
-    for c in (fwd, rev):
-        if c.name in choice.unsupported:
-            c.supported, c.reason = False, choice.unsupported[c.name]
-        else:
-            _fill(c, runner(BY_MODE[c.name]), abstract)
-        c.seconds = choice.seconds.get(c.name, math.nan)
-        c.chosen = c.name == choice.mode
-    report.chosen, report.source = choice.mode, choice.source
-    report.reason = choice.describe()
+    if isinstance(func, Chain):
+        ends = func.stage_positions(args[0])
+        bounds = [0] + ends
+        report.stages = _stage_rows(plan, traced.info, bounds, list(func.names))
     return report

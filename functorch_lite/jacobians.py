@@ -7,9 +7,9 @@ transpose is the denominator layout (``in.shape + out.shape``).
 - ``jacrev`` builds ``J`` row by row: one VJP ``e_i^T J`` per output element, m passes
   after one stored forward pass.
 - ``jacfwd`` builds it column by column: one JVP ``J e_j`` per input element, n passes.
-- ``jacobian(mode="auto")`` runs whichever of the two is faster for this function and
-  these shapes, measured once and remembered (:func:`choose_mode`); on a
-  :func:`functorch_lite.chain` it plans a mixed-mode bracketing instead.
+- ``jacobian(mode="auto")`` runs what the planner (:mod:`functorch_lite._planner`)
+  finds cheapest by reading the program: forward, reverse, or mixed mode at the
+  program's narrow cuts (:func:`choose_mode` returns the plan).
 
 Without ``chunk_size`` all passes run at once, vectorised (``vmap`` over the whole
 identity basis), exactly as ``jax.jacrev``/``jax.jacfwd``. With ``chunk_size=c`` a
@@ -20,10 +20,7 @@ simultaneous backward passes ever exist: temp memory scales with ``c``.
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import math
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +30,7 @@ import numpy as np
 
 from . import _args, _cost
 from ._mode import forward_mode
+from ._planner.plans import JacobianPlan
 
 __all__ = ["jacrev", "jacfwd", "jacobian", "choose_mode", "ModeChoice", "clear_plan_cache"]
 
@@ -231,85 +229,23 @@ BY_MODE = {"fwd": jacfwd, "rev": jacrev}
 
 
 # --------------------------------------------------------------------------------------
-# jacobian(mode="auto"): choose forward or reverse accumulation, once per signature.
+# jacobian(mode="auto"): the planner (functorch_lite._planner) decides, from the program.
 
 MODES = ("auto", "fwd", "rev")
-POLICIES = ("calibrate", "cost", "sizes")
+POLICIES = ("static", "calibrate", "sizes")
 
-
-@dataclasses.dataclass
-class ModeChoice:
-    """Which accumulation ``jacobian(mode="auto")`` runs for one signature, and why.
-
-    Attributes:
-      mode: ``"fwd"`` or ``"rev"``.
-      source: how it was decided: ``"calibration"`` (both compiled and timed),
-        ``"cost analysis"`` (XLA FLOPs of both compiled candidates), ``"sizes"``
-        (``n_in < n_out`` -> fwd), or ``"only supported mode"``.
-      in_size, out_size: total number of differentiated input / output elements.
-      unsupported: mode -> why it cannot run this function (e.g. a ``custom_vjp``
-        has no forward mode).
-      seconds: fastest measured time per mode (calibration only).
-      flops: XLA's FLOPs per mode (when the candidates were compiled).
-      fallback: why a cheaper source was used (e.g. inputs closed over a tracer).
-      cacheable: False when nothing could be decided (not remembered).
-    """
-
-    mode: str
-    source: str
-    in_size: int
-    out_size: int
-    unsupported: dict[str, str] = dataclasses.field(default_factory=dict)
-    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
-    flops: dict[str, float] = dataclasses.field(default_factory=dict)
-    fallback: str = ""
-    cacheable: bool = True
-
-    def describe(self) -> str:
-        """One sentence: the mode, and the evidence."""
-        why = self.source
-        if self.source == "calibration":
-            why += ": " + ", ".join(f"{m} {t * 1e3:.3g} ms" for m, t in self.seconds.items())
-        elif self.source == "cost analysis":
-            why += ": " + ", ".join(f"{m} {f:.3g} FLOPs" for m, f in self.flops.items())
-        elif self.source == "sizes":
-            why += f": n_in={self.in_size}, n_out={self.out_size}"
-        for m, reason in self.unsupported.items():
-            why += f"; {m} cannot run: {reason}"
-        if self.fallback:
-            why += f"; ({self.fallback})"
-        return f"{self.mode} ({why})"
-
-
-_CACHE_SIZE = 256
-_plan_cache: collections.OrderedDict = collections.OrderedDict()
-_plan_lock = threading.Lock()
+# What jacobian(mode="auto") decided for one signature: the planner's plan object
+# (kind "fwd" / "rev" / "mixed", the static costs, cuts, unsupported modes, reasons).
+ModeChoice = JacobianPlan
 
 
 def clear_plan_cache() -> None:
-    """Forget every remembered ``mode="auto"`` choice (and chain plan)."""
-    with _plan_lock:
-        _plan_cache.clear()
+    """Forget every remembered ``mode="auto"`` plan (Jacobian and Hessian). The plans
+    live in caches registered with :mod:`functorch_lite._caches`, so
+    ``fl.clear_caches()`` clears them too."""
+    from ._planner import api
 
-
-def cached_plan(key: Any, make: Callable[[], Any]) -> Any:
-    """``make()`` once per hashable ``key`` (LRU of 256 entries); unhashable keys are
-    not cached. A plan whose ``cacheable`` attribute is False is not stored."""
-    try:
-        hash(key)
-    except TypeError:
-        return make()
-    with _plan_lock:
-        if key in _plan_cache:
-            _plan_cache.move_to_end(key)
-            return _plan_cache[key]
-    plan = make()
-    if getattr(plan, "cacheable", True):
-        with _plan_lock:
-            _plan_cache[key] = plan
-            while len(_plan_cache) > _CACHE_SIZE:
-                _plan_cache.popitem(last=False)
-    return plan
+    api.clear()
 
 
 def split_dynamic(args: tuple, kwargs: dict):
@@ -327,23 +263,6 @@ def split_dynamic(args: tuple, kwargs: dict):
     return [leaves[i] for i in where], rebuild
 
 
-def calibration_inputs(dynamic: list) -> list:
-    """Concrete values for the candidates: the arguments themselves, or (for tracers,
-    when planning inside ``jax.jit``) deterministic random values of the same shape."""
-    key = jax.random.key(0)
-    out = []
-    for k, leaf in enumerate(dynamic):
-        if not isinstance(leaf, jax.core.Tracer) and not isinstance(leaf, jax.ShapeDtypeStruct):
-            out.append(leaf)
-            continue
-        shape, dtype = np.shape(leaf), np.dtype(leaf.dtype)
-        if jnp.issubdtype(dtype, jnp.inexact):
-            out.append(jax.random.normal(jax.random.fold_in(key, k), shape, dtype))
-        else:
-            out.append(jnp.zeros(shape, dtype))
-    return out
-
-
 def tree_size(tree: Any) -> int:
     """Total number of elements over the leaves of ``tree`` (arrays or shape structs)."""
     return sum(math.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(tree))
@@ -351,132 +270,62 @@ def tree_size(tree: Any) -> int:
 
 def choose_mode(func: Callable, args: tuple, kwargs: dict | None = None,
                 argnums: _args.Argnums = 0, *, has_aux: bool = False,
-                chunk_size: int | None = None, policy: str = "calibrate") -> ModeChoice:
-    """Decide between ``jacfwd`` and ``jacrev`` for ``func`` at these argument shapes.
+                chunk_size: int | None = None, policy: str = "static") -> ModeChoice:
+    """The plan ``jacobian(func, argnums, mode="auto")`` runs at these arguments.
 
-    1. Probe which modes can trace the function at all (abstractly, with
-       ``jax.eval_shape``; forward mode inside :func:`functorch_lite._mode.forward_mode`
-       as :func:`jacfwd` runs it). A ``custom_vjp`` function has no forward mode.
-    2. ``policy="calibrate"``: compile both candidates and time them (a few interleaved
-       runs, at most ~0.5 s; when they are within 15% of each other, up to 1 s more);
-       the faster wins. Inside ``jax.jit`` the arguments are
-       tracers, so random inputs of the same shapes are timed instead.
-       ``policy="cost"``: compare XLA's FLOPs of the two compiled programs.
-       ``policy="sizes"``: forward iff ``n_in < n_out``.
-       When a policy cannot run (e.g. the function closes over a tracer) the next one
-       is used, and ``fallback`` says why.
+    ``policy="static"`` (the default, what ``jacobian`` uses): the planner reads the
+    program (one ``jax.make_jaxpr``) and prices forward, reverse and mixed mode by its
+    static model; deterministic. ``"calibrate"``: the same candidates compiled and
+    timed (what ``jacobian(..., calibrate=True)`` uses; needs concrete arguments).
+    ``"sizes"``: forward iff ``n_in < n_out`` (no program read; the modes the function
+    supports are not checked).
 
-    The result is remembered per (function, argument shapes and dtypes, argnums,
-    has_aux, chunk_size, policy): later calls cost a dictionary look-up.
+    The plan is remembered per (function, argument structure, shapes, dtypes and
+    non-array values, argnums, has_aux, chunk_size, policy).
 
     >>> import jax.numpy as jnp
     >>> A = jnp.ones((100, 3))
-    >>> choose_mode(lambda x: A @ x, (jnp.ones(3),), policy="sizes").mode
+    >>> choose_mode(lambda x: A @ x, (jnp.ones(3),)).mode
     'fwd'
     """
+    from ._planner import api
+
     kwargs = dict(kwargs or {})
     _args.check_choice(policy, POLICIES, "choose_mode", "policy")
-    key = ("mode", func, _cost.signature((args, kwargs)),
-           argnums if not isinstance(argnums, list) else tuple(argnums),
-           has_aux, chunk_size, policy)
-    return cached_plan(key, lambda: _choose_mode(func, args, kwargs, argnums, has_aux,
-                                                  chunk_size, policy))
-
-
-def _choose_mode(func, args, kwargs, argnums, has_aux, chunk_size, policy) -> ModeChoice:
-    name = _args.func_name(func)
-    where = f"jacobian({name})(*args)"
-    positions = _args.normalize_argnums(argnums, len(args), where)
-    dynamic, rebuild = split_dynamic(args, kwargs)
-    abstract = _cost.abstract(dynamic)
-    candidates = {}
-    for m, transform in BY_MODE.items():
-        jac = transform(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
-
-        def run(*dyn, jac=jac):
-            a, kw = rebuild(list(dyn))
-            return jac(*a, **kw)
-
-        candidates[m] = run
-
-    unsupported = {}
-    for m, run in candidates.items():
-        try:
-            jax.eval_shape(run, *abstract)
-        except Exception as exc:  # noqa: BLE001 - any failure means "cannot run"
-            unsupported[m] = _args.first_line(exc)
-
-    in_size = tree_size([args[p] for p in positions])
-    out_size = -1
-    try:
-        def call(*dyn):
-            a, kw = rebuild(list(dyn))
-            return func(*a, **kw)
-
-        out = jax.eval_shape(call, *abstract)
+    where = f"jacobian({_args.func_name(func)})(*args)"
+    positions = _args.differentiable_positions(args, argnums, where)
+    if policy == "sizes":
+        in_size = tree_size([args[p] for p in positions])
+        out = jax.eval_shape(lambda *a: func(*a, **kwargs), *args)
         out_size = tree_size(out[0] if has_aux else out)
-    except Exception:  # noqa: BLE001 - the chosen transform will report it
-        pass
-
-    choice = ModeChoice("rev", "", in_size, out_size, unsupported)
-    supported = [m for m in ("fwd", "rev") if m not in unsupported]
-    if not supported:
-        # Neither traces: jacrev will raise the user-facing error; do not remember.
-        choice.source = "neither mode traces"
-        choice.cacheable = False
-        return choice
-    if len(supported) == 1:
-        choice.mode, choice.source = supported[0], "only supported mode"
-        return choice
-
-    if policy in ("calibrate", "cost"):
-        try:
-            compiled = {m: _cost.compile_abstract(run, *abstract) for m, run in candidates.items()}
-            choice.flops = {m: _cost.stats_of(c).flops for m, c in compiled.items()}
-            if policy == "calibrate":
-                try:
-                    with jax.ensure_compile_time_eval():
-                        values = calibration_inputs(dynamic)
-                        runs = {m: (lambda c=c: c(*values)) for m, c in compiled.items()}
-                        choice.seconds = _cost.race(runs)
-                        fast, slow = sorted(choice.seconds.values())
-                        if slow < 1.15 * fast and slow < 0.05:
-                            # a close call near the crossover: look again, longer
-                            again = _cost.race(runs, budget=1.0, max_reps=25, min_reps=10)
-                            choice.seconds = {m: min(t, again[m]) for m, t in choice.seconds.items()}
-                    choice.mode = min(choice.seconds, key=choice.seconds.get)
-                    choice.source = "calibration"
-                    return choice
-                except Exception as exc:  # noqa: BLE001
-                    choice.fallback = f"calibration failed, {_args.first_line(exc)}"
-            if all(math.isfinite(f) for f in choice.flops.values()):
-                choice.mode = "fwd" if choice.flops["fwd"] < choice.flops["rev"] else "rev"
-                choice.source = "cost analysis"
-                return choice
-        except Exception as exc:  # noqa: BLE001
-            choice.fallback = f"could not compile the candidates, {_args.first_line(exc)}"
-    choice.mode = "fwd" if 0 <= in_size < out_size else "rev"
-    choice.source = "sizes"
-    return choice
+        kind = "fwd" if 0 <= in_size < out_size else "rev"
+        return JacobianPlan(kind=kind, in_size=in_size, out_size=out_size,
+                            costs={"fwd": float(in_size), "rev": float(out_size)}, chain=None,
+                            cuts=(), profile=(in_size, out_size), names=(), source="sizes")
+    plan, _ = api.plan_jacobian(func, args, kwargs, argnums, has_aux=has_aux,
+                                chunk_size=chunk_size, calibrate=policy == "calibrate",
+                                where=where)
+    return plan
 
 
 def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
              layout: str = "numerator", chunk_size: int | None = None,
-             has_aux: bool = False) -> Callable:
-    """Jacobian by forward, reverse, or automatically chosen accumulation.
+             has_aux: bool = False, calibrate: bool = False) -> Callable:
+    """Jacobian by forward, reverse, mixed, or automatically planned accumulation.
 
     ``mode="fwd"`` is :func:`jacfwd` (n JVPs, one per input element), ``"rev"`` is
-    :func:`jacrev` (m VJPs after one stored forward pass). ``"auto"`` runs the one that
-    is faster for this function at these shapes: on first call it checks which modes
-    the function supports (a ``custom_vjp`` has no forward mode), then compiles and
-    times both (:func:`choose_mode`); the choice is remembered per signature, so later
-    calls (and re-traces under ``jax.jit``) only look it up. Sizes alone mislead: on a
-    CPU reverse mode often wins even for square Jacobians.
+    :func:`jacrev` (m VJPs after one stored forward pass). ``"auto"`` lets the planner
+    read the function's program (one ``jax.make_jaxpr`` at these shapes and dtypes) and
+    price, by a static FLOP model, forward mode (``n·T``), reverse mode (``m·T``) and
+    mixed mode at the program's narrow vertex cuts (sets of live values that separate
+    the inputs from the outputs; for an autoencoder R^2000 -> R^8 -> R^2000 written as
+    one function, 8 VJPs, 8 JVPs and one product instead of 2000 passes). Modes the
+    function cannot run (a ``custom_vjp`` has no forward mode) are ruled out by tracing.
+    The decision is deterministic (same program, same plan, same compiled code in every
+    process) and remembered per signature. ``calibrate=True`` instead compiles and
+    times the candidates once (opt-in; needs concrete arguments).
 
-    On a :func:`functorch_lite.chain`, ``"auto"`` multiplies the stages' Jacobians in
-    the cheapest bracketing (mixed mode); ``"fwd"``/``"rev"`` run the pure modes.
-    :func:`functorch_lite.explain` shows what was chosen and why.
-
+    :func:`functorch_lite.explain` shows the plan that runs, with its cuts and costs.
     Output structure, ``layout`` and ``has_aux`` as :func:`jacrev`.
 
     >>> import jax.numpy as jnp
@@ -491,23 +340,39 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     transform = "jacobian"
     _args.check_choice(mode, MODES, transform, "mode")
     _prepare(func, argnums, has_aux, chunk_size, layout, transform)
+    _args.check_bool(calibrate, transform, "calibrate")
+    if calibrate and mode != "auto":
+        raise ValueError(f"jacobian: calibrate=True times the candidates of mode='auto'; "
+                         f"with mode={mode!r} there is nothing to choose. Drop calibrate or "
+                         "use mode='auto'.")
     hook = getattr(func, "__fl_jacobian__", None)
     if hook is not None:
         return hook(argnums=argnums, mode=mode, layout=layout, chunk_size=chunk_size,
-                    has_aux=has_aux)
+                    has_aux=has_aux, calibrate=calibrate)
     name = _args.func_name(func)
     options = dict(has_aux=has_aux, chunk_size=chunk_size, layout=layout)
     if mode != "auto":
         jac_f = BY_MODE[mode](func, argnums, **options)
     else:
         def jac_f(*args, **kwargs):
-            where = f"jacobian({name})(*args)"
-            _args.differentiable_positions(args, argnums, where)
-            choice = choose_mode(func, args, kwargs, argnums, has_aux=has_aux,
-                                 chunk_size=chunk_size)
-            run = BY_MODE[choice.mode](func, argnums, **options)
-            return run(*args, **kwargs)
+            return planned_jacobian(func, argnums, args, kwargs, has_aux=has_aux,
+                                    chunk_size=chunk_size, layout=layout,
+                                    calibrate=calibrate, where=f"jacobian({name})(*args)")
 
     jac_f.__name__ = f"jacobian({name})"
     jac_f.__doc__ = f"Jacobian of {name} ({mode} mode) w.r.t. argnums={argnums}."
     return jac_f
+
+
+def planned_jacobian(func: Callable, argnums: _args.Argnums, args: tuple, kwargs: dict, *,
+                     has_aux: bool, chunk_size: int | None, layout: str, calibrate: bool,
+                     where: str) -> Any:
+    """``jacobian(func, argnums, mode="auto")(*args, **kwargs)``: plan (or look the plan
+    up), then run exactly that plan."""
+    from ._planner import api
+
+    _args.differentiable_positions(args, argnums, where)
+    plan, traced = api.plan_jacobian(func, args, kwargs, argnums, has_aux=has_aux,
+                                     chunk_size=chunk_size, calibrate=calibrate, where=where)
+    return api.run_jacobian(plan, traced, func, args, kwargs, argnums, has_aux=has_aux,
+                            chunk_size=chunk_size, layout=layout, where=where)

@@ -1,0 +1,432 @@
+"""Vertex cuts of a program, for the planner's mixed mode.
+
+A program staged by ``jax.make_jaxpr`` is a list of equations in an order where every
+value is defined before it is used. Between equation ``p - 1`` and equation ``p`` the
+values *live across position p* are those defined before ``p`` and used at or after it
+(the program's outputs count as used at the end). Every path from an input to an output
+passes through one of them, so they form a **vertex cut**; its *width* is their total
+size, counting only *active* values (floating-point, depending on a differentiated input,
+and reaching an output). The Jacobian factors through every cut:
+``J = J_{p..end} · J_{0..p}``, a product of a ``m x w`` and a ``w x n`` matrix, so a
+narrow cut (``w`` much smaller than ``n`` and ``m``) is where mixed mode pays.
+
+This module reads the program; the planner (:mod:`functorch_lite._planner`) decides.
+
+- :func:`flatten` turns a closed jaxpr into a :class:`Program`: one flat list of
+  :class:`Node` s, with the equations of ``jax.jit`` sub-calls inlined (a jitted
+  function otherwise hides its whole body in one equation). Control flow (``scan``,
+  ``while``, ``cond``), custom rules and ``checkpoint`` stay whole: a cut is never taken
+  inside them.
+- :func:`analyse` computes activity, the width of every position, and for each node
+  its primal FLOPs and the FLOPs of pushing one tangent (or pulling one cotangent)
+  through it.
+- :meth:`Program.evaluate` runs the program (``Primitive.bind``, as ``eval_jaxpr``);
+  :func:`stage_function` is the map from the active values at one cut to those at a
+  later cut, a function of a flat vector, ready for ``jax.jvp``/``jax.vjp``.
+
+>>> import jax, jax.numpy as jnp
+>>> W1, W2 = jnp.ones((2, 6)), jnp.ones((6, 2))
+>>> prog = flatten(jax.make_jaxpr(lambda x: W2 @ jnp.tanh(W1 @ x))(jnp.ones(6)))
+>>> info = analyse(prog)
+>>> info.widths          # 6 inputs, a 2-wide middle, 6 outputs
+[6, 2, 2, 6]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import ClosedJaxpr, is_literal, primitive_name, sub_jaxprs
+from . import jcore
+
+__all__ = ["Lit", "Node", "Program", "Analysis", "flatten", "analyse", "stage_function",
+           "CONTROL_FLOW", "NO_FORWARD", "NO_REVERSE"]
+
+# Sub-calls whose bodies are inlined (they only name a sub-program).
+_INLINE = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr"}
+# Kept whole: the cut finder never looks inside these.
+CONTROL_FLOW = frozenset({"scan", "while", "cond"})
+# Primitives that make a mode doubtful: the planner probes that mode by tracing.
+NO_FORWARD = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr", "pure_callback", "io_callback"})
+NO_REVERSE = frozenset({"while", "pure_callback", "io_callback"})
+# Data movement: no arithmetic, one element moved per output element.
+_MOVES = frozenset({
+    "reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice",
+    "dynamic_slice", "dynamic_update_slice", "concatenate", "pad", "gather", "select_n",
+    "convert_element_type", "copy", "copy_p", "rev", "iota", "scatter", "scatter-add",
+    "scatter_add", "split", "stop_gradient", "sharding_constraint", "device_put",
+})
+# Operations that are linear in each argument: the tangent costs what the primal does.
+_LINEAR = frozenset({"add", "sub", "neg", "reduce_sum", "cumsum", "add_any", "dot_general",
+                     "conv_general_dilated", "mul", "real", "imag", "conj", "complex"})
+_REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax",
+                         "argmin", "reduce_and", "reduce_or", "cumsum", "cumprod", "cummax",
+                         "cumlogsumexp", "cummin"})
+
+
+class Lit:
+    """A literal operand (an inline constant) of a node."""
+
+    __slots__ = ("val",)
+
+    def __init__(self, val: Any):
+        self.val = val
+
+
+@dataclasses.dataclass
+class Node:
+    """One equation of the flat program: ``outs = eqn.primitive(*ins)``. ``ins`` are value
+    ids (``int``) or :class:`Lit`; ``outs`` value ids (``-1`` for a dropped output)."""
+
+    eqn: Any
+    ins: tuple
+    outs: tuple
+
+
+@dataclasses.dataclass
+class Program:
+    """A flat program: ``inputs`` (value ids), ``outputs`` (ids or :class:`Lit`), the
+    constants' values by id, the nodes in order, and ``shape``/``dtype`` of every value."""
+
+    inputs: list[int]
+    outputs: list
+    consts: dict[int, Any]
+    nodes: list[Node]
+    shapes: list[tuple]
+    dtypes: list[np.dtype]
+
+    def size(self, i: int) -> int:
+        return math.prod(self.shapes[i])
+
+    def evaluate(self, inputs: Sequence[Any], env: dict | None = None,
+                 start: int = 0, stop: int | None = None) -> dict:
+        """Run nodes ``start..stop-1`` with ``env`` (value id -> value) extended by
+        ``inputs`` (for :attr:`inputs`) and the constants; returns the environment."""
+        env = dict(self.consts) if env is None else env
+        if inputs is not None:
+            for i, v in zip(self.inputs, inputs):
+                env[i] = v
+        for node in self.nodes[start:stop]:
+            eqn = node.eqn
+            params = eqn.primitive.get_bind_params(eqn.params)
+            subfuns: Sequence[Any] = ()
+            if isinstance(params, tuple):  # older JAX: (subfuns, params)
+                subfuns, params = params
+            vals = [a.val if isinstance(a, Lit) else env[a] for a in node.ins]
+            with eqn.ctx.manager:
+                out = eqn.primitive.bind(*subfuns, *vals, **params)
+            if not eqn.primitive.multiple_results:
+                out = (out,)
+            for i, v in zip(node.outs, out):
+                if i >= 0:
+                    env[i] = v
+        return env
+
+    def read(self, env: dict, refs: Sequence) -> list:
+        return [r.val if isinstance(r, Lit) else env[r] for r in refs]
+
+
+def flatten(closed: ClosedJaxpr) -> Program:
+    """The flat :class:`Program` of a closed jaxpr (``jax.jit`` sub-calls inlined)."""
+    shapes: list[tuple] = []
+    dtypes: list[np.dtype] = []
+    consts: dict[int, Any] = {}
+    nodes: list[Node] = []
+
+    def new(aval: Any) -> int:
+        shapes.append(tuple(getattr(aval, "shape", ())))
+        dtypes.append(np.dtype(getattr(aval, "dtype", np.float32)) if hasattr(aval, "dtype")
+                      else np.dtype(np.float32))
+        return len(shapes) - 1
+
+    def inline(jaxpr: Any, const_values: Sequence[Any], in_refs: Sequence) -> list:
+        env: dict = {}
+        for v, c in zip(jaxpr.constvars, const_values):
+            i = new(v.aval)
+            consts[i] = c
+            env[v] = i
+        for v, r in zip(jaxpr.invars, in_refs):
+            env[v] = r
+
+        def ref(a: Any) -> Any:
+            return Lit(a.val) if is_literal(a) else env[a]
+
+        for eqn in jaxpr.eqns:
+            ins = tuple(ref(a) for a in eqn.invars)
+            key = _INLINE.get(primitive_name(eqn))
+            if key is not None and key in eqn.params:
+                sub = eqn.params[key]
+                outs = inline(getattr(sub, "jaxpr", sub), getattr(sub, "consts", ()), ins)
+                for v, o in zip(eqn.outvars, outs):
+                    if not isinstance(v, jcore.DropVar):
+                        env[v] = o
+                continue
+            outs = []
+            for v in eqn.outvars:
+                i = new(v.aval)
+                outs.append(-1 if isinstance(v, jcore.DropVar) else i)
+                if not isinstance(v, jcore.DropVar):
+                    env[v] = i
+            nodes.append(Node(eqn, ins, tuple(outs)))
+        return [ref(a) for a in jaxpr.outvars]
+
+    inputs = [new(v.aval) for v in closed.jaxpr.invars]
+    outs = inline(closed.jaxpr, closed.consts, inputs)
+    return Program(inputs, outs, consts, nodes, shapes, dtypes)
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def _inexact(dtype: np.dtype) -> bool:
+    return np.issubdtype(dtype, np.inexact)
+
+
+def _aval_size(a: Any) -> int:
+    return math.prod(getattr(a, "shape", ()))
+
+
+def _jaxpr_flops(jaxpr: Any) -> float:
+    """Primal FLOPs of a (sub-)jaxpr, every equation counted once."""
+    return sum(_eqn_flops(e) for e in jaxpr.eqns)
+
+
+def _eqn_flops(eqn: Any) -> float:
+    """Primal FLOPs of one equation (a static count from shapes)."""
+    name = primitive_name(eqn)
+    out = sum(_aval_size(v.aval) for v in eqn.outvars)
+    if name == "dot_general":
+        (lc, _), _ = eqn.params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        return 2.0 * out * math.prod(lhs[d] for d in lc)
+    if name == "conv_general_dilated":
+        rhs = eqn.invars[1].aval.shape
+        spec = eqn.params["dimension_numbers"]
+        out_feat = rhs[spec.rhs_spec[0]] if spec is not None else rhs[0]
+        return 2.0 * out * math.prod(rhs) / max(out_feat, 1)
+    subs = sub_jaxprs(eqn)
+    if subs:
+        inner = [_jaxpr_flops(getattr(s, "jaxpr", s)) for s in subs]
+        if name == "scan":
+            return float(eqn.params.get("length", 1)) * sum(inner)
+        if name == "cond":
+            return max(inner)
+        return sum(inner)
+    if name in _MOVES:
+        return 0.0
+    if name in _REDUCTIONS:
+        return float(sum(_aval_size(v.aval) for v in eqn.invars if not is_literal(v)))
+    return float(out)
+
+
+def _tangent_flops(eqn: Any, primal: float, active_ins: int, out_size: int) -> float:
+    """Work of pushing one tangent through one equation (= pulling one cotangent back):
+    linear operations cost their primal per active operand; data movement one unit per
+    element; a nonlinear elementwise operation one multiply by its (stored) derivative."""
+    name = primitive_name(eqn)
+    if name in ("dot_general", "conv_general_dilated"):
+        return primal * active_ins
+    if name in _MOVES:
+        return float(out_size)
+    if sub_jaxprs(eqn):
+        return primal + out_size
+    if name in _REDUCTIONS:
+        return primal
+    return float(out_size) * max(active_ins, 1)
+
+
+@dataclasses.dataclass
+class Analysis:
+    """What :func:`analyse` finds.
+
+    Attributes:
+      widths: active width at every position ``0..N`` (``N`` nodes); position 0 counts
+        all differentiated inputs, position ``N`` all outputs.
+      live: the active values live across each interior position (value ids).
+      flops: primal FLOPs of each node; ``tangent``: FLOPs of one tangent through it
+        (0 for inactive nodes).
+      names: each node's primitive name.
+      no_forward / no_reverse: nodes (index, primitive) that make that mode doubtful.
+      control_flow: active nodes (index, primitive) that are control flow.
+      active_out: how many output elements depend on the inputs.
+    """
+
+    widths: list[int]
+    live: list[tuple]
+    flops: list[float]
+    tangent: list[float]
+    names: list[str]
+    no_forward: list[tuple[int, str]]
+    no_reverse: list[tuple[int, str]]
+    control_flow: list[tuple[int, str]]
+    in_size: int
+    out_size: int
+    active_out: int
+
+
+def _nested_names(eqn: Any) -> set[str]:
+    found = set()
+    for sub in sub_jaxprs(eqn):
+        for e in getattr(sub, "jaxpr", sub).eqns:
+            found.add(primitive_name(e))
+            found |= _nested_names(e)
+    return found
+
+
+def analyse(prog: Program, n_outputs: int | None = None) -> Analysis:
+    """Activity, widths and per-node costs of ``prog``; the first ``n_outputs`` outputs are
+    differentiated (the rest, e.g. ``has_aux`` values, only computed)."""
+    outs = prog.outputs if n_outputs is None else prog.outputs[:n_outputs]
+    nval = len(prog.shapes)
+    active = [False] * nval
+    for i in prog.inputs:
+        active[i] = _inexact(prog.dtypes[i])
+    N = len(prog.nodes)
+    flops, names = [0.0] * N, [""] * N
+    act_ins = [0] * N
+    no_fwd, no_rev, control = [], [], []
+    for k, node in enumerate(prog.nodes):
+        name = primitive_name(node.eqn)
+        names[k] = name
+        flops[k] = _eqn_flops(node.eqn)
+        a = sum(1 for r in node.ins if not isinstance(r, Lit) and active[r])
+        act_ins[k] = a
+        if a:
+            for i in node.outs:
+                if i >= 0 and _inexact(prog.dtypes[i]):
+                    active[i] = True
+            inner = _nested_names(node.eqn) | {name}
+            if inner & NO_FORWARD:
+                no_fwd.append((k, sorted(inner & NO_FORWARD)[0]))
+            if inner & NO_REVERSE:
+                no_rev.append((k, sorted(inner & NO_REVERSE)[0]))
+            if name in CONTROL_FLOW:
+                control.append((k, name))
+    # useful: reaches a differentiated output; last use of each value
+    useful = [False] * nval
+    last = [-2] * nval
+    for r in outs:
+        if not isinstance(r, Lit):
+            useful[r] = True
+            last[r] = N
+    node_useful = [False] * N
+    for k in range(N - 1, -1, -1):
+        node = prog.nodes[k]
+        if any(i >= 0 and useful[i] for i in node.outs):
+            node_useful[k] = True
+            for r in node.ins:
+                if not isinstance(r, Lit):
+                    useful[r] = True
+                    if last[r] < k:
+                        last[r] = k
+    tangent = [0.0] * N
+    for k, node in enumerate(prog.nodes):
+        if act_ins[k] and node_useful[k]:
+            out_size = sum(prog.size(i) for i in node.outs if i >= 0)
+            tangent[k] = _tangent_flops(node.eqn, flops[k], act_ins[k], out_size)
+    # widths by a difference array over [defined + 1, last use]
+    defined = [-1] * nval
+    for k, node in enumerate(prog.nodes):
+        for i in node.outs:
+            if i >= 0:
+                defined[i] = k
+    delta = [0] * (N + 2)
+    starts: dict[int, list[int]] = {}
+    for i in range(nval):
+        if active[i] and useful[i] and last[i] >= defined[i] + 1:
+            lo, hi = defined[i] + 1, last[i]
+            delta[lo] += prog.size(i)
+            delta[hi + 1] -= prog.size(i)
+            starts.setdefault(lo, []).append(i)
+    widths, run = [], 0
+    for p in range(N + 1):
+        run += delta[p]
+        widths.append(run)
+    in_size = sum(prog.size(i) for i in prog.inputs)
+    out_size = sum(math.prod(np.shape(r.val)) if isinstance(r, Lit) else prog.size(r) for r in outs)
+    active_out = sum(prog.size(r) for r in outs if not isinstance(r, Lit) and active[r])
+    widths[0] = in_size
+    widths[N] = out_size
+    # live sets (ids) at each position, kept as sorted tuples (built incrementally)
+    live: list[tuple] = []
+    current: set[int] = set()
+    ends: dict[int, list[int]] = {}
+    for i in range(nval):
+        if active[i] and useful[i] and last[i] >= defined[i] + 1:
+            ends.setdefault(last[i], []).append(i)
+    for p in range(N + 1):
+        current.update(starts.get(p, ()))
+        live.append(tuple(sorted(current)))
+        for i in ends.get(p, ()):
+            current.discard(i)
+    return Analysis(widths, live, flops, tangent, names, no_fwd, no_rev, control,
+                    in_size, out_size, active_out)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _flat(values: Sequence[Any], dtype: Any) -> jax.Array:
+    if not values:
+        return jnp.zeros((0,), dtype)
+    return jnp.concatenate([jnp.ravel(jnp.asarray(v)).astype(dtype) for v in values])
+
+
+def _unflat(vec: jax.Array, shapes: Sequence[tuple], dtypes: Sequence[Any]) -> list:
+    out, offset = [], 0
+    for shape, dtype in zip(shapes, dtypes):
+        size = math.prod(shape)
+        out.append(vec[offset:offset + size].reshape(shape).astype(dtype))
+        offset += size
+    return out
+
+
+def boundary(prog: Program, info: Analysis, position: int, n_outputs: int | None = None) -> list:
+    """The value refs at a cut: the inputs at 0, the differentiated outputs at the end,
+    the live active values in between."""
+    if position == 0:
+        return list(prog.inputs)
+    if position == len(prog.nodes):
+        return list(prog.outputs if n_outputs is None else prog.outputs[:n_outputs])
+    return list(info.live[position])
+
+
+def ref_shape(prog: Program, r: Any) -> tuple:
+    return tuple(np.shape(r.val)) if isinstance(r, Lit) else prog.shapes[r]
+
+
+def ref_dtype(prog: Program, r: Any) -> np.dtype:
+    return np.dtype(np.result_type(r.val)) if isinstance(r, Lit) else prog.dtypes[r]
+
+
+def flat_values(prog: Program, env: dict, refs: Sequence, dtype: Any) -> jax.Array:
+    """The values of ``refs`` in ``env`` as one flat vector of ``dtype``."""
+    return _flat(prog.read(env, refs), dtype)
+
+
+def stage_function(prog: Program, env: dict, start: int, stop: int, refs_in: Sequence,
+                   refs_out: Sequence, dtype: Any) -> Callable[[jax.Array], jax.Array]:
+    """``v -> w``: the flat active values at cut ``start`` to those at cut ``stop``.
+
+    Everything else the nodes ``start..stop-1`` read (constants, inactive values,
+    integer indices) comes from ``env``, the primal pass: it does not depend on ``v``
+    to first order.
+    """
+    shapes = [prog.shapes[r] for r in refs_in]
+    dtypes = [prog.dtypes[r] for r in refs_in]
+
+    def stage(v: jax.Array) -> jax.Array:
+        local = dict(env)
+        for r, val in zip(refs_in, _unflat(v, shapes, dtypes)):
+            local[r] = val
+        prog.evaluate(None, local, start, stop)
+        return _flat(prog.read(local, refs_out), dtype)
+
+    return stage

@@ -1,0 +1,342 @@
+"""The planner's entry points: plan a Jacobian or a Hessian, and run the plan.
+
+:func:`plan_jacobian` traces the function once (``jax.make_jaxpr`` at the call's shapes
+and dtypes), reads the program (:mod:`functorch_lite._jaxpr.cuts`), probes a mode by
+tracing only where the program holds something that mode may not handle (a
+``custom_vjp`` for forward mode, a ``while_loop`` for reverse mode), and decides by the
+static model (:mod:`functorch_lite._planner.model`). No clock is read unless
+``calibrate=True`` asked for it. :func:`run_jacobian` executes exactly that plan.
+
+Plans are cached weakly on the function (``_caches.weak``: the entry dies with the
+function) under a key of what determines them: the arguments' structure, shapes and
+dtypes, the values of non-array arguments (a Python ``bool`` can change the program),
+argnums, has_aux, chunk_size, calibrate, and whether forward or Taylor mode is tracing.
+A plan holds numbers and strings only. A cached mixed plan is checked against the
+program traced for the call before it runs (a function whose program changed is
+planned again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from .. import _args, _caches, _cost
+from .._jaxpr import cuts as _cuts
+from .._mode import in_forward_mode, in_taylor_mode
+from ..jacobians import BY_MODE, _closed_over, split_dynamic, to_layout
+from .model import decide
+from .plans import HessianPlan, JacobianPlan
+from .run import matrix_to_tree, run_mixed
+
+__all__ = ["plan_jacobian", "run_jacobian", "plan_hessian", "clear", "Traced"]
+
+_jacobian_plans = _caches.weak("planner.jacobian", maxsize=512)
+_hessian_plans = _caches.weak("planner.hessian", maxsize=512)
+
+
+def clear() -> None:
+    """Forget the planner's plans (``fl.clear_caches()`` clears these with all others)."""
+    _jacobian_plans.clear()
+    _hessian_plans.clear()
+
+
+def _argnums_key(argnums: Any) -> Any:
+    return tuple(argnums) if isinstance(argnums, list) else argnums
+
+
+def plan_key(args: tuple, kwargs: dict, argnums: Any, *options: Any) -> Any:
+    """The cache key of a plan (hashable, holds no array: shapes, dtypes, values of
+    non-array leaves), or ``None`` when some leaf is unhashable."""
+    try:
+        key = (_cost.signature((args, kwargs)), _argnums_key(argnums), options,
+               in_forward_mode(), in_taylor_mode())
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+@dataclasses.dataclass
+class Traced:
+    """The function read at one call: its flat program and how to rebuild pytrees.
+    Lives for one call only (it holds the call's arrays)."""
+
+    prog: _cuts.Program
+    info: _cuts.Analysis
+    n_out: int
+    in_tree: Any
+    out_tree: Any
+    aux_tree: Any
+    out_avals: list
+    primal: Any
+
+
+def trace(func: Callable, args: tuple, kwargs: dict, argnums: Any, has_aux: bool,
+          where: str) -> Traced:
+    """``jax.make_jaxpr`` of ``func`` in its differentiated arguments, flattened and
+    analysed. User mistakes (integer outputs, bad aux) raise here, naming ``where``."""
+    positions = _args.normalize_argnums(argnums, len(args), where)
+    as_tuple = isinstance(argnums, (tuple, list))
+    g = _closed_over(func, args, kwargs, positions, as_tuple, has_aux, where)
+    diff = tuple(args[p] for p in positions)
+    primal = diff if as_tuple else diff[0]
+    leaves, in_tree = jax.tree_util.tree_flatten(primal)
+    store: dict = {}
+
+    def flat(*ls):
+        out, aux = g(jax.tree_util.tree_unflatten(in_tree, ls))
+        o_leaves, o_tree = jax.tree_util.tree_flatten(out)
+        a_leaves, a_tree = jax.tree_util.tree_flatten(aux)
+        store.update(out_tree=o_tree, aux_tree=a_tree, n_out=len(o_leaves))
+        return o_leaves + a_leaves
+
+    closed, shapes = jax.make_jaxpr(flat, return_shape=True)(*leaves)
+    prog = _cuts.flatten(closed)
+    info = _cuts.analyse(prog, store["n_out"])
+    return Traced(prog, info, store["n_out"], in_tree, store["out_tree"], store["aux_tree"],
+                  list(shapes[:store["n_out"]]), primal)
+
+
+def _probe(func: Callable, mode: str, args: tuple, kwargs: dict, argnums: Any,
+           has_aux: bool) -> str | None:
+    """Trace (abstractly) ``jacfwd``/``jacrev`` of ``func``; the error's first line if it
+    cannot run, else None."""
+    dynamic, rebuild = split_dynamic(args, kwargs)
+    jac = BY_MODE[mode](func, argnums, has_aux=has_aux)
+
+    def run(*dyn):
+        a, kw = rebuild(list(dyn))
+        return jac(*a, **kw)
+
+    try:
+        jax.eval_shape(run, *_cost.abstract(dynamic))
+    except Exception as exc:  # noqa: BLE001 - any failure means "cannot run this way"
+        return _args.first_line(exc)
+    return None
+
+
+def _complex(prog: _cuts.Program) -> bool:
+    return any(np.issubdtype(d, np.complexfloating) for d in prog.dtypes)
+
+
+def _decide(func, traced: Traced, args, kwargs, argnums, has_aux) -> JacobianPlan:
+    info = traced.info
+    unsupported = {}
+    for mode, doubtful in (("fwd", info.no_forward), ("rev", info.no_reverse)):
+        if doubtful:
+            reason = _probe(func, mode, args, kwargs, argnums, has_aux)
+            if reason is not None:
+                unsupported[mode] = reason
+    if len(unsupported) == 2:
+        raise TypeError(f"jacobian({_args.func_name(func)})(*args): neither forward nor "
+                        f"reverse mode can differentiate this function: fwd: "
+                        f"{unsupported['fwd']}; rev: {unsupported['rev']}")
+    allow, why = True, ""
+    if _complex(traced.prog):
+        allow, why = False, "complex values: mixed mode is planned for real programs only"
+    return decide(traced.prog, info, unsupported=unsupported, allow_mixed=allow,
+                  why_not_mixed=why)
+
+
+def _fits(plan: JacobianPlan, traced: Traced) -> bool:
+    info = traced.info
+    return (plan.n_nodes == len(traced.prog.nodes)
+            and all(info.widths[c] == plan.profile[c] for c in plan.cuts))
+
+
+def plan_jacobian(func: Callable, args: tuple, kwargs: dict | None = None,
+                  argnums: Any = 0, *, has_aux: bool = False, chunk_size: int | None = None,
+                  calibrate: bool = False, where: str | None = None,
+                  traced: Traced | None = None) -> tuple[JacobianPlan, Traced | None]:
+    """The plan for ``jacobian(func, argnums, mode="auto")`` at ``args`` (cached), and the
+    program traced to make it (``None`` when the plan came from the cache)."""
+    kwargs = dict(kwargs or {})
+    where = where or f"jacobian({_args.func_name(func)})(*args)"
+    key = plan_key(args, kwargs, argnums, has_aux, chunk_size, bool(calibrate))
+    plan = _jacobian_plans.get(func, key) if key is not None else None
+    if plan is not None:
+        return plan, traced
+    if calibrate:
+        _check_concrete(args, kwargs, where)
+    if traced is None:
+        traced = trace(func, args, kwargs, argnums, has_aux, where)
+    if calibrate:
+        _check_no_closed_tracers(traced, where)
+    plan = _decide(func, traced, args, kwargs, argnums, has_aux)
+    if calibrate:
+        plan = _calibrated(plan, func, args, kwargs, argnums, has_aux, chunk_size, where)
+    if key is not None:
+        _jacobian_plans.put(func, key, plan)
+    return plan, traced
+
+
+def run_jacobian(plan: JacobianPlan, traced: Traced | None, func: Callable, args: tuple,
+                 kwargs: dict, argnums: Any, *, has_aux: bool, chunk_size: int | None,
+                 layout: str, where: str) -> Any:
+    """Execute ``plan`` at ``args``: a pure mode through :func:`jacfwd`/:func:`jacrev`,
+    a mixed plan on the program traced for this call."""
+    if plan.kind in BY_MODE:
+        jac = BY_MODE[plan.kind](func, argnums, has_aux=has_aux, chunk_size=chunk_size,
+                                 layout=layout)
+        return jac(*args, **kwargs)
+    if traced is None:
+        traced = trace(func, args, kwargs, argnums, has_aux, where)
+    if not _fits(plan, traced):  # the function's program changed since it was planned
+        plan = _decide(func, traced, args, kwargs, argnums, has_aux)
+        if plan.kind != "mixed":
+            return run_jacobian(plan, traced, func, args, kwargs, argnums, has_aux=has_aux,
+                                chunk_size=chunk_size, layout=layout, where=where)
+    leaves = jax.tree_util.tree_leaves(traced.primal)
+    leaves = [jax.numpy.asarray(x) for x in leaves]
+    matrix, outs = run_mixed(plan, traced.prog, traced.info, leaves, traced.n_out, chunk_size)
+    jac = matrix_to_tree(matrix, jax.tree_util.tree_unflatten(traced.out_tree, traced.out_avals),
+                         traced.primal)
+    jac = to_layout(jac, traced.primal, layout)
+    if has_aux:
+        return jac, jax.tree_util.tree_unflatten(traced.aux_tree, outs[traced.n_out:])
+    return jac
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def _is_tracer(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _check_concrete(args: tuple, kwargs: dict, where: str) -> None:
+    for path, leaf in jax.tree_util.tree_leaves_with_path((args, kwargs)):
+        if _is_tracer(leaf):
+            raise ValueError(
+                f"{where}: calibrate=True times the candidate programs on the arguments, "
+                f"but {'args' if path[0].idx == 0 else 'kwargs'}{jax.tree_util.keystr(path[1:])} "
+                "is a tracer (the call is inside jax.jit, vmap or grad). Call it outside the "
+                "transformation, or drop calibrate (the static model needs no values).")
+
+
+def _check_no_closed_tracers(traced: Traced, where: str) -> None:
+    if any(_is_tracer(c) for c in traced.prog.consts.values()):
+        raise ValueError(
+            f"{where}: calibrate=True needs a function that can run on its own, but it "
+            "closes over a tracer of an enclosing jax.jit/vmap/grad. Drop calibrate (the "
+            "static model needs no values) or calibrate outside the transformation.")
+
+
+def _calibrated(plan: JacobianPlan, func, args, kwargs, argnums, has_aux, chunk_size,
+                where) -> JacobianPlan:
+    """``plan`` with its kind chosen by timing the supported candidates (compiled,
+    interleaved, fastest wins)."""
+    dynamic, rebuild = split_dynamic(args, kwargs)
+    positions = tuple(c.position for c in plan.candidates)
+    kinds = [k for k in ("fwd", "rev") if k not in plan.unsupported]
+    if "mixed" in plan.costs:
+        kinds.append("mixed")
+    runs = {}
+    for kind in kinds:
+        variant = dataclasses.replace(plan, kind=kind, cuts=positions if kind == "mixed" else ())
+
+        def run(*dyn, variant=variant):
+            a, kw = rebuild(list(dyn))
+            return run_jacobian(variant, None, func, a, kw, argnums, has_aux=has_aux,
+                                chunk_size=chunk_size, layout="numerator", where=where)
+
+        compiled = jax.jit(run).lower(*dynamic).compile()
+        runs[kind] = (lambda c=compiled: c(*dynamic))
+    seconds = _cost.race(runs)
+    best = min(seconds, key=seconds.get)
+    return dataclasses.replace(plan, kind=best, cuts=positions if best == "mixed" else (),
+                               source="calibration", seconds=seconds)
+
+
+# ----------------------------------------------------------------------------- hessian
+
+NESTINGS = ("fwd-over-rev", "rev-over-rev", "fwd-over-fwd", "rev-over-fwd")
+
+
+def _nesting(func: Callable, mode: str, argnums: Any, chunk_size: int | None = None) -> Callable:
+    outer, _, inner = mode.split("-")
+    return BY_MODE[outer](BY_MODE[inner](func, argnums), argnums, chunk_size=chunk_size)
+
+
+def plan_hessian(func: Callable, args: tuple, kwargs: dict | None = None,
+                 argnums: Any = 0, where: str | None = None) -> HessianPlan:
+    """The nesting ``hessian(func, mode="auto")`` runs at ``args`` (cached).
+
+    The inner derivative (``jacrev`` or ``jacfwd`` of ``func``) is traced; a nesting
+    whose inner derivative does not trace cannot run. On each inner program the static
+    model prices the outer Jacobian forward (``n`` JVPs) and reverse (``n`` VJPs): the
+    inner ``jacfwd`` program carries ``n`` tangents, so the nestings over it cost about
+    ``n`` times more. Outer modes the program makes doubtful (a ``custom_vjp`` inside
+    the gradient, a ``while_loop``) are probed by tracing the whole nesting. The
+    cheapest nesting that runs wins; ties go to the order fwd-over-rev, rev-over-rev,
+    fwd-over-fwd, rev-over-fwd.
+    """
+    kwargs = dict(kwargs or {})
+    where = where or f"hessian({_args.func_name(func)})(*args)"
+    key = plan_key(args, kwargs, argnums)
+    plan = _hessian_plans.get(func, key) if key is not None else None
+    if plan is not None:
+        return plan
+    positions = _args.normalize_argnums(argnums, len(args), where)
+    n = sum(math.prod(np.shape(x)) for p in positions for x in jax.tree_util.tree_leaves(args[p]))
+    costs: dict[str, float] = {}
+    unsupported: dict[str, str] = {}
+    probed: list[str] = []
+    first_error: Exception | None = None
+    inner_failures = 0
+    for inner in ("rev", "fwd"):
+        inner_f = BY_MODE[inner](func, argnums)
+        try:
+            traced = trace(inner_f, args, kwargs, argnums, False, where)
+        except Exception as exc:  # noqa: BLE001 - this inner mode cannot run
+            first_error = first_error or exc
+            inner_failures += 1
+            for outer in ("fwd", "rev"):
+                unsupported[f"{outer}-over-{inner}"] = _args.first_line(exc)
+                costs[f"{outer}-over-{inner}"] = math.inf
+            continue
+        info = traced.info
+        P, T = sum(info.flops), sum(info.tangent)
+        for outer, doubtful in (("fwd", info.no_forward), ("rev", info.no_reverse)):
+            mode = f"{outer}-over-{inner}"
+            costs[mode] = n * T + P
+            if doubtful:
+                probed.append(mode)
+                reason = _probe_nesting(func, mode, args, kwargs, argnums)
+                if reason is not None:
+                    unsupported[mode] = reason
+                    costs[mode] = math.inf
+    ok = [m for m in NESTINGS if m not in unsupported]
+    if not ok:
+        if inner_failures == 2:
+            raise first_error  # the function itself fails: its own error, unchanged
+        raise TypeError(f"{where}: no nesting of forward and reverse mode can take this "
+                        "Hessian: " + "; ".join(f"{m}: {r}" for m, r in unsupported.items()))
+    chosen = min(ok, key=lambda m: (costs[m], NESTINGS.index(m)))
+    plan = HessianPlan(mode=chosen, n=n, costs={m: costs[m] for m in NESTINGS},
+                       unsupported=unsupported, probed=tuple(probed))
+    if key is not None:
+        _hessian_plans.put(func, key, plan)
+    return plan
+
+
+def _probe_nesting(func, mode, args, kwargs, argnums) -> str | None:
+    dynamic, rebuild = split_dynamic(args, kwargs)
+    nested = _nesting(func, mode, argnums)
+
+    def run(*dyn):
+        a, kw = rebuild(list(dyn))
+        return nested(*a, **kw)
+
+    try:
+        jax.eval_shape(run, *_cost.abstract(dynamic))
+    except Exception as exc:  # noqa: BLE001
+        return _args.first_line(exc)
+    return None
+

@@ -1,0 +1,175 @@
+"""The plan objects: what the planner decided, with the evidence, and nothing else.
+
+A plan holds numbers and strings only (no user function, array or jaxpr), so it can be
+cached across calls and shown by :func:`functorch_lite.explain` exactly as it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from .chain import Plan as ChainPlan
+
+__all__ = ["JacobianPlan", "HessianPlan", "Cut"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """A vertex cut the planner considered: ``position`` (equations before it), its
+    active ``width``, and the primitive just before it (for the profile)."""
+
+    position: int
+    width: int
+    after: str
+    label: str = ""
+
+
+@dataclasses.dataclass
+class JacobianPlan:
+    """How ``jacobian(mode="auto")`` accumulates one signature.
+
+    Attributes:
+      kind: ``"fwd"``, ``"rev"`` or ``"mixed"``: what runs.
+      in_size, out_size: ``n`` and ``m`` of the ``m x n`` Jacobian.
+      costs: static cost (FLOP-equivalents) per candidate: ``fwd``, ``rev`` and, when a
+        cut was found, ``mixed`` (``inf`` where the mode cannot run).
+      chain: the bracketing of the stages between the chosen cuts (``None`` for a pure
+        plan without candidate cuts).
+      cuts: the cuts the chain splits at (interior positions).
+      profile: the active width at every position of the program (0 .. ``n_nodes``).
+      names: each equation's primitive (for the profile).
+      candidates: every cut considered (narrow local minima of the profile).
+      unsupported: mode -> why it cannot run this function.
+      reasons: why no cut was taken, or notes on the program (control flow kept whole).
+      source: ``"static cost model"`` or ``"calibration"``.
+      seconds: measured time per candidate (calibration only).
+      n_nodes: equations in the flat program (checks a cached mixed plan still fits).
+      stage_names: for a :func:`functorch_lite.chain`, the names of its stages.
+    """
+
+    kind: str
+    in_size: int
+    out_size: int
+    costs: dict[str, float]
+    chain: ChainPlan | None
+    cuts: tuple[int, ...]
+    profile: tuple[int, ...]
+    names: tuple[str, ...]
+    candidates: tuple[Cut, ...] = ()
+    unsupported: dict[str, str] = dataclasses.field(default_factory=dict)
+    reasons: list[str] = dataclasses.field(default_factory=list)
+    source: str = "static cost model"
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    n_nodes: int = 0
+    stage_names: tuple[str, ...] = ()
+    primal_flops: float = 0.0
+    tangent_flops: float = 0.0
+
+    # ---- the figures explain() and the tests read
+
+    @property
+    def mode(self) -> str:
+        """Alias of :attr:`kind` (``ModeChoice`` compatibility)."""
+        return self.kind
+
+    @property
+    def cost(self) -> float:
+        return self.costs[self.kind]
+
+    @property
+    def fwd_cost_total(self) -> float:
+        return self.costs["fwd"]
+
+    @property
+    def rev_cost_total(self) -> float:
+        return self.costs["rev"]
+
+    @property
+    def widths(self) -> list[int]:
+        """Widths at the chosen cuts, ``[n, w_1, ..., m]``."""
+        if self.chain is not None:
+            return list(self.chain.widths)
+        return [self.in_size, self.out_size]
+
+    def passes(self) -> dict[str, int]:
+        if self.kind == "mixed":
+            return self.chain.passes()
+        if self.kind == "fwd":
+            return {"jvp": self.in_size, "vjp": 0, "matmul": 0}
+        return {"jvp": 0, "vjp": self.out_size, "matmul": 0}
+
+    def bracketing(self) -> str:
+        if self.kind == "mixed":
+            return self.chain.bracketing()
+        return "forward: J · I" if self.kind == "fwd" else "reverse: I · J"
+
+    def describe_steps(self) -> list[str]:
+        if self.kind == "mixed":
+            return self.chain.describe_steps()
+        if self.kind == "fwd":
+            return [f"forward mode: {self.in_size} JVPs through the whole program"]
+        return [f"reverse mode: one stored forward pass, {self.out_size} VJPs"]
+
+    def describe(self) -> str:
+        """One sentence: the choice and the evidence."""
+        costs = ", ".join(f"{k} {_num(v)}" for k, v in self.costs.items())
+        why = f"{self.kind} ({self.source}: {costs}"
+        if self.seconds:
+            why += "; measured " + ", ".join(f"{k} {t * 1e3:.3g} ms" for k, t in self.seconds.items())
+        for m, reason in self.unsupported.items():
+            why += f"; {m} cannot run: {reason}"
+        return why + ")"
+
+    def profile_text(self, width: int = 40, max_rows: int = 24,
+                     labels: dict[int, str] | None = None) -> list[str]:
+        """The active width along the program as text bars, one row per cut considered
+        (and the two ends), the chosen cuts marked ``<= cut``."""
+        labels = labels or {}
+        rows = [(0, self.in_size, "inputs")]
+        rows += [(c.position, c.width, labels.get(c.position) or c.label or f"after {c.after}")
+                 for c in self.candidates]
+        n = len(self.profile) - 1
+        rows.append((n, self.out_size, "outputs"))
+        rows = rows[:max_rows]
+        top = max(max(w for _, w, _ in rows), 1)
+        lines = []
+        for pos, w, label in rows:
+            bar = "#" * max(1, round(width * math.log1p(w) / math.log1p(top))) if w else ""
+            mark = "  <= cut" if pos in self.cuts else ""
+            lines.append(f"  eqn {pos:>5} {w:>9}  {bar:<{width}} {label}{mark}")
+        return lines
+
+
+@dataclasses.dataclass
+class HessianPlan:
+    """Which nesting ``hessian(mode="auto")`` runs for one signature, and why.
+
+    Attributes:
+      mode: the chosen nesting, e.g. ``"fwd-over-rev"``.
+      costs: static cost per nesting (``inf`` where it cannot run).
+      unsupported: nesting -> the first line of the error tracing it raised.
+      probed: the nestings that were traced to check that they run.
+    """
+
+    mode: str
+    n: int
+    costs: dict[str, float]
+    unsupported: dict[str, str] = dataclasses.field(default_factory=dict)
+    probed: tuple[str, ...] = ()
+    source: str = "static cost model"
+
+    def describe(self) -> str:
+        costs = ", ".join(f"{k} {_num(v)}" for k, v in self.costs.items())
+        text = f"{self.mode} ({self.source}: {costs}"
+        for m, reason in self.unsupported.items():
+            text += f"; {m} cannot run: {reason}"
+        return text + ")"
+
+
+def _num(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if math.isinf(v):
+        return "n/a"
+    return f"{v:.3g}"
