@@ -35,13 +35,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _args
+from . import _args, _caches, _cost
 from ._jaxpr import cuts as _cuts
 from ._planner.chain import Plan, Step, plan_chain
 from ._planner.plans import JacobianPlan
 from .jacobians import BY_MODE, planned_jacobian
 
 __all__ = ["chain", "Chain", "plan_chain", "Plan", "Step"]
+
+# (chain, input signature) pairs whose stages were checked to compose
+_checked = _caches.weak("accumulation.checked_chains", maxsize=256)
 
 
 # --------------------------------------------------------------------------------------
@@ -172,6 +175,10 @@ class Chain:
             _args.normalize_argnums(argnums, 1, call)
             _args.check_differentiable(args[0], call, "args[0]")
             x = _args.cast_python_scalars(args[0], args[0])
+            key = _cost.signature(x)
+            if not _checked.get(self, key):
+                self.boundaries(x, call)  # every stage composes and returns floats
+                _checked.put(self, key, True)
             try:
                 return planned_jacobian(self, argnums, (x,), {}, has_aux=False,
                                         chunk_size=chunk_size, layout=layout,

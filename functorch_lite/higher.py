@@ -23,8 +23,6 @@ time, or estimates it as ``E[z ⊙ H z]`` over Rademacher ``z`` (Hutchinson).
 
 from __future__ import annotations
 
-import numbers
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +32,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from . import _args
-from ._mode import forward_mode, in_forward_mode, in_taylor_mode
+from ._mode import forward_mode
 from .jacobians import BY_MODE
 from .transforms import _check_primals_tangents
 
@@ -42,12 +40,6 @@ __all__ = ["hessian", "hvp", "vhp", "hessian_diag", "resolve_hessian_mode"]
 
 HESSIAN_MODES = ("auto", "fwd-over-rev", "rev-over-rev", "rev-over-fwd", "fwd-over-fwd")
 
-# Cheapest first, for a scalar f of n inputs: one gradient then n forward passes through
-# it; then n backward passes through the gradient (stores the gradient's forward pass);
-# then the nestings that need a forward rule inside (n^2-ish forward work).
-_AUTO_ORDER = ("fwd-over-rev", "rev-over-rev", "fwd-over-fwd", "rev-over-fwd")
-_PROBE_ERRORS = (TypeError, ValueError, NotImplementedError)
-_probe_cache: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
 
 
 def _nesting(func: Callable, mode: str, argnums: Any, chunk_size: int | None) -> Callable:
@@ -56,32 +48,20 @@ def _nesting(func: Callable, mode: str, argnums: Any, chunk_size: int | None) ->
     return BY_MODE[outer_name](inner, argnums, chunk_size=chunk_size)
 
 
-def _signature(args: tuple, kwargs: dict, argnums: Any) -> Any:
-    """A hashable key of the abstract inputs (structure, shapes, dtypes) and of the
-    tracing mode (layers switch rules in forward and Taylor mode)."""
-    def leaf_key(leaf):
-        dtype = _args.leaf_dtype(leaf)
-        if dtype is None:
-            return ("object", leaf)      # must be hashable, else no caching
-        return (tuple(np.shape(leaf)), dtype.name, isinstance(leaf, (bool, numbers.Number)))
-    leaves, tree = jax.tree_util.tree_flatten((args, kwargs))
-    key = (argnums if not isinstance(argnums, list) else tuple(argnums), tree,
-           tuple(leaf_key(x) for x in leaves), in_forward_mode(), in_taylor_mode())
-    hash(key)
-    return key
-
-
 def resolve_hessian_mode(func: Callable, mode: str = "auto", args: tuple | None = None,
                          kwargs: dict | None = None, argnums: _args.Argnums = 0) -> str:
     """The nesting ``hessian(func, mode=mode)`` runs on ``args``.
 
-    An explicit mode is returned as is. ``"auto"`` takes the cheapest nesting that
-    ``func`` supports at these inputs, in the order forward-over-reverse,
-    reverse-over-reverse, forward-over-forward, reverse-over-forward. Support is probed
-    with ``jax.eval_shape`` (abstract tracing, no FLOPs) and cached per function and
-    input signature: e.g. a ``jax.custom_vjp`` whose backward rule itself has only a
-    reverse rule needs reverse-over-reverse; a ``lax.while_loop`` (no reverse rule)
-    needs forward-over-forward. Without ``args``, ``"auto"`` means forward-over-reverse.
+    An explicit mode is returned as is. ``"auto"`` asks the planner
+    (:func:`functorch_lite._planner.api.plan_hessian`): it traces the inner derivative
+    (``jacrev`` and ``jacfwd`` of ``func``; one that does not trace rules out its two
+    nestings), prices the outer Jacobian over each inner program by the static model
+    (forward-over-forward and reverse-over-forward carry ``n`` tangents inside, so they
+    only win for tiny ``n``), probes by tracing an outer mode the inner program makes
+    doubtful (a ``custom_vjp`` for forward, a ``while_loop`` for reverse), and takes the
+    cheapest nesting that runs. No clock is read. The plan is cached per function and
+    signature, Python-scalar arguments by value (``loop=True`` and ``loop=False`` are
+    planned apart). Without ``args``, ``"auto"`` means forward-over-reverse.
 
     >>> import jax.numpy as jnp
     >>> resolve_hessian_mode(jnp.sum, "auto", (jnp.ones(3, jnp.float32),))
@@ -90,30 +70,10 @@ def resolve_hessian_mode(func: Callable, mode: str = "auto", args: tuple | None 
     if mode != "auto":
         return mode
     if args is None:
-        return _AUTO_ORDER[0]
-    kwargs = kwargs or {}
-    try:
-        key = _signature(args, kwargs, argnums)
-        cache = _probe_cache.setdefault(func, {})
-    except TypeError:
-        key, cache = None, {}
-    if key in cache:
-        return cache[key]
-    errors = []
-    for candidate in _AUTO_ORDER:
-        nested = _nesting(func, candidate, argnums, None)
-        try:
-            # Probe exactly the program that will run: its forward halves (jacfwd) trace
-            # inside forward_mode() themselves, its reverse halves outside it, so layers
-            # that switch rules on that flag are probed with the rule they will use.
-            jax.eval_shape(lambda *a: nested(*a, **kwargs), *args)
-        except _PROBE_ERRORS as err:
-            errors.append(err)
-            continue
-        if key is not None:
-            cache[key] = candidate
-        return candidate
-    raise errors[0]
+        return "fwd-over-rev"
+    from ._planner import api
+
+    return api.plan_hessian(func, tuple(args), kwargs or {}, argnums).mode
 
 
 def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import functorch_lite as fl
+from functorch_lite._planner import api
 from functorch_lite import higher
 
 from conftest import assert_tree_allclose
@@ -115,11 +116,36 @@ def test_hessian_auto_probe_is_cached():
         return (x ** 3).sum()
 
     x = jnp.ones(3)
+    from functorch_lite import _caches
+
+    fl.clear_caches()
     fl.hessian(g)(x)
     fl.hessian(g)(x + 1.0)
+    assert _caches.sizes()["planner.hessian"][0] == 1      # same signature, one plan
     fl.hessian(g)(jnp.ones(5))
-    cache = higher._probe_cache[g]
-    assert sorted(cache.values()) == ["fwd-over-rev", "fwd-over-rev"]   # two shapes, two entries
+    assert _caches.sizes()["planner.hessian"][0] == 2      # two shapes, two entries
+    plan = api.plan_hessian(g, (x,))
+    assert plan is api.plan_hessian(g, (x + 2.0,)) and plan.mode == "fwd-over-rev"
+    assert plan.probed == () and not plan.unsupported       # nothing doubtful: no probing
+
+
+def test_hessian_auto_cache_key_covers_python_scalars(x64):
+    # issue 13 item 10: a Python bool that switches to a while_loop (no reverse rule)
+    # must be planned apart, not served the plan made for loop=False
+    def f(x, loop):
+        if loop:
+            body = lambda c: (c[0] + 1, jnp.sin(c[1]) * 1.1)  # noqa: E731
+            return jax.lax.while_loop(lambda c: c[0] < 3, body, (0, x))[1].sum()
+        return jnp.sum(jnp.sin(x) * 1.1)
+
+    x = x0()
+    np.testing.assert_allclose(np.asarray(fl.hessian(f)(x, False)),
+                               np.asarray(jax.hessian(f)(x, False)), rtol=1e-12)
+    got = fl.hessian(f)(x, True)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(jax.jacfwd(jax.jacfwd(f))(x, True)),
+                               rtol=1e-12)
+    assert higher.resolve_hessian_mode(f, "auto", (x, True)) == "fwd-over-fwd"
+    assert higher.resolve_hessian_mode(f, "auto", (x, False)) == "fwd-over-rev"
 
 
 def test_hessian_auto_under_jit_and_user_errors_surface():

@@ -38,16 +38,16 @@ STEP_OVERHEAD = 2.0e4   # FLOP-equivalents of one extra batched pass (dispatch, 
 
 def _candidates(info: _cuts.Analysis, limit: int) -> list[int]:
     """Interior positions that are local minima of the width profile, narrower than
-    ``limit``; a run of positions with the same live values, or a plateau of equal
-    widths, counts once (its first position)."""
+    ``limit``; a flat valley floor counts once, at its last position (after the
+    activation that ends a layer, where a chain's stage boundary lies)."""
     w = info.widths
     N = len(w) - 1
     found = []
     for p in range(1, N):
         if w[p] >= limit or w[p] == 0:
             continue
-        if w[p] >= w[p - 1] or w[p] > w[p + 1]:
-            continue  # not where a valley (or its flat bottom) begins
+        if w[p] > w[p - 1] or w[p] >= w[p + 1]:
+            continue  # not where a valley (or its flat bottom) ends
         if found and info.live[found[-1]] == info.live[p]:
             continue  # the same cut again
         found.append(p)
