@@ -142,8 +142,10 @@ def flatten(closed: ClosedJaxpr) -> Program:
 
     def new(aval: Any) -> int:
         shapes.append(tuple(getattr(aval, "shape", ())))
-        dtypes.append(np.dtype(getattr(aval, "dtype", np.float32)) if hasattr(aval, "dtype")
-                      else np.dtype(np.float32))
+        try:
+            dtypes.append(np.dtype(aval.dtype))
+        except (AttributeError, TypeError):  # tokens, PRNG keys: never differentiated
+            dtypes.append(np.dtype(np.void))
         return len(shapes) - 1
 
     def inline(jaxpr: Any, const_values: Sequence[Any], in_refs: Sequence) -> list:
