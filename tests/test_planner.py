@@ -419,6 +419,17 @@ _HLO_SCRIPT = textwrap.dedent("""
 """)
 
 
+def test_same_hlo_for_fresh_closures_in_one_process():
+    A = jax.random.normal(jax.random.key(0), (100, 100))
+    texts = []
+    for _ in range(2):
+        fl.clear_caches()
+        f = lambda x, A=A: A @ jnp.tanh(A @ x)  # noqa: E731 - a new function each time
+        texts.append(jax.jit(fl.jacobian(f)).lower(jnp.ones(100)).as_text())
+    assert texts[0] == texts[1]
+
+
+@pytest.mark.slow
 def test_same_plan_and_hlo_in_fresh_processes():
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                JAX_PLATFORMS="cpu")
