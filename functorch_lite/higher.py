@@ -35,7 +35,7 @@ from jax.flatten_util import ravel_pytree
 
 from . import _args
 from ._mode import forward_mode, in_forward_mode, in_taylor_mode
-from .jacobians import BY_MODE
+from .jacobians import pure_mode
 from .transforms import _check_primals_tangents
 
 __all__ = ["hessian", "hvp", "vhp", "hessian_diag", "resolve_hessian_mode"]
@@ -50,10 +50,14 @@ _PROBE_ERRORS = (TypeError, ValueError, NotImplementedError)
 _probe_cache: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
 
 
-def _nesting(func: Callable, mode: str, argnums: Any, chunk_size: int | None) -> Callable:
+def _nesting(func: Callable, mode: str, argnums: Any, chunk_size: int | None,
+             holomorphic: bool = False) -> Callable:
+    """The nesting ``mode`` (e.g. ``"fwd-over-rev"``) of two Jacobian transforms; their
+    messages name ``hessian``."""
     outer_name, _, inner_name = mode.split("-")
-    inner = BY_MODE[inner_name](func, argnums)
-    return BY_MODE[outer_name](inner, argnums, chunk_size=chunk_size)
+    inner = pure_mode(inner_name, func, argnums, transform="hessian", holomorphic=holomorphic)
+    return pure_mode(outer_name, inner, argnums, transform="hessian", chunk_size=chunk_size,
+                     holomorphic=holomorphic)
 
 
 def _signature(args: tuple, kwargs: dict, argnums: Any) -> Any:
@@ -117,14 +121,15 @@ def resolve_hessian_mode(func: Callable, mode: str = "auto", args: tuple | None 
 
 
 def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
-            chunk_size: int | None = None) -> Callable:
+            chunk_size: int | None = None, holomorphic: bool = False) -> Callable:
     """Hessian of a scalar function, as ``torch.func.hessian``: ``H[i, j] = d²f/dx_i dx_j``.
 
     With tuple ``argnums`` the result is nested tuples, ``H[a][b] = d²f/dx_a dx_b``.
     ``mode`` picks the nesting (see the module docstring); ``"auto"`` takes the cheapest
     that ``func`` supports (:func:`resolve_hessian_mode`). ``chunk_size`` runs the outer
     Jacobian's passes ``chunk_size`` at a time, which bounds memory (torch.func's
-    ``hessian`` has no such argument).
+    ``hessian`` has no such argument). ``holomorphic=True`` is JAX's: the complex
+    Hessian ``f''(z)`` of a holomorphic ``f`` (both nested Jacobians get it).
 
     >>> import jax.numpy as jnp
     >>> hessian(lambda x: (x ** 3).sum())(jnp.array([1.0, 2.0], jnp.float32))     # diag(6x)
@@ -135,13 +140,19 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     _args.check_argnums(argnums, "hessian")
     _args.check_choice(mode, HESSIAN_MODES, "hessian", "mode")
     chunk_size = _args.check_chunk_size(chunk_size, "hessian")
+    _args.check_bool(holomorphic, "hessian", "holomorphic")
     name = _args.func_name(func)
 
     def hess_f(*args, **kwargs):
         where = f"hessian({name})(*args)"
         _args.differentiable_positions(args, argnums, where)
-        chosen = resolve_hessian_mode(func, mode, args, kwargs, argnums)
-        return _nesting(func, chosen, argnums, chunk_size)(*args, **kwargs)
+        if holomorphic:
+            # The auto probe runs real-valued nestings; a holomorphic Hessian takes the
+            # default nesting unless a mode is given.
+            chosen = "fwd-over-rev" if mode == "auto" else mode
+        else:
+            chosen = resolve_hessian_mode(func, mode, args, kwargs, argnums)
+        return _nesting(func, chosen, argnums, chunk_size, holomorphic)(*args, **kwargs)
 
     hess_f.__name__ = f"hessian({name})"
     hess_f.__qualname__ = hess_f.__name__
