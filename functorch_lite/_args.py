@@ -197,7 +197,7 @@ def check_inexact_output(tree: Any, where: str, what: str = "the output", *,
     items = jax.tree_util.tree_leaves_with_path(tree)
     if not items:
         raise ValueError(
-            f"{where}: expected f to return at least one array, got {describe(tree)}; "
+            f"{where}: expected f to return at least one array, got {'None' if tree is None else describe(tree)}; "
             "return the value(s) to differentiate."
         )
     for keypath, leaf in items:
@@ -423,6 +423,16 @@ def reorder(order: tuple, tree: Any, at_leaf: Callable[[Any], Any] | None = None
         return tree
     return jax.tree_util.tree_unflatten(
         treedef, [reorder(o, c, at_leaf) for o, c in zip(kids, children)])
+
+
+def keep_order(func: Callable, args: tuple) -> Callable:
+    """``func`` called with its positional arguments' dicts rebuilt in the key order of
+    ``args`` (JAX hands a traced function dicts in sorted order): the function, and any
+    transform nested inside it, sees the caller's order, as under torch.func."""
+    order = order_of(tuple(args))
+    if not has_dict(order):
+        return func
+    return lambda *a: func(*reorder(order, a))
 
 
 def reorder_jacobian(out_order: tuple, in_order: tuple, jac: Any) -> Any:

@@ -98,8 +98,11 @@ def _closed_over(func, args, kwargs, positions, as_tuple, has_aux, where, check=
     """``g(diff) -> (out, aux)``, the non-differentiated args closed over; ``diff`` is
     the tuple of differentiated args (tuple argnums) or the one argument."""
 
+    order = _args.order_of(tuple(args[p] for p in positions))
+
     def call(diff):
         diff = diff if as_tuple else (diff,)
+        diff = _args.reorder(order, diff)      # the caller's dict order, not JAX's
         return func(*_args.replace_args(args, positions, diff), **kwargs)
 
     if check is None:

@@ -58,7 +58,8 @@ def _value_and_grad(func: Callable, argnums: Any, has_aux: bool, transform: str,
             _args.check_complex_inputs(args[p], where, f"args[{p}]", holomorphic=holomorphic,
                                        transform=transform, allow_complex=True)
 
-        scalar_func = _args.checked_output(lambda *a: func(*a, **kwargs), has_aux, where,
+        inner = _args.keep_order(func, args)
+        scalar_func = _args.checked_output(lambda *a: inner(*a, **kwargs), has_aux, where,
                                            check=check)
         (value, aux), grads = jax.value_and_grad(scalar_func, positions, has_aux=True,
                                                  holomorphic=holomorphic)(*args)
@@ -196,7 +197,7 @@ def vjp(func: Callable, *primals: Any, has_aux: bool = False):
     where = f"vjp({name}, *primals)"
     _check_primals(primals, where, "vjp")
 
-    traced = _args.checked_output(func, has_aux, where)
+    traced = _args.checked_output(_args.keep_order(func, primals), has_aux, where)
 
     out, pullback, aux = jax.vjp(traced, *primals, has_aux=True)
     out = _args.reorder(traced.orders["out"], out)
@@ -264,7 +265,7 @@ def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, ha
     where = f"jvp({_args.func_name(func)}, primals, tangents)"
     primals, tangents = _check_primals_tangents(primals, tangents, where)
 
-    traced = _args.checked_output(func, has_aux, where)
+    traced = _args.checked_output(_args.keep_order(func, primals), has_aux, where)
 
     with forward_mode():
         if strict:
@@ -313,7 +314,7 @@ def linearize(func: Callable, *primals: Any):
     where = f"linearize({name}, *primals)"
     _check_primals(primals, where, "linearize")
 
-    traced = _args.checked_output(func, False, where)
+    traced = _args.checked_output(_args.keep_order(func, primals), False, where)
     with forward_mode():
         out, lin, _ = jax.linearize(traced, *primals, has_aux=True)
     out = _args.reorder(traced.orders["out"], out)
@@ -493,6 +494,7 @@ def vmap(func: Callable, in_dims: Any = _UNSET, out_dims: Any = _UNSET,
                 "one argument."
             )
         f = (lambda *a: func(*a, **kwargs)) if kwargs else func
+        f = _args.keep_order(f, args)
         orders: dict = {}
         body = _checked_body(f, out_dims, where, orders)
         if chunk_size is None or chunk_size >= size:
