@@ -12,8 +12,8 @@ torch tutorials (model ensembling, neural tangent kernels) port by renaming:
   module), or a plain function ``apply(params, *args)``;
 - *params* is any pytree: an Equinox module's arrays (``eqx.filter(model,
   eqx.is_array)``), a dict, a list of dicts. torch's ``(params, buffers)`` pair is
-  accepted: dicts are merged (JAX has no buffers: ``stack_module_state`` returns an
-  empty dict for them).
+  accepted with empty buffers, which is what ``stack_module_state`` returns (JAX has
+  no buffers: non-trainable arrays are params leaves too).
 
 >>> import jax, jax.numpy as jnp
 >>> import functorch_lite as fl
@@ -58,26 +58,15 @@ def _is_array(x: Any) -> bool:
     return isinstance(x, _args.ARRAY_TYPES)
 
 
-def _merge(params: Any, where: str) -> Any:
-    """torch's tuple of dicts (``(params, buffers)``): merged into one dict; empty dicts
-    dropped; anything else is the params pytree itself."""
-    if not isinstance(params, (tuple, list)) or not params:
+def _merge(params: Any) -> Any:
+    """torch's ``(params, buffers)`` tuple: empty dicts (JAX has no buffers) are dropped
+    and a single remaining part is the params; anything else is the params pytree
+    itself (a tuple of two non-empty dicts could be either, so it is left alone: merge
+    them yourself, ``{**params, **buffers}``)."""
+    if not isinstance(params, tuple) or not params:
         return params
     parts = [p for p in params if not (isinstance(p, dict) and not p)]
-    if len(parts) == 1:
-        return parts[0]
-    if parts and all(isinstance(p, dict) for p in parts):
-        merged: dict = {}
-        for p in parts:
-            twice = sorted(set(merged) & set(p), key=str)
-            if twice:
-                raise ValueError(
-                    f"{where}: the dicts in parameter_and_buffer_dicts name {twice} more "
-                    "than once; give each parameter in one dict only."
-                )
-            merged.update(p)
-        return merged
-    return params
+    return parts[0] if len(parts) == 1 and len(parts) < len(params) else params
 
 
 def functional_call(module: Any, parameter_and_buffer_dicts: Any, args: Any = (),
@@ -93,8 +82,9 @@ def functional_call(module: Any, parameter_and_buffer_dicts: Any, args: Any = ()
       ``module.apply(params, *args, **kwargs)``.
     - a function: ``module(params, *args, **kwargs)``.
 
-    ``args`` is a tuple of positional arguments, or one argument (as torch). A tuple of
-    dicts, torch's ``(params, buffers)``, is merged first.
+    ``args`` is a tuple of positional arguments, or one argument (as torch). torch's
+    ``(params, buffers)`` with empty ``buffers`` (as :func:`stack_module_state` gives)
+    passes ``params``.
 
     >>> import jax.numpy as jnp
     >>> apply = lambda p, x: x @ p["w"] + p["b"]
@@ -107,7 +97,7 @@ def functional_call(module: Any, parameter_and_buffer_dicts: Any, args: Any = ()
     if not isinstance(kwargs, dict):
         raise TypeError(f"{where}: kwargs must be a dict or None, got {type(kwargs).__name__}.")
     args = args if isinstance(args, tuple) else (args,)
-    params = _merge(parameter_and_buffer_dicts, where)
+    params = _merge(parameter_and_buffer_dicts)
     if _is_module(module):
         eqx = _equinox()
         _, static = eqx.partition(module, eqx.is_array)

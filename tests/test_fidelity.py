@@ -532,8 +532,12 @@ def test_functional_call_and_stack_module_state_pytrees():
     assert_tree_allclose(fl.functional_call(apply, models[0], x, {"scale": 2.0}), 2 * block.apply(models[0], x))
     with pytest.raises(ValueError, match=r"stack_module_state\(models\): models\[1\] has a different structure"):
         fl.stack_module_state([models[0], {"w": models[0]["w"]}])
-    with pytest.raises(ValueError, match=r"name \['w'\] more than once"):
-        fl.functional_call(apply, ({"w": 1}, {"w": 2, "b": 0}), x)
+    # a tuple of non-empty parts is the params pytree itself (not torch's pair)
+    pair = lambda p, x: x @ p[0]["w"] + p[1]["b"][None, :]
+    assert_tree_allclose(fl.functional_call(pair, ({"w": models[0]["w"]}, {"b": models[0]["b"]}), (x,)),
+                         block.apply(models[0], x))
+    with pytest.raises(TypeError, match=r"module must be an Equinox module, an object with an apply"):
+        fl.functional_call(3, models[0], (x,))
 
 
 def test_functional_call_and_stack_module_state_equinox():
