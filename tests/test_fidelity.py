@@ -489,6 +489,7 @@ def test_hvp_falls_back_to_rev_over_rev_for_custom_vjp():
     np.testing.assert_allclose(hv, -0.25 * 2.0 ** -1.5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_hessian_diag_falls_back_for_custom_vjp():
     x = jnp.array([2.0, 4.0, 9.0])
     f = lambda x: jnp.sum(jax.vmap(newton_sqrt)(x))
@@ -540,6 +541,7 @@ def test_functional_call_and_stack_module_state_pytrees():
         fl.functional_call(3, models[0], (x,))
 
 
+@pytest.mark.slow
 def test_functional_call_and_stack_module_state_equinox():
     eqx = pytest.importorskip("equinox")
     models = [eqx.nn.MLP(3, 2, 8, 2, key=jax.random.key(i)) for i in range(3)]

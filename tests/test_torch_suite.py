@@ -388,6 +388,7 @@ def test_chunk_jacrev_bad_chunk_size(chunk_size):
         fl.jacrev(lambda x: x, chunk_size=chunk_size)(jnp.asarray(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preallocate", [True, False])
 def test_chunk_jacrev_composition(preallocate):
     def case(S, x):
@@ -415,7 +416,11 @@ HESSIAN_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(HESSIAN_CASES))
+SLOW_HESSIANS = {"vectorize_correctness_multi_input", "jacfwd_different_levels"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_HESSIANS else n
+                                  for n in HESSIAN_CASES])
 def test_hessian(name):
     case, inputs = HESSIAN_CASES[name]
     run_both(case, *inputs)
@@ -561,6 +566,7 @@ def test_model_ensembling_tutorial():
     np.testing.assert_allclose(np.asarray(ours), theirs.detach().numpy(), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_neural_tangent_kernel_tutorial():
     """torch.func's NTK tutorial: jacrev of functional_call w.r.t. the params, per sample."""
     tnet = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
