@@ -570,3 +570,33 @@ def test_porting_helpers_match_torch():
         params, buffers = fl.stack_module_state(models)
         ours = fl.vmap(lambda p: fl.functional_call(apply, (p, buffers), (jnp.asarray(x),)))(params)
         np.testing.assert_allclose(np.asarray(ours), theirs.detach().numpy(), rtol=1e-12)
+
+
+@jax.custom_vjp
+def _cos_rule(x):
+    return jnp.cos(x)
+
+
+_cos_rule.defvjp(lambda x: (jnp.cos(x), x), lambda x, g: (-jnp.sin(x) * g,))
+
+
+@jax.custom_vjp
+def _sin_nested(x):
+    """sin with a backward rule that calls another custom_vjp: no forward mode through it."""
+    return jnp.sin(x)
+
+
+_sin_nested.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (_cos_rule(x) * g,))
+
+
+def test_hessian_diag_and_hvp_fall_back_fast():
+    x = jnp.array([0.3, -1.2, 2.0])
+    f = lambda x: jnp.sum(_sin_nested(x))
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(jax.grad(f), (x,), (x,))
+    with pytest.warns(NestingFallbackWarning, match=r"hessian_diag: forward-over-reverse cannot run"):
+        d = fl.hessian_diag(f, chunk_size=2)(x)
+    assert_tree_allclose(d, -jnp.sin(x))
+    with pytest.warns(NestingFallbackWarning, match=r"hvp: forward-over-reverse cannot run"):
+        _, hv = fl.hvp(f, (x,), (jnp.ones(3),))
+    assert_tree_allclose(hv, -jnp.sin(x))
