@@ -8,6 +8,7 @@ Array([2., 4.], dtype=float32)
 
 from . import nn as nn, train as train
 from ._caches import clear_caches as clear_caches
+from ._porting import functional_call as functional_call, stack_module_state as stack_module_state
 from .accumulation import chain as chain
 from .explanation import explain as explain
 from .check import GradCheckError as GradCheckError, GradCheckReport as GradCheckReport, check_grad as check_grad

@@ -15,6 +15,7 @@ ValueError: grad(f)(*args): argnums=3 is out of range for a function called with
 
 from __future__ import annotations
 
+import collections
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,7 +31,20 @@ ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 
 def func_name(func: Callable) -> str:
     """A short name for ``func`` to use in messages and ``__name__``."""
-    return getattr(func, "__name__", None) or type(func).__name__
+    return (getattr(func, "__fl_name__", None) or getattr(func, "__name__", None)
+            or type(func).__name__)
+
+
+def name_transformed(wrapper: Callable, func: Callable, label: str, doc: str) -> Callable:
+    """Give a transform's result ``func``'s ``__name__`` (as torch.func does, through
+    ``functools.wraps``), ``label`` (e.g. ``"grad(f)"``) as ``__qualname__`` and in
+    messages of transforms applied on top, and a docstring."""
+    wrapper.__name__ = getattr(func, "__name__", None) or label
+    wrapper.__qualname__ = label
+    wrapper.__fl_name__ = label
+    wrapper.__doc__ = doc
+    wrapper.__wrapped__ = func
+    return wrapper
 
 
 def check_callable(func: Any, transform: str, argname: str = "func") -> None:
@@ -62,7 +76,12 @@ def check_argnums(argnums: Any, transform: str) -> tuple[tuple[int, ...], bool]:
         raise bad("is not an integer")
     if isinstance(argnums, numbers.Integral):
         return (int(argnums),), False
-    if isinstance(argnums, (tuple, list)):
+    if isinstance(argnums, list):
+        raise TypeError(
+            f"{transform}: argnums must be int or Tuple[int, ...], got a list "
+            f"{argnums!r}; pass argnums={tuple(argnums)!r}."
+        )
+    if isinstance(argnums, tuple):
         if len(argnums) == 0:
             raise bad("is empty")
         for a in argnums:
@@ -75,6 +94,12 @@ def check_argnums(argnums: Any, transform: str) -> tuple[tuple[int, ...], bool]:
 def normalize_argnums(argnums: Argnums, nargs: int, where: str) -> tuple[int, ...]:
     """Resolve negative indices against ``nargs`` and reject range errors and repeats."""
     raw, _ = check_argnums(argnums, where)
+    if nargs == 0:
+        raise ValueError(
+            f"{where}: the function was called with no positional arguments, so there is "
+            f"nothing to differentiate (argnums={argnums!r}); pass the inputs "
+            "positionally, e.g. f(x) rather than f() or f(x=x)."
+        )
     out = []
     for a in raw:
         if not -nargs <= a < nargs:
@@ -100,8 +125,18 @@ def differentiable_positions(args: tuple, argnums: Argnums, where: str) -> tuple
     return positions
 
 
-def leaf_dtype(leaf: Any) -> np.dtype | None:
+def is_key_dtype(dtype: Any) -> bool:
+    """True for the dtype of a typed PRNG key array (``jax.random.key``)."""
+    return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def leaf_dtype(leaf: Any) -> Any:
+    """The dtype of an array or Python number (``None`` for anything else). A typed PRNG
+    key (``jax.random.key``) has its extended key dtype, which is not inexact: keys pass
+    through every transform as non-differentiable leaves."""
     if isinstance(leaf, ARRAY_TYPES) or isinstance(leaf, jax.ShapeDtypeStruct):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.extended):
+            return leaf.dtype
         return np.dtype(leaf.dtype)
     if isinstance(leaf, bool):
         return np.dtype(bool)
@@ -129,6 +164,12 @@ def check_differentiable(tree: Any, where: str, argname: str) -> None:
                 "and Python numbers can be differentiated. Pass it through a keyword "
                 "argument or leave it out of argnums."
             )
+        if is_key_dtype(dtype):
+            raise TypeError(
+                f"{where}: {name} is a PRNG key ({dtype.name}); keys cannot be "
+                "differentiated. Close over it, pass it as a keyword argument, or leave "
+                "it out of argnums."
+            )
         if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
                 f"{where}: {name} has dtype {dtype.name}; derivatives are taken with "
@@ -147,27 +188,95 @@ def check_arraylike(tree: Any, where: str, argname: str) -> None:
             )
 
 
-def check_inexact_output(tree: Any, where: str, what: str = "the output") -> None:
-    for keypath, leaf in jax.tree_util.tree_leaves_with_path(tree):
+def check_inexact_output(tree: Any, where: str, what: str = "the output", *,
+                         complex_output: str = "allow", transform: str = "") -> None:
+    """The output of a differentiated function: at least one array, every leaf a
+    floating-point (or complex) *array* (a Python number is a constant the transform
+    cannot see; torch.func rejects it too). ``complex_output``: ``"allow"`` (vjp, jvp),
+    ``"reject"`` (jacrev/jacfwd without ``holomorphic``), ``"require"`` (with it)."""
+    items = jax.tree_util.tree_leaves_with_path(tree)
+    if not items:
+        raise ValueError(
+            f"{where}: expected f to return at least one array, got {'None' if tree is None else describe(tree)}; "
+            "return the value(s) to differentiate."
+        )
+    for keypath, leaf in items:
         dtype = leaf_dtype(leaf)
-        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+        if dtype is not None and not isinstance(leaf, ARRAY_TYPES):
+            raise TypeError(
+                f"{where}: {_path(what, keypath)} is a Python {type(leaf).__name__}, not an "
+                "array, so it cannot depend on the inputs; return arrays computed from "
+                "them (wrap a constant with jnp.asarray if you mean it)."
+            )
+        if dtype is None or is_key_dtype(dtype) or not jnp.issubdtype(dtype, jnp.inexact):
             got = dtype.name if dtype is not None else type(leaf).__name__
             raise TypeError(
                 f"{where}: {_path(what, keypath)} is {got}; only floating-point outputs "
                 "can be differentiated. Return float arrays, or move integer results "
                 "into aux (has_aux=True)."
             )
+        is_complex = jnp.issubdtype(dtype, jnp.complexfloating)
+        if complex_output == "reject" and is_complex:
+            raise TypeError(
+                f"{where}: {_path(what, keypath)} is {dtype.name}; {transform} differentiates "
+                "real outputs. For a holomorphic function pass holomorphic=True "
+                "(J = f'(z)); otherwise return the real and imaginary parts "
+                "(jnp.real/jnp.imag) as separate real outputs, or use vjp/jvp."
+            )
+        if complex_output == "require" and not is_complex:
+            raise TypeError(
+                f"{where}: {_path(what, keypath)} is {dtype.name}, but holomorphic=True "
+                "needs complex outputs; drop holomorphic=True for a real-valued function, "
+                "or return a complex value."
+            )
+
+
+def check_complex_inputs(tree: Any, where: str, argname: str, *, holomorphic: bool,
+                         transform: str, allow_complex: bool = False) -> None:
+    """``holomorphic=True``: every differentiated leaf is complex (JAX's rule). Without
+    it, complex leaves are rejected unless ``allow_complex`` (the grad family, whose
+    output is real)."""
+    for keypath, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        dtype = leaf_dtype(leaf)
+        is_complex = dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating)
+        name = _path(argname, keypath)
+        if holomorphic and not is_complex:
+            raise TypeError(
+                f"{where}: holomorphic=True needs complex inputs, but {name} has dtype "
+                f"{dtype.name}; cast it, e.g. x.astype(jnp.complex64), or drop "
+                "holomorphic=True."
+            )
+        if not holomorphic and is_complex and not allow_complex:
+            raise TypeError(
+                f"{where}: {name} is {dtype.name}; {transform} differentiates real inputs "
+                "(as torch.func). For a holomorphic function pass holomorphic=True "
+                "(J = f'(z)); otherwise pass the real and imaginary parts as separate "
+                "real inputs, or use vjp/jvp."
+            )
 
 
 def split_aux(out: Any, where: str) -> tuple[Any, Any]:
-    """``has_aux=True``: the function must return a pair ``(output, aux)``."""
-    if not isinstance(out, (tuple, list)) or len(out) != 2:
+    """``has_aux=True``: the function must return a tuple ``(output, aux)`` (a list is
+    rejected, as torch.func does), and aux's leaves must be arrays."""
+    if not isinstance(out, tuple) or len(out) != 2:
         got = describe(out)
         raise ValueError(
-            f"{where}: has_aux=True expects the function to return a pair (output, aux), "
+            f"{where}: has_aux=True expects the function to return a tuple (output, aux), "
             f"got {got}. Return `out, aux`, or use has_aux=False."
         )
+    check_aux(out[1], where)
     return out[0], out[1]
+
+
+def check_aux(aux: Any, where: str) -> None:
+    """aux leaves are arrays (a PRNG key is one); a Python number or string is not."""
+    for keypath, leaf in jax.tree_util.tree_leaves_with_path(aux):
+        if not isinstance(leaf, ARRAY_TYPES):
+            raise TypeError(
+                f"{where}: has_aux=True: {_path('aux', keypath)} is a {type(leaf).__name__}, "
+                "not an array; aux may hold arrays only (as torch.func). Wrap numbers with "
+                "jnp.asarray, and return other values outside the transform."
+            )
 
 
 def describe(value: Any) -> str:
@@ -185,14 +294,27 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def check_scalar(out: Any, where: str, alternative: str = "vjp or jacrev") -> None:
-    """``grad``-like transforms need a real scalar output."""
+def check_scalar(out: Any, where: str, alternative: str = "vjp or jacrev", *,
+                 holomorphic: bool = False) -> None:
+    """``grad``-like transforms need a real scalar array output (a complex one with
+    ``holomorphic=True``)."""
     dtype = leaf_dtype(out)
+    if out is None or (isinstance(out, (tuple, list, dict)) and not jax.tree_util.tree_leaves(out)):
+        raise ValueError(
+            f"{where}: expected f to return at least one array, got {describe(out)}; "
+            "return the scalar to differentiate."
+        )
     if dtype is None:
         raise TypeError(
             f"{where}: expected the function to return a scalar array, got "
             f"{type(out).__name__}. Return one scalar (with has_aux=True to also return "
             f"other values), or use {alternative}."
+        )
+    if not isinstance(out, ARRAY_TYPES):
+        raise TypeError(
+            f"{where}: expected the function to return a scalar array, got a Python "
+            f"{type(out).__name__}, which cannot depend on the inputs; return an array "
+            "computed from them."
         )
     shape = np.shape(out)
     if shape != ():
@@ -200,10 +322,20 @@ def check_scalar(out: Any, where: str, alternative: str = "vjp or jacrev") -> No
             f"{where}: expected the function to return a scalar, got shape {tuple(shape)}. "
             f"Reduce it first (e.g. out.sum()), or use {alternative} for non-scalar outputs."
         )
-    if not jnp.issubdtype(dtype, jnp.floating):
+    if holomorphic:
+        if not jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(
+                f"{where}: holomorphic=True needs a complex scalar output, got dtype "
+                f"{dtype.name}; drop holomorphic=True for a real-valued function."
+            )
+        return
+    if is_key_dtype(dtype) or not jnp.issubdtype(dtype, jnp.floating):
+        hint = ("pass holomorphic=True for a holomorphic function (grad = f'(z)), or "
+                "return a real value (take the real part or abs of a complex result)"
+                if jnp.issubdtype(dtype, jnp.complexfloating) else "return a float")
         raise TypeError(
             f"{where}: expected a real floating-point scalar, got dtype {dtype.name}. "
-            f"Return a float (take the real part or abs of a complex result), or use {alternative}."
+            f"{hint[0].upper() + hint[1:]}, or use {alternative}."
         )
 
 
@@ -211,7 +343,8 @@ def checked_output(func: Callable, has_aux: bool, where: str,
                    check: Callable[[Any, str], None] = check_inexact_output) -> Callable:
     """``func`` returning ``(out, aux)`` (``aux=None`` without ``has_aux``), ``out`` passed
     through ``check(out, where)`` (default: floating-point leaves; ``check_scalar`` for
-    ``grad``)."""
+    ``grad``). The returned function's ``orders`` dict receives the key order of the
+    output (``"out"``) and aux (``"aux"``) as traced, for :func:`reorder`."""
 
     def traced(*a):
         out = func(*a)
@@ -219,9 +352,101 @@ def checked_output(func: Callable, has_aux: bool, where: str,
         if has_aux:
             out, aux = split_aux(out, where)
         check(out, where)
+        traced.orders["out"] = order_of(out)
+        traced.orders["aux"] = order_of(aux)
         return out, aux
 
+    traced.orders = {}
     return traced
+
+
+# ----------------------------------------------------------------------------- dict order
+# JAX flattens a dict in sorted key order and rebuilds it so; torch.func (and the caller)
+# keep insertion order. Every result that mirrors a caller's dict is rebuilt in that
+# order: `order_of` records the key order of a tree (at every depth), `reorder` applies
+# it to a tree of the same structure.
+
+_LEAF = ("leaf", False)
+
+
+def _one_level(tree: Any) -> tuple[list, Any]:
+    """The immediate children of a pytree node and the node's one-level treedef."""
+    return jax.tree_util.tree_flatten(tree, is_leaf=lambda y: y is not tree)
+
+
+def order_of(tree: Any) -> tuple:
+    """The key order of every plain dict in ``tree`` (a small nested tuple).
+
+    >>> order_of({"b": 1.0, "a": 2.0})[2]
+    ('b', 'a')
+    """
+    if type(tree) in (dict, collections.defaultdict):
+        children = [order_of(tree[k]) for k in tree]
+        return ("dict", True, tuple(tree), tuple(children))
+    if tree is None or isinstance(tree, ARRAY_TYPES) or isinstance(tree, (numbers.Number, str)):
+        return _LEAF
+    children, treedef = _one_level(tree)
+    if jax.tree_util.treedef_is_leaf(treedef):
+        return _LEAF
+    kids = tuple(order_of(c) for c in children)
+    return ("node", any(k[1] for k in kids), kids)
+
+
+def has_dict(order: tuple) -> bool:
+    return order[1]
+
+
+def reorder(order: tuple, tree: Any, at_leaf: Callable[[Any], Any] | None = None) -> Any:
+    """``tree`` with every plain dict rebuilt in the key order recorded by
+    :func:`order_of` (on a tree of the same structure, e.g. the caller's input).
+    ``at_leaf`` maps the subtrees found where ``order`` has leaves (a Jacobian nests the
+    input's structure inside each output leaf).
+
+    >>> reorder(order_of({"b": 0, "a": 0}), {"a": 1, "b": 2})
+    {'b': 2, 'a': 1}
+    """
+    if order[0] == "leaf":
+        return at_leaf(tree) if at_leaf is not None else tree
+    if not order[1] and at_leaf is None:
+        return tree
+    if order[0] == "dict":
+        _, _, keys, kids = order
+        if not isinstance(tree, dict) or set(tree) != set(keys):
+            return tree
+        items = [(k, reorder(c, tree[k], at_leaf)) for k, c in zip(keys, kids)]
+        if isinstance(tree, collections.defaultdict):
+            return collections.defaultdict(tree.default_factory, items)
+        return dict(items)
+    children, treedef = _one_level(tree)
+    kids = order[2]
+    if len(children) != len(kids):
+        return tree
+    return jax.tree_util.tree_unflatten(
+        treedef, [reorder(o, c, at_leaf) for o, c in zip(kids, children)])
+
+
+def keep_order(func: Callable, args: tuple) -> Callable:
+    """``func`` called with its positional arguments' dicts rebuilt in the key order of
+    ``args`` (JAX hands a traced function dicts in sorted order): the function, and any
+    transform nested inside it, sees the caller's order, as under torch.func."""
+    order = order_of(tuple(args))
+    if not has_dict(order):
+        return func
+    return lambda *a: func(*reorder(order, a))
+
+
+def reorder_jacobian(out_order: tuple, in_order: tuple, jac: Any) -> Any:
+    """A Jacobian nested output structure first, then input structure, in the caller's
+    key order at both levels."""
+    if not (has_dict(out_order) or has_dict(in_order)):
+        return jac
+    return reorder(out_order, jac, at_leaf=lambda sub: reorder(in_order, sub))
+
+
+def conj_complex(tree: Any) -> Any:
+    """Complex leaves conjugated, others untouched (torch.func's complex convention)."""
+    return jax.tree_util.tree_map(
+        lambda x: jnp.conj(x) if jnp.iscomplexobj(x) else x, tree)
 
 
 def match_tree(reference: Any, other: Any, where: str, ref_name: str, other_name: str) -> Any:

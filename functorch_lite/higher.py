@@ -23,6 +23,7 @@ time, or estimates it as ``E[z ⊙ H z]`` over Rademacher ``z`` (Hutchinson).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -33,19 +34,23 @@ from jax.flatten_util import ravel_pytree
 
 from . import _args
 from ._mode import forward_mode
-from .jacobians import BY_MODE
+from .jacobians import pure_mode
 from .transforms import _check_primals_tangents
 
-__all__ = ["hessian", "hvp", "vhp", "hessian_diag", "resolve_hessian_mode"]
+__all__ = ["hessian", "hvp", "vhp", "hessian_diag", "resolve_hessian_mode", "NestingFallbackWarning"]
 
 HESSIAN_MODES = ("auto", "fwd-over-rev", "rev-over-rev", "rev-over-fwd", "fwd-over-fwd")
 
 
 
-def _nesting(func: Callable, mode: str, argnums: Any, chunk_size: int | None) -> Callable:
+def _nesting(func: Callable, mode: str, argnums: Any, chunk_size: int | None,
+             holomorphic: bool = False) -> Callable:
+    """The nesting ``mode`` (e.g. ``"fwd-over-rev"``) of two Jacobian transforms; their
+    messages name ``hessian``."""
     outer_name, _, inner_name = mode.split("-")
-    inner = BY_MODE[inner_name](func, argnums)
-    return BY_MODE[outer_name](inner, argnums, chunk_size=chunk_size)
+    inner = pure_mode(inner_name, func, argnums, transform="hessian", holomorphic=holomorphic)
+    return pure_mode(outer_name, inner, argnums, transform="hessian", chunk_size=chunk_size,
+                     holomorphic=holomorphic)
 
 
 def resolve_hessian_mode(func: Callable, mode: str = "auto", args: tuple | None = None,
@@ -77,14 +82,15 @@ def resolve_hessian_mode(func: Callable, mode: str = "auto", args: tuple | None 
 
 
 def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
-            chunk_size: int | None = None) -> Callable:
+            chunk_size: int | None = None, holomorphic: bool = False) -> Callable:
     """Hessian of a scalar function, as ``torch.func.hessian``: ``H[i, j] = d²f/dx_i dx_j``.
 
     With tuple ``argnums`` the result is nested tuples, ``H[a][b] = d²f/dx_a dx_b``.
     ``mode`` picks the nesting (see the module docstring); ``"auto"`` takes the cheapest
     that ``func`` supports (:func:`resolve_hessian_mode`). ``chunk_size`` runs the outer
     Jacobian's passes ``chunk_size`` at a time, which bounds memory (torch.func's
-    ``hessian`` has no such argument).
+    ``hessian`` has no such argument). ``holomorphic=True`` is JAX's: the complex
+    Hessian ``f''(z)`` of a holomorphic ``f`` (both nested Jacobians get it).
 
     >>> import jax.numpy as jnp
     >>> hessian(lambda x: (x ** 3).sum())(jnp.array([1.0, 2.0], jnp.float32))     # diag(6x)
@@ -95,13 +101,19 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     _args.check_argnums(argnums, "hessian")
     _args.check_choice(mode, HESSIAN_MODES, "hessian", "mode")
     chunk_size = _args.check_chunk_size(chunk_size, "hessian")
+    _args.check_bool(holomorphic, "hessian", "holomorphic")
     name = _args.func_name(func)
 
     def hess_f(*args, **kwargs):
         where = f"hessian({name})(*args)"
         _args.differentiable_positions(args, argnums, where)
-        chosen = resolve_hessian_mode(func, mode, args, kwargs, argnums)
-        return _nesting(func, chosen, argnums, chunk_size)(*args, **kwargs)
+        if holomorphic:
+            # The auto probe runs real-valued nestings; a holomorphic Hessian takes the
+            # default nesting unless a mode is given.
+            chosen = "fwd-over-rev" if mode == "auto" else mode
+        else:
+            chosen = resolve_hessian_mode(func, mode, args, kwargs, argnums)
+        return _nesting(func, chosen, argnums, chunk_size, holomorphic)(*args, **kwargs)
 
     hess_f.__name__ = f"hessian({name})"
     hess_f.__qualname__ = hess_f.__name__
@@ -125,6 +137,37 @@ def _scalar_grad(func: Callable, nargs: int, where: str) -> Callable:
     return jax.grad(scalar_func, argnums=0 if nargs == 1 else tuple(range(nargs)))
 
 
+class NestingFallbackWarning(UserWarning):
+    """``hvp``/``hessian_diag`` ran reverse-over-reverse because forward-over-reverse
+    cannot trace the function (a ``custom_vjp`` whose backward rule has no forward
+    rule); the warning says why."""
+
+
+def _forward_unsupported(err: BaseException) -> bool:
+    """True for JAX's refusal to run forward mode through a ``custom_vjp``."""
+    return isinstance(err, (TypeError, NotImplementedError)) and (
+        "forward-mode" in str(err) or "custom_vjp" in str(err))
+
+
+def _fall_back(transform: str, err: BaseException) -> None:
+    warnings.warn(
+        f"{transform}: forward-over-reverse cannot run this function "
+        f"({_args.first_line(err)}); falling back to reverse-over-reverse (the VJP of the "
+        "gradient, v^T H = H v for a symmetric Hessian).",
+        NestingFallbackWarning, stacklevel=3,
+    )
+
+
+def _neither(transform: str, first: BaseException, second: BaseException) -> ValueError:
+    return ValueError(
+        f"{transform}: neither forward-over-reverse ({_args.first_line(first)}) nor "
+        f"reverse-over-reverse ({_args.first_line(second)}) can differentiate this "
+        "function twice. If only one rule is missing, call vhp directly or use "
+        "hessian(f, mode=\"rev-over-rev\"); otherwise give the custom rule a forward "
+        "(custom_jvp) form."
+    )
+
+
 def hvp(func: Callable, primals: Any, tangents: Any) -> tuple[Any, Any]:
     """Gradient and Hessian-vector product, by forward-over-reverse: ``(∇f(x), H v)``.
 
@@ -138,7 +181,10 @@ def hvp(func: Callable, primals: Any, tangents: Any) -> tuple[Any, Any]:
     ``x`` for one primal, a tuple with one entry per primal for several (the full
     product: ``Hv[a] = Σ_b H[a][b] v[b]``). torch.autograd.functional.hvp returns
     ``(f(x), H v)``; here the gradient, which Newton-type methods need anyway, comes
-    for free. Works under ``jit``, and ``vmap`` over a batch of tangents.
+    for free. Works under ``jit``, and ``vmap`` over a batch of tangents. When forward
+    mode cannot run ``func`` (a ``custom_vjp`` whose backward rule has only a reverse
+    rule, e.g. a fixed point), it computes ``v^T H`` by reverse-over-reverse instead,
+    with a :class:`NestingFallbackWarning`. Dicts keep the primals' key order.
 
     >>> import jax.numpy as jnp
     >>> f = lambda x: (x ** 3).sum()                 # H = diag(6x)
@@ -150,10 +196,22 @@ def hvp(func: Callable, primals: Any, tangents: Any) -> tuple[Any, Any]:
     _args.check_callable(func, "hvp")
     where = f"hvp({_args.func_name(func)}, primals, tangents)"
     primals, tangents = _check_primals_tangents(primals, tangents, where)
-    grad_f = _scalar_grad(func, len(primals), where)
-    with forward_mode():
-        grads, hv = jax.jvp(grad_f, primals, tangents)
-    return grads, hv
+    grad_f = _scalar_grad(_args.keep_order(func, primals), len(primals), where)
+    try:
+        with forward_mode():
+            grads, hv = jax.jvp(grad_f, primals, tangents)
+    except (TypeError, NotImplementedError) as err:
+        if not _forward_unsupported(err):
+            raise
+        # A custom_vjp whose backward pass has no forward rule: reverse-over-reverse
+        # needs reverse rules only (the Hessian is symmetric, so v^T H = H v).
+        try:
+            grads, hv = _vhp(grad_f, primals, tangents)
+        except (TypeError, ValueError, NotImplementedError) as err2:
+            raise _neither("hvp", err, err2) from None
+        _fall_back("hvp", err)
+    order = _args.order_of(primals if len(primals) > 1 else primals[0])
+    return _args.reorder(order, grads), _args.reorder(order, hv)
 
 
 def vhp(func: Callable, primals: Any, tangents: Any) -> tuple[Any, Any]:
@@ -173,7 +231,13 @@ def vhp(func: Callable, primals: Any, tangents: Any) -> tuple[Any, Any]:
     _args.check_callable(func, "vhp")
     where = f"vhp({_args.func_name(func)}, primals, tangents)"
     primals, tangents = _check_primals_tangents(primals, tangents, where)
-    grad_f = _scalar_grad(func, len(primals), where)
+    grad_f = _scalar_grad(_args.keep_order(func, primals), len(primals), where)
+    grads, vh = _vhp(grad_f, primals, tangents)
+    order = _args.order_of(primals if len(primals) > 1 else primals[0])
+    return _args.reorder(order, grads), _args.reorder(order, vh)
+
+
+def _vhp(grad_f: Callable, primals: tuple, tangents: tuple) -> tuple[Any, Any]:
     grads, pullback = jax.vjp(grad_f, *primals)
     vh = pullback(tangents[0] if len(primals) == 1 else tangents)
     return grads, (vh[0] if len(primals) == 1 else vh)
@@ -210,6 +274,9 @@ def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "e
       ``Σ_{j≠i} H[i, j]² / S``: exact for a diagonal ``H``.
 
     With tuple ``argnums`` a tuple of diagonals (the diagonal of each block ``H[a][a]``).
+    Dicts keep the inputs' key order. A function forward mode cannot run (a
+    ``custom_vjp`` with only a reverse rule in its backward pass) is done
+    reverse-over-reverse, with a :class:`NestingFallbackWarning`.
 
     >>> import jax, jax.numpy as jnp
     >>> f = lambda x: (x ** 3).sum() + x[0] * x[1]
@@ -247,31 +314,51 @@ def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "e
         positions = _args.differentiable_positions(args, argnums, where)
         diff = tuple(args[p] for p in positions)
         flat, unravel = ravel_pytree(diff)
+        order = _args.order_of(diff)
 
         def g(v):
-            out = func(*_args.replace_args(args, positions, unravel(v)), **kwargs)
+            parts = _args.reorder(order, unravel(v))      # the caller's dict order
+            out = func(*_args.replace_args(args, positions, parts), **kwargs)
             _args.check_scalar(out, where, "jacrev")
             return out
 
         n = flat.shape[0]
-        with forward_mode():
-            _, hv = jax.linearize(jax.grad(g), flat)
-            if method == "exact":
-                def one(i):
-                    return hv((jnp.arange(n) == i).astype(flat.dtype))[i]
-                items = jnp.arange(n)
-            else:
-                def one(i):
-                    z = jax.random.rademacher(jax.random.fold_in(key, i), (n,), dtype=flat.dtype)
-                    return z * hv(z)
-                items = jnp.arange(num_samples)
-            if chunk_size is None:
-                values = jax.vmap(one)(items)
-            else:
-                values = jax.lax.map(one, items, batch_size=chunk_size)
+        if n == 0:
+            # nothing to differentiate: still run f once for its checks
+            g(flat)
+            out = _args.reorder(order, unravel(flat))
+            return out if as_tuple else out[0]
+        try:
+            with forward_mode():
+                _, hv = jax.linearize(jax.grad(g), flat)
+                values = run(hv, n, flat.dtype)
+        except (TypeError, NotImplementedError) as err:
+            if not _forward_unsupported(err):
+                raise
+            try:
+                _, pullback = jax.vjp(jax.grad(g), flat)
+                values = run(lambda v: pullback(v)[0], n, flat.dtype)
+            except (TypeError, ValueError, NotImplementedError) as err2:
+                raise _neither(transform, err, err2) from None
+            _fall_back(transform, err)
         diag = values if method == "exact" else values.mean(axis=0)
-        out = unravel(diag)
+        out = _args.reorder(order, unravel(diag))
         return out if as_tuple else out[0]
+
+    def run(hv, n, dtype):
+        """``diag(H)`` entries (exact) or ``z ⊙ H z`` samples from ``hv(v) = H v``."""
+        if method == "exact":
+            def one(i):
+                return hv((jnp.arange(n) == i).astype(dtype))[i]
+            items = jnp.arange(n)
+        else:
+            def one(i):
+                z = jax.random.rademacher(jax.random.fold_in(key, i), (n,), dtype=dtype)
+                return z * hv(z)
+            items = jnp.arange(num_samples)
+        if chunk_size is None:
+            return jax.vmap(one)(items)
+        return jax.lax.map(one, items, batch_size=chunk_size)
 
     diag_f.__name__ = f"hessian_diag({name})"
     diag_f.__qualname__ = diag_f.__name__

@@ -20,6 +20,7 @@ simultaneous backward passes ever exist: temp memory scales with ``c``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -81,37 +82,50 @@ def to_layout(jac: Any, diff_args: Any, layout: str) -> Any:
     return jax.tree_util.tree_unflatten(tree, moved)
 
 
-def _prepare(func, argnums, has_aux, chunk_size, layout, transform):
+def _prepare(func, argnums, has_aux, chunk_size, layout, transform, holomorphic=False):
     _args.check_callable(func, transform)
     _, as_tuple = _args.check_argnums(argnums, transform)
     _args.check_bool(has_aux, transform, "has_aux")
+    _args.check_bool(holomorphic, transform, "holomorphic")
     chunk_size = _args.check_chunk_size(chunk_size, transform)
     _args.check_choice(layout, LAYOUTS, transform, "layout")
     return as_tuple, chunk_size
 
 
-def _closed_over(func, args, kwargs, positions, as_tuple, has_aux, where):
+def _closed_over(func, args, kwargs, positions, as_tuple, has_aux, where, check=None):
     """``g(diff) -> (out, aux)``, the non-differentiated args closed over; ``diff`` is
     the tuple of differentiated args (tuple argnums) or the one argument."""
 
+    order = _args.order_of(tuple(args[p] for p in positions))
+
     def call(diff):
         diff = diff if as_tuple else (diff,)
+        diff = _args.reorder(order, diff)      # the caller's dict order, not JAX's
         return func(*_args.replace_args(args, positions, diff), **kwargs)
 
-    return _args.checked_output(call, has_aux, where)
+    if check is None:
+        return _args.checked_output(call, has_aux, where)
+    return _args.checked_output(call, has_aux, where, check=check)
 
 
 def jacrev(func: Callable, argnums: _args.Argnums = 0, *, has_aux: bool = False,
-           chunk_size: int | None = None, layout: str = "numerator") -> Callable:
+           chunk_size: int | None = None, _preallocate_and_copy: bool = False,
+           layout: str = "numerator", holomorphic: bool = False) -> Callable:
     """Jacobian by reverse accumulation, as ``torch.func.jacrev``.
 
     One stored forward pass, then one VJP ``e_i^T J`` per output element ``i``.
     ``chunk_size=c`` runs the VJPs ``c`` at a time (memory ~ c backward passes).
+    ``_preallocate_and_copy`` is torch's memory option for chunks; it is accepted and
+    changes nothing here (the chunks are stacked by ``lax.map``).
+
+    Inputs and outputs are real, as torch.func requires; ``holomorphic=True`` (JAX's
+    meaning) takes complex inputs and outputs of a holomorphic ``f`` and gives
+    ``J = f'(z)``. Chunked and unchunked runs apply the same checks.
 
     Returns a function giving the Jacobian (``(jac, aux)`` with ``has_aux``): nested
-    like the output, then like ``argnums`` (a tuple for tuple argnums); each leaf
-    ``out.shape + in.shape`` (``layout="numerator"``) or ``in.shape + out.shape``
-    (``"denominator"``).
+    like the output, then like ``argnums`` (a tuple for tuple argnums), dicts in the
+    caller's key order at both levels; each leaf ``out.shape + in.shape``
+    (``layout="numerator"``) or ``in.shape + out.shape`` (``"denominator"``).
 
     >>> import jax.numpy as jnp
     >>> A = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
@@ -122,35 +136,62 @@ def jacrev(func: Callable, argnums: _args.Argnums = 0, *, has_aux: bool = False,
     >>> jacrev(lambda x: A @ x, layout="denominator")(jnp.zeros(2)).shape
     (2, 3)
     """
-    return _jacobian_transform(func, argnums, has_aux, chunk_size, layout, "jacrev", _jacrev_engine)
+    _args.check_bool(_preallocate_and_copy, "jacrev", "_preallocate_and_copy")
+    return _jacobian_transform(func, argnums, has_aux, chunk_size, layout, "jacrev",
+                               _jacrev_engine, holomorphic)
 
 
-def _jacobian_transform(func, argnums, has_aux, chunk_size, layout, transform, engine):
-    """The body shared by jacrev and jacfwd; ``engine(g, primal, chunk_size) -> (jac, aux)``
-    computes the numerator-layout Jacobian of ``g`` (which returns ``(out, aux)``)."""
-    as_tuple, chunk_size = _prepare(func, argnums, has_aux, chunk_size, layout, transform)
+def _jacobian_transform(func, argnums, has_aux, chunk_size, layout, transform, engine,
+                        holomorphic=False):
+    """The body shared by jacrev and jacfwd; ``engine(g, primal, chunk_size, holomorphic)
+    -> (jac, aux)`` computes the numerator-layout Jacobian of ``g`` (which returns
+    ``(out, aux)``)."""
+    as_tuple, chunk_size = _prepare(func, argnums, has_aux, chunk_size, layout, transform,
+                                    holomorphic)
     name = _args.func_name(func)
+    check = functools.partial(_args.check_inexact_output, transform=transform,
+                              complex_output="require" if holomorphic else "reject")
 
     def jac_f(*args, **kwargs):
         where = f"{transform}({name})(*args)"
         positions = _args.differentiable_positions(args, argnums, where)
+        for p in positions:
+            _args.check_complex_inputs(args[p], where, f"args[{p}]", holomorphic=holomorphic,
+                                       transform=transform)
         diff = tuple(args[p] for p in positions)
-        g = _closed_over(func, args, kwargs, positions, as_tuple, has_aux, where)
+        g = _closed_over(func, args, kwargs, positions, as_tuple, has_aux, where, check)
         primal = diff if as_tuple else diff[0]
-        jac, aux = engine(g, primal, chunk_size)
+        jac, aux = engine(g, primal, chunk_size, holomorphic)
         jac = to_layout(jac, primal, layout)
+        jac = _args.reorder_jacobian(g.orders["out"], _args.order_of(primal), jac)
+        if has_aux:
+            aux = _args.reorder(g.orders["aux"], aux)
         return (jac, aux) if has_aux else jac
 
     mode = "reverse" if transform == "jacrev" else "forward"
-    jac_f.__name__ = f"{transform}({name})"
-    jac_f.__doc__ = f"Jacobian of {name} by {mode} mode w.r.t. argnums={argnums}."
-    return jac_f
+    return _args.name_transformed(
+        jac_f, func, f"{transform}({name})",
+        f"Jacobian of {name} by {mode} mode w.r.t. argnums={argnums}.")
 
 
-def _jacrev_engine(g, primal, chunk_size):
+def _jacrev_engine(g, primal, chunk_size, holomorphic=False):
     if chunk_size is None:
-        return jax.jacrev(g, has_aux=True)(primal)
+        return jax.jacrev(g, has_aux=True, holomorphic=holomorphic)(primal)
     return _jacrev_chunked(g, primal, chunk_size)
+
+
+def _map_basis(fn, n: int, chunk_size: int, specs: list) -> list:
+    """``lax.map(fn, arange(n), batch_size=chunk_size)`` for ``fn(i) -> leaves`` shaped
+    ``specs`` (``(shape, dtype)`` pairs): stacked ``(n,) + shape`` leaves. Zero-size
+    leaves (and ``n == 0``) are filled in directly; ``lax.map`` cannot stack them."""
+    keep = [k for k, (shape, _) in enumerate(specs) if n and math.prod(shape)]
+    stacked = {}
+    if keep:
+        out = jax.lax.map(lambda i: [fn(i)[k] for k in keep], jnp.arange(n),
+                          batch_size=chunk_size)
+        stacked = dict(zip(keep, out))
+    return [stacked[k] if k in stacked else jnp.zeros((n,) + tuple(shape), dtype)
+            for k, (shape, dtype) in enumerate(specs)]
 
 
 def _jacrev_chunked(g, primal, chunk_size):
@@ -163,7 +204,8 @@ def _jacrev_chunked(g, primal, chunk_size):
         (ct_in,) = pullback(jax.tree_util.tree_unflatten(out_tree, _basis(i, out_leaves)))
         return jax.tree_util.tree_leaves(ct_in)
 
-    rows = jax.lax.map(row, jnp.arange(sum(sizes)), batch_size=chunk_size)
+    specs = [(np.shape(x), _args.tangent_dtype(_args.leaf_dtype(x))) for x in in_leaves]
+    rows = _map_basis(row, sum(sizes), chunk_size, specs)
     # rows[k]: (M,) + in_leaf_k.shape  ->  per output leaf: out.shape + in.shape
     per_in = [_split_stacked(r, sizes, [np.shape(o) for o in out_leaves], np.shape(x))
               for r, x in zip(rows, in_leaves)]
@@ -177,12 +219,13 @@ def _jacrev_chunked(g, primal, chunk_size):
 
 def jacfwd(func: Callable, argnums: _args.Argnums = 0, has_aux: bool = False, *,
            randomness: str = "error", chunk_size: int | None = None,
-           layout: str = "numerator") -> Callable:
+           layout: str = "numerator", holomorphic: bool = False) -> Callable:
     """Jacobian by forward accumulation, as ``torch.func.jacfwd``.
 
     One JVP ``J e_j`` per input element ``j``, each carried along the forward pass;
     nothing is stored between passes. ``chunk_size=c`` linearizes once and pushes ``c``
-    basis tangents at a time. Output structure and layouts as :func:`jacrev`.
+    basis tangents at a time. Output structure, layouts, the real-values rule and
+    ``holomorphic`` as :func:`jacrev`.
 
     >>> import jax.numpy as jnp
     >>> jacfwd(lambda x: x ** 2)(jnp.array([1.0, 2.0]))     # diag(2x)
@@ -190,13 +233,14 @@ def jacfwd(func: Callable, argnums: _args.Argnums = 0, has_aux: bool = False, *,
            [0., 4.]], dtype=float32)
     """
     _args.check_choice(randomness, ("error", "same"), "jacfwd", "randomness")
-    return _jacobian_transform(func, argnums, has_aux, chunk_size, layout, "jacfwd", _jacfwd_engine)
+    return _jacobian_transform(func, argnums, has_aux, chunk_size, layout, "jacfwd",
+                               _jacfwd_engine, holomorphic)
 
 
-def _jacfwd_engine(g, primal, chunk_size):
+def _jacfwd_engine(g, primal, chunk_size, holomorphic=False):
     with forward_mode():
         if chunk_size is None:
-            return jax.jacfwd(g, has_aux=True)(primal)
+            return jax.jacfwd(g, has_aux=True, holomorphic=holomorphic)(primal)
         return _jacfwd_chunked(g, primal, chunk_size)
 
 
@@ -210,7 +254,8 @@ def _jacfwd_chunked(g, primal, chunk_size):
         tangent = jax.tree_util.tree_unflatten(in_tree, _basis(j, in_leaves))
         return jax.tree_util.tree_leaves(lin(tangent))
 
-    cols = jax.lax.map(column, jnp.arange(sum(sizes)), batch_size=chunk_size)
+    specs = [(np.shape(o), np.dtype(o.dtype)) for o in out_leaves]
+    cols = _map_basis(column, sum(sizes), chunk_size, specs)
     # cols[j]: (N,) + out_leaf_j.shape -> per input leaf k: in.shape + out.shape -> out + in
     blocks = []
     for c, o in zip(cols, out_leaves):
@@ -226,6 +271,18 @@ def _jacfwd_chunked(g, primal, chunk_size):
 
 # The pure-mode transform for each mode name ("fwd", "rev").
 BY_MODE = {"fwd": jacfwd, "rev": jacrev}
+_ENGINES = {"fwd": ("jacfwd", _jacfwd_engine), "rev": ("jacrev", _jacrev_engine)}
+
+
+def pure_mode(mode: str, func: Callable, argnums: _args.Argnums = 0, *,
+              transform: str | None = None, has_aux: bool = False,
+              chunk_size: int | None = None, layout: str = "numerator",
+              holomorphic: bool = False) -> Callable:
+    """``jacfwd``/``jacrev`` (``mode`` ``"fwd"``/``"rev"``) whose messages name
+    ``transform`` (e.g. ``"jacobian"``, ``"hessian"``: the transform the user called)."""
+    default, engine = _ENGINES[mode]
+    return _jacobian_transform(func, argnums, has_aux, chunk_size, layout,
+                               transform or default, engine, holomorphic)
 
 
 # --------------------------------------------------------------------------------------
@@ -310,7 +367,8 @@ def choose_mode(func: Callable, args: tuple, kwargs: dict | None = None,
 
 def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
              layout: str = "numerator", chunk_size: int | None = None,
-             has_aux: bool = False, calibrate: bool = False) -> Callable:
+             has_aux: bool = False, calibrate: bool = False,
+             holomorphic: bool = False) -> Callable:
     """Jacobian by forward, reverse, mixed, or automatically planned accumulation.
 
     ``mode="fwd"`` is :func:`jacfwd` (n JVPs, one per input element), ``"rev"`` is
@@ -326,7 +384,8 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     times the candidates once (opt-in; needs concrete arguments).
 
     :func:`functorch_lite.explain` shows the plan that runs, with its cuts and costs.
-    Output structure, ``layout`` and ``has_aux`` as :func:`jacrev`.
+    Output structure, ``layout``, ``has_aux`` and ``holomorphic`` as :func:`jacrev`
+    (a holomorphic Jacobian runs reverse mode: the planner prices real programs).
 
     >>> import jax.numpy as jnp
     >>> A = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
@@ -339,7 +398,7 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     """
     transform = "jacobian"
     _args.check_choice(mode, MODES, transform, "mode")
-    _prepare(func, argnums, has_aux, chunk_size, layout, transform)
+    _prepare(func, argnums, has_aux, chunk_size, layout, transform, holomorphic)
     _args.check_bool(calibrate, transform, "calibrate")
     if calibrate and mode != "auto":
         raise ValueError(f"jacobian: calibrate=True times the candidates of mode='auto'; "
@@ -347,17 +406,26 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
                          "use mode='auto'.")
     hook = getattr(func, "__fl_jacobian__", None)
     if hook is not None:
+        if holomorphic:
+            raise ValueError("jacobian: holomorphic=True is not supported on a chain; "
+                             "use jacobian(lambda x: chain(x), holomorphic=True).")
         return hook(argnums=argnums, mode=mode, layout=layout, chunk_size=chunk_size,
                     has_aux=has_aux, calibrate=calibrate)
     name = _args.func_name(func)
-    options = dict(has_aux=has_aux, chunk_size=chunk_size, layout=layout)
+    # holomorphic is threaded to the pure-mode transform that runs (jacrev/jacfwd).
+    options = dict(has_aux=has_aux, chunk_size=chunk_size, layout=layout,
+                   holomorphic=holomorphic)
     if mode != "auto":
-        jac_f = BY_MODE[mode](func, argnums, **options)
+        jac_f = pure_mode(mode, func, argnums, transform=transform, **options)
     else:
         def jac_f(*args, **kwargs):
+            where = f"jacobian({name})(*args)"
+            if holomorphic:
+                _args.differentiable_positions(args, argnums, where)
+                return pure_mode("rev", func, argnums, transform=transform, **options)(*args, **kwargs)
             return planned_jacobian(func, argnums, args, kwargs, has_aux=has_aux,
                                     chunk_size=chunk_size, layout=layout,
-                                    calibrate=calibrate, where=f"jacobian({name})(*args)")
+                                    calibrate=calibrate, where=where)
 
     jac_f.__name__ = f"jacobian({name})"
     jac_f.__doc__ = f"Jacobian of {name} ({mode} mode) w.r.t. argnums={argnums}."

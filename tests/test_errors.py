@@ -56,7 +56,7 @@ def test_bad_argnums_at_call():
 
 
 def test_has_aux_without_pair():
-    with pytest.raises(ValueError, match=r"grad\(<lambda>\)\(\*args\): has_aux=True expects the function to return a pair \(output, aux\), got an array of shape \(\)"):
+    with pytest.raises(ValueError, match=r"grad\(<lambda>\)\(\*args\): has_aux=True expects the function to return a tuple \(output, aux\), got an array of shape \(\)"):
         fl.grad(lambda x: x.sum(), has_aux=True)(X)
     with pytest.raises(ValueError, match=r"got a tuple of length 3"):
         fl.vjp(lambda x: (x, 1, 2), X, has_aux=True)

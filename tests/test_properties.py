@@ -98,3 +98,40 @@ def test_hessian_is_symmetric_and_matches_jax(n, mode, chunk):
         H = fl.hessian(f, mode=mode, chunk_size=chunk)(x)
         np.testing.assert_allclose(H, H.T, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(H, jax.hessian(f)(x), rtol=1e-12, atol=1e-12)
+
+
+@st.composite
+def ordered_dicts(draw, depth=2):
+    """Nested dicts whose insertion order is a random permutation of their keys."""
+    keys = draw(st.permutations(["q", "b", "z", "a"]))[: draw(st.integers(1, 4))]
+    out = {}
+    for k in keys:
+        if depth and draw(st.booleans()):
+            out[k] = draw(ordered_dicts(depth=depth - 1))
+        else:
+            out[k] = _array(draw, draw(shapes), jnp.float32)
+    return out
+
+
+def _key_orders(tree):
+    if isinstance(tree, dict):
+        return [list(tree)] + [k for v in tree.values() for k in _key_orders(v)]
+    if isinstance(tree, (tuple, list)):
+        return [k for v in tree for k in _key_orders(v)]
+    return []
+
+
+@settings(max_examples=5, deadline=None, derandomize=True)
+@given(ordered_dicts())
+def test_dict_order_kept_by_every_transform(p):
+    """Results that mirror a dict keep its insertion order at every depth (JAX sorts)."""
+    f = lambda p: sum(jnp.sum(jnp.sin(l) * (i + 1)) for i, l in enumerate(jax.tree_util.tree_leaves(p)))
+    order = _key_orders(p)
+    g = fl.grad(f)(p)
+    assert _key_orders(g) == order
+    assert_tree_allclose(g, jax.grad(f)(p), rtol=1e-5, atol=1e-6)
+    assert _key_orders(fl.vjp(lambda p: p, p)[1](p)) == order
+    assert _key_orders(fl.jvp(lambda p: p, (p,), (p,))[1]) == order
+    assert _key_orders(fl.vmap(lambda x: p, out_dims=None)(jnp.ones(2))) == order
+    J = fl.jacrev(lambda p: {"s": f(p), "c": f(p) * 2})(p)
+    assert _key_orders(J) == [["s", "c"]] + order + order

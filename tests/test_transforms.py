@@ -39,11 +39,10 @@ def test_grad_argnums_int_tuple_negative():
 def test_grad_has_aux_and_kwargs_not_differentiated():
     def f(x, *, scale, tag):
         assert tag == "hello"
-        return jnp.sum(x ** 2) * scale, {"norm": jnp.linalg.norm(x), "tag": tag}
+        return jnp.sum(x ** 2) * scale, {"norm": jnp.linalg.norm(x)}
 
     g, aux = fl.grad(f, has_aux=True)(X, scale=3.0, tag="hello")
     assert_tree_allclose(g, 6 * X)
-    assert aux["tag"] == "hello"
     np.testing.assert_allclose(aux["norm"], jnp.linalg.norm(X), rtol=1e-6)
 
 
@@ -52,10 +51,10 @@ def test_grad_and_value_is_torch_order_value_and_grad_is_jax_order():
     assert_tree_allclose((v, g), jax.value_and_grad(f2)(X, Y))
     v2, g2 = fl.value_and_grad(f2)(X, Y)
     assert_tree_allclose((v2, g2), (v, g))
-    g3, (v3, aux) = fl.grad_and_value(lambda x: (f2(x, Y), 7), has_aux=True)(X)
+    g3, (v3, aux) = fl.grad_and_value(lambda x: (f2(x, Y), jnp.int32(7)), has_aux=True)(X)
     assert aux == 7
     assert_tree_allclose((g3, v3), (g, v))
-    (v4, aux4), g4 = fl.value_and_grad(lambda x: (f2(x, Y), 7), has_aux=True)(X)
+    (v4, aux4), g4 = fl.value_and_grad(lambda x: (f2(x, Y), jnp.int32(7)), has_aux=True)(X)
     assert aux4 == 7 and np.allclose(v4, v)
 
 
@@ -132,8 +131,8 @@ def test_vjp_returns_one_cotangent_per_primal():
 
 
 def test_vjp_has_aux_and_crosses_jit():
-    out, vjp_fn, aux = fl.vjp(lambda x: (jnp.sin(x), "aux"), X, has_aux=True)
-    assert aux == "aux"
+    out, vjp_fn, aux = fl.vjp(lambda x: (jnp.sin(x), jnp.cos(x)), X, has_aux=True)
+    assert_tree_allclose(aux, jnp.cos(X))
     apply = jax.jit(lambda fn, v: fn(v))
     assert_tree_allclose(apply(vjp_fn, jnp.ones(3)), (jnp.cos(X),))
 
@@ -150,7 +149,7 @@ def test_jvp_matches_jax_and_closed_form():
     out, t = fl.jvp(f2, (X, Y), (jnp.ones(3), jnp.zeros(3)))
     assert_tree_allclose((out, t), jax.jvp(f2, (X, Y), (jnp.ones(3), jnp.zeros(3))))
     np.testing.assert_allclose(t, jnp.sum(jnp.cos(X) * Y ** 2), rtol=1e-6)
-    out, t, aux = fl.jvp(lambda x: (x ** 2, {"k": 1}), (X,), (jnp.ones(3),), has_aux=True)
+    out, t, aux = fl.jvp(lambda x: (x ** 2, {"k": jnp.int32(1)}), (X,), (jnp.ones(3),), has_aux=True)
     assert aux == {"k": 1}
     assert_tree_allclose(t, 2 * X)
 
