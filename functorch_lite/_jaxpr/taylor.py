@@ -52,6 +52,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import jax.extend.core as jcore
 from jax import lax
 
 from . import ClosedJaxpr, Jaxpr, Var, is_literal, primitive_name
@@ -371,6 +372,52 @@ def _two_live(ctx: _Ctx, eqn, ins: list[TV]) -> list[TV]:
     )
 
 
+def _map_linear(ctx: _Ctx, tv: TV, fn: Callable) -> TV:
+    """A linear ``fn`` (a reshape, a slice...) applied to the value and every coefficient."""
+    one = lambda c, b: None if c is None else _bmap(fn, (c,), (b,))  # noqa: E731
+    return TV(fn(tv.p), [one(c, True) for c in tv.lo], one(tv.top, ctx.top_batched))
+
+
+def _reduce_prod_rule(ctx: _Ctx, eqn, ins: list[TV]) -> list[TV]:
+    """``prod`` over ``axes`` as a balanced tree of products (``log2 n`` mul rules)."""
+    (x,) = ins
+    axes = tuple(eqn.params["axes"])
+    nd = jnp.ndim(x.p)
+    keep = [a for a in range(nd) if a not in axes]
+    shape = tuple(jnp.shape(x.p)[a] for a in keep)
+    x = _map_linear(ctx, x, lambda v: jnp.reshape(jnp.transpose(v, keep + list(axes)), shape + (-1,)))
+    while jnp.shape(x.p)[-1] > 1:
+        n = jnp.shape(x.p)[-1]
+        if n % 2:
+            ones = TV(jnp.ones(shape + (1,), jnp.result_type(x.p)), [None] * ctx.n_lo, None)
+            x = _concat_last(ctx, x, ones)
+            n += 1
+        a = _map_linear(ctx, x, lambda v: v[..., : n // 2])
+        b = _map_linear(ctx, x, lambda v: v[..., n // 2:])
+        x = _mul_rule(ctx, _Fake(lax.mul_p, {}, [_Aval(shape + (n // 2,))]), [a, b])[0]
+    return [_map_linear(ctx, x, lambda v: v[..., 0])]
+
+
+def _concat_last(ctx: _Ctx, x: TV, y: TV) -> TV:
+    """Concatenate along the last axis (y carries no coefficients)."""
+    def cat(c, b, n_lead):
+        if c is None:
+            return None
+        pad = [(0, 0)] * (c.ndim - 1) + [(0, 1)]
+        return jnp.pad(c, pad)
+    return TV(jnp.concatenate([x.p, y.p], axis=-1), [cat(c, True, 1) for c in x.lo],
+              cat(x.top, ctx.top_batched, int(ctx.top_batched)))
+
+
+@dataclasses.dataclass
+class _Aval:
+    shape: tuple
+
+    @property
+    def aval(self):
+        return self
+
+
 @dataclasses.dataclass
 class _Fake:
     primitive: Any
@@ -405,7 +452,7 @@ CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_cal
          "custom_vjp_call_jaxpr": "fun_jaxpr", "checkpoint": "jaxpr", "remat": "jaxpr",
          "custom_lin": None}
 SUPPORTED = sorted(LINEAR | SMOOTH | ZERO | set(CALLS) - {"custom_lin"}
-                   | {"mul", "dot_general", "add", "sub", "neg"})
+                   | {"mul", "dot_general", "add", "sub", "neg", "reduce_prod"})
 
 
 def _rule(name: str):
@@ -413,6 +460,8 @@ def _rule(name: str):
         return _mul_rule
     if name == "dot_general":
         return _dot_rule
+    if name == "reduce_prod":
+        return _reduce_prod_rule
     if name == "add":
         return _add_rule
     if name == "sub":
@@ -440,7 +489,8 @@ def _eval_eqn(eqn, invals: list) -> list:
         seen.add(id(v))
         invars.append(v)
         vals.append(x)
-    jaxpr = Jaxpr([], invars, list(eqn.outvars), [eqn])
+    info = jcore.DebugInfo("collapsed Taylor mode", primitive_name(eqn), None, None)
+    jaxpr = Jaxpr([], invars, list(eqn.outvars), [eqn], debug_info=info)
     return jax.core.eval_jaxpr(jaxpr, [], *vals)
 
 
