@@ -312,6 +312,17 @@ def _dot_rule(ctx: _Ctx, eqn, ins: list[TV]) -> list[TV]:
     return [_bilinear(ctx, ins[0], ins[1], op, contract, out_p)]
 
 
+def _conv_rule(ctx: _Ctx, eqn, ins: list[TV]) -> list[TV]:
+    """Convolution is bilinear in (input, kernel); cross terms are summed per direction."""
+    op = lambda x, y: eqn.primitive.bind(x, y, **eqn.params)  # noqa: E731
+
+    def contract(x, y):
+        per = jax.vmap(op)(x, y)  # (R, ...)
+        return ctx.collapse(per)
+
+    return [_bilinear(ctx, ins[0], ins[1], op, contract, op(ins[0].p, ins[1].p))]
+
+
 def _add_rule(ctx: _Ctx, eqn, ins: list[TV], sign: float = 1.0) -> list[TV]:
     shape = eqn.outvars[0].aval.shape
     a, b = (_broadcast_tv(ctx, t, shape) for t in ins)
@@ -439,7 +450,7 @@ LINEAR = frozenset("""
     dynamic_update_slice concatenate pad rev reduce_sum reduce_max reduce_min max min
     select_n convert_element_type copy copy_p gather scatter-add scatter_add cumsum
     cummax cummin abs clamp reduce_precision sort split real imag conj complex
-    squeeze rem argsort optimization_barrier
+    rem argsort optimization_barrier stack tile reduce_and
 """.split())
 SMOOTH = frozenset("""
     tanh sin cos tan exp exp2 expm1 log log1p logistic sqrt rsqrt cbrt erf erfc erf_inv
@@ -452,7 +463,7 @@ CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_cal
          "custom_vjp_call_jaxpr": "fun_jaxpr", "checkpoint": "jaxpr", "remat": "jaxpr",
          "custom_lin": None}
 SUPPORTED = sorted(LINEAR | SMOOTH | ZERO | set(CALLS) - {"custom_lin"}
-                   | {"mul", "dot_general", "add", "sub", "neg", "reduce_prod"})
+                   | {"mul", "dot_general", "add", "sub", "neg", "reduce_prod", "conv_general_dilated"})
 
 
 def _rule(name: str):
@@ -460,6 +471,8 @@ def _rule(name: str):
         return _mul_rule
     if name == "dot_general":
         return _dot_rule
+    if name == "conv_general_dilated":
+        return _conv_rule
     if name == "reduce_prod":
         return _reduce_prod_rule
     if name == "add":
