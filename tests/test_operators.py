@@ -72,7 +72,7 @@ def test_laplacian_of_squared_norm_is_2d(x64, d):
     np.testing.assert_allclose(got, 2 * d, rtol=1e-13)
 
 
-@pytest.mark.parametrize("d", [1, 2, 5])
+@pytest.mark.parametrize("d", [1, 5])
 def test_laplacian_of_product_of_sines(x64, d):
     x = jnp.linspace(0.2, 1.3, d)
     f = lambda x: jnp.prod(jnp.sin(x))  # noqa: E731
@@ -86,7 +86,7 @@ def test_laplacian_of_vector_output_is_per_output(x64):
     np.testing.assert_allclose(fl.laplacian(f)(x), expected, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("d", [1, 2, 3, 6])
+@pytest.mark.parametrize("d", [1, 3, pytest.param(6, marks=pytest.mark.slow)])
 def test_biharmonic_of_quartics(x64, d):
     """Δ²|x|⁴ = 8d(d+2); Δ²(a·x)⁴ = 24|a|⁴; Δ² Σ x_i⁴ = 24 d; each method."""
     x = jnp.linspace(-0.7, 1.9, d)
@@ -136,7 +136,9 @@ def test_divergence_of_linear_and_nonlinear_fields(x64):
 
 # ------------------------------------------------------------ random MLPs vs jax.hessian
 
-@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("act", [
+    "tanh", "softplus", "gelu",
+    *[pytest.param(a, marks=pytest.mark.slow) for a in ("gelu_exact", "sigmoid", "sin", "silu")]])
 def test_laplacian_of_mlp_matches_hessian_trace(x64, act):
     params = init_mlp(jax.random.key(2), [5, 16, 16, 3])
     f = lambda x: mlp_apply(params, x, ACTIVATIONS[act])  # noqa: E731
@@ -223,7 +225,7 @@ def test_biharmonic_of_mlp_matches_nested_hessians(x64, method):
     np.testing.assert_allclose(jax.jit(fl.biharmonic(f, method=method))(x), ref, rtol=1e-9)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(d=st.integers(1, 5), width=st.integers(1, 6), seed=st.integers(0, 2 ** 16),
        act=st.sampled_from(sorted(ACTIVATIONS)))
 def test_property_laplacian_equals_hessian_trace(d, width, seed, act):
