@@ -96,10 +96,18 @@ def _union(deps, size, n):
     for d in deps:
         if d is None:
             continue
-        if d.shape[0] != size:
-            d = d[np.zeros(size, np.int64)]
+        if d.shape[0] != size:      # a scalar; anything else unexpected: safe superset
+            d = d[np.zeros(size, np.int64)] if d.shape[0] == 1 else _dense([d], size, n)
         acc = d if acc is None else acc + d
     return _bin(acc)
+
+
+def _bcast(dep, shape, out_shape):
+    """``dep`` of an operand of ``shape`` broadcast (NumPy rules) to ``out_shape``."""
+    if dep is None or tuple(shape) == tuple(out_shape):
+        return dep
+    shape = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
+    return _rows(dep, np.broadcast_to(_iota(shape), out_shape))
 
 
 def _rows(dep, idx):
@@ -260,6 +268,9 @@ class _Propagator:
         if any(not hasattr(a, "shape") or getattr(a.dtype, "kind", "V") not in "biufc"
                for a in avals):
             return None
+        quick = _numpy_fold(eqn, ins, avals)
+        if quick is not None:
+            return quick
         try:
             with jax.ensure_compile_time_eval():
                 out = eqn.primitive.bind(*[jnp.asarray(e.val, e.dtype) for e in ins], **eqn.params)
@@ -282,10 +293,9 @@ class _Propagator:
             for k, e in enumerate(ins):
                 other = ins[1 - k]
                 d = e.dep
+                d = _bcast(d, e.shape, shapes[0])
                 if d is not None and _known(other):
                     mask = np.broadcast_to(other.val != 0, shapes[0]).ravel()
-                    if d.shape[0] != size:
-                        d = d[np.zeros(size, np.int64)]
                     d = _bin(sp.diags(mask.astype(np.float32)) @ d)
                 rows.append(d)
             return [_union(rows, size, n)]
@@ -295,17 +305,15 @@ class _Propagator:
                 which = np.broadcast_to(pred.val.astype(np.int64), shapes[0]).ravel()
                 out = None
                 for c, e in enumerate(cases):
-                    d = e.dep
+                    d = _bcast(e.dep, e.shape, shapes[0])
                     if d is None:
                         continue
-                    if d.shape[0] != size:
-                        d = d[np.zeros(size, np.int64)]
                     part = _bin(sp.diags((which == c).astype(np.float32)) @ d)
                     out = part if out is None else (part if part is None else out + part)
                 return [_bin(out)]
-            return [_union([e.dep for e in cases], size, n)]
+            return [_union([_bcast(e.dep, e.shape, shapes[0]) for e in cases], size, n)]
         if name in _ELEMENTWISE:
-            return [_union(deps, size, n)]
+            return [_union([_bcast(e.dep, e.shape, shapes[0]) for e in ins], size, n)]
         if name in _IDENTITY_MULTI:
             return deps[:len(shapes)]
         if name in _CALLS:
@@ -436,6 +444,9 @@ class _Propagator:
 
     def _gather_ids(self, operand_shape, indices, p):
         """1-based operand element id of each gather output element (0: filled)."""
+        quick = _numpy_gather_ids(operand_shape, np.asarray(indices), p)
+        if quick is not None:
+            return quick
         try:
             ids = np.arange(1, math.prod(operand_shape) + 1, dtype=np.int32).reshape(operand_shape)
             with jax.ensure_compile_time_eval():
@@ -673,6 +684,123 @@ class _Propagator:
                 return [c.dep for c in carry]
             carry = new
         return [_dense([e.dep for e in ins], math.prod(s), n) for s in shapes]
+
+
+def _numpy_gather_ids(operand_shape, indices, p):
+    """XLA gather semantics on element ids, in NumPy (``None``: batching dims, not covered).
+
+    Batch position ``b`` starts its window at ``start[b]`` (``indices[b]`` scattered to
+    the dims of ``start_index_map``, clamped so the window fits, or marked filled in
+    ``"fill"`` mode); window offsets run over the dims not collapsed; output dims at
+    ``offset_dims`` are the window's, the rest the batch's.
+    """
+    dn = p["dimension_numbers"]
+    if dn.operand_batching_dims or dn.start_indices_batching_dims:
+        return None
+    rank = len(operand_shape)
+    shape = np.asarray(operand_shape, np.int64)
+    sizes = np.asarray(p["slice_sizes"], np.int64)
+    batch_shape = indices.shape[:-1]
+    start = np.zeros(batch_shape + (rank,), np.int64)
+    for k, d in enumerate(dn.start_index_map):
+        start[..., d] = indices[..., k]
+    limit = shape - sizes
+    fill = "FILL" in str(p.get("mode", "")).upper()
+    valid = np.all((start >= 0) & (start <= limit), axis=-1) if fill else np.ones(batch_shape, bool)
+    start = np.clip(start, 0, limit)
+    wdims = [d for d in range(rank) if d not in dn.collapsed_slice_dims]
+    wshape = tuple(int(sizes[d]) for d in wdims)
+    strides = np.asarray([math.prod(operand_shape[d + 1:]) for d in range(rank)], np.int64)
+    base = (start * strides).sum(-1)                                   # batch_shape
+    offs = np.zeros(wshape, np.int64)
+    for axis, d in enumerate(wdims):
+        view = [1] * len(wdims)
+        view[axis] = wshape[axis]
+        offs = offs + np.arange(wshape[axis]).reshape(view) * strides[d]
+    nb = len(batch_shape)
+    flat = base.reshape(batch_shape + (1,) * len(wdims)) + offs.reshape((1,) * nb + wshape) + 1
+    flat = np.where(valid.reshape(batch_shape + (1,) * len(wdims)), flat, 0)
+    flat = np.moveaxis(flat, list(range(nb, nb + len(wdims))), list(dn.offset_dims))
+    return flat
+
+
+def _int_div(a, b):
+    q = np.abs(a) // np.abs(b)
+    return np.sign(a) * np.sign(b) * q
+
+
+_NUMPY_BINARY = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maximum, "min": np.minimum,
+    "lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
+    "eq": np.equal, "ne": np.not_equal, "and": np.bitwise_and, "or": np.bitwise_or,
+    "xor": np.bitwise_xor, "rem": np.fmod, "pow": np.power, "atan2": np.arctan2,
+}
+_NUMPY_UNARY = {
+    "neg": np.negative, "abs": np.abs, "sign": np.sign, "floor": np.floor, "ceil": np.ceil,
+    "not": np.invert, "exp": np.exp, "log": np.log, "sin": np.sin, "cos": np.cos,
+    "sqrt": np.sqrt, "tanh": np.tanh, "stop_gradient": lambda a: a, "copy": lambda a: a,
+    "copy_p": lambda a: a,
+}
+
+
+def _numpy_fold(eqn, ins, avals):
+    """Constant folding in NumPy for the integer/index arithmetic that builds gather
+    indices and masks (no XLA compile per shape); ``None`` when not covered."""
+    name = primitive_name(eqn)
+    p = eqn.params
+    vals = [np.asarray(e.val) for e in ins]
+    out_aval = avals[0]
+    dtype = np.dtype(out_aval.dtype)
+    shape = tuple(out_aval.shape)
+    try:
+        with np.errstate(all="ignore"):
+            if name in _NUMPY_BINARY and len(vals) == 2:
+                r = _NUMPY_BINARY[name](vals[0], vals[1])
+            elif name == "div":
+                a, b = vals
+                r = _int_div(a, b) if np.issubdtype(dtype, np.integer) else a / b
+            elif name in _NUMPY_UNARY and len(vals) == 1:
+                r = _NUMPY_UNARY[name](vals[0])
+            elif name == "integer_pow":
+                r = vals[0] ** p["y"]
+            elif name == "convert_element_type":
+                r = vals[0]
+            elif name == "iota":
+                r = np.broadcast_to(
+                    np.arange(shape[p["dimension"]]).reshape(
+                        [-1 if d == p["dimension"] else 1 for d in range(len(shape))]), shape)
+            elif name == "broadcast_in_dim":
+                view = [1] * len(shape)
+                for i, d in enumerate(p["broadcast_dimensions"]):
+                    view[d] = vals[0].shape[i]
+                r = np.broadcast_to(vals[0].reshape(view), shape)
+            elif name in ("reshape", "squeeze", "expand_dims"):
+                if name == "reshape" and p.get("dimensions") is not None:
+                    return None
+                r = vals[0].reshape(shape)
+            elif name == "transpose":
+                r = np.transpose(vals[0], p["permutation"])
+            elif name == "concatenate":
+                r = np.concatenate(vals, p["dimension"])
+            elif name == "slice":
+                strides = p["strides"] or (1,) * vals[0].ndim
+                r = vals[0][tuple(slice(a, b, c) for a, b, c in
+                                  zip(p["start_indices"], p["limit_indices"], strides))]
+            elif name == "rev":
+                r = np.flip(vals[0], p["dimensions"])
+            elif name == "select_n":
+                which = vals[0].astype(np.int64)
+                r = np.choose(np.broadcast_to(which, shape), [np.broadcast_to(v, shape) for v in vals[1:]])
+            elif name == "clamp":
+                r = np.clip(vals[1], vals[0], vals[2])
+            else:
+                return None
+        r = np.asarray(r).astype(dtype)
+        if r.shape != shape:
+            r = np.broadcast_to(r, shape).copy()
+        return [r]
+    except Exception:  # noqa: BLE001 - leave it to XLA
+        return None
 
 
 def _same(a, b) -> bool:
