@@ -110,35 +110,54 @@ def _batched(fn: Callable, seeds: np.ndarray, chunk_size: int | None) -> jax.Arr
     return jax.lax.map(fn, seeds, batch_size=chunk_size)
 
 
+def decompression(pattern: Pattern, plan: Plan) -> tuple:
+    """Static gather indices of a plan: ``(fwd_idx, rev_idx, from_fwd)``.
+
+    ``fwd_idx[k]`` indexes the flattened JVP products ``B`` (colors x m) for nonzero
+    ``k``: ``J[i, j] = B[c(j), i]``; ``rev_idx[k]`` the flattened VJP products ``W``
+    (colors x n): ``J[i, j] = W[r(i), j]``; ``from_fwd[k]`` picks between them.
+    """
+    key = ("decompression", id(plan))
+    if key in pattern._cache:
+        return pattern._cache[key]
+    rows, cols = pattern.rows, pattern.cols
+    m, n = pattern.matrix_shape
+    fwd_idx = rev_idx = None
+    if plan.n_jvp:
+        fwd_idx = np.maximum(plan.col_colors[cols], 0) * m + rows
+    if plan.n_vjp:
+        rev_idx = np.maximum(plan.row_colors[rows], 0) * n + cols
+    if plan.kind == "bi":
+        from_fwd = np.asarray(plan.fwd_entry, bool)
+    else:
+        from_fwd = np.full(rows.size, bool(plan.n_jvp))
+    out = (fwd_idx, rev_idx, from_fwd)
+    pattern._cache[key] = out
+    return out
+
+
 def _compressed_values(fo: Callable, flat: jax.Array, pattern: Pattern, plan: Plan,
                        chunk_size: int | None) -> jax.Array:
     """The pattern's nonzero values (row-major order) of the Jacobian of ``fo`` at ``flat``."""
-    rows, cols = pattern.rows, pattern.cols
-    m, n = pattern.matrix_shape
     dtype = np.dtype(flat.dtype)
-    from_fwd = from_rev = None
+    fwd_idx, rev_idx, from_fwd = decompression(pattern, plan)
+    if pattern.nnz == 0:
+        return jnp.zeros(0, dtype)
+    values = []
     if plan.n_jvp:
         def jvp(s):
             return jax.jvp(fo, (flat,), (s,))[1]
 
         with forward_mode():
             B = _batched(jvp, _seeds(plan.col_colors, dtype), chunk_size)      # (p, m)
-        idx = plan.col_colors[cols] * m + rows
-        from_fwd = (B.reshape(-1), idx)
+        values.append(B.reshape(-1)[fwd_idx])
     if plan.n_vjp:
         out, pullback = jax.vjp(fo, flat)
         W = _batched(lambda w: pullback(w)[0], _seeds(plan.row_colors, np.dtype(out.dtype)), chunk_size)
-        idx = plan.row_colors[rows] * n + cols
-        from_rev = (W.reshape(-1), idx)
-    if from_fwd is not None and from_rev is not None:
-        fwd = plan.fwd_entry
-        values = jnp.where(fwd, from_fwd[0][np.where(fwd, from_fwd[1], 0)],
-                           from_rev[0][np.where(fwd, 0, from_rev[1])])
-        return values
-    data, idx = from_fwd if from_fwd is not None else from_rev
-    if data is None:
-        return jnp.zeros(pattern.nnz, dtype)
-    return data[idx]
+        values.append(W.reshape(-1)[rev_idx])
+    if len(values) == 2:
+        return jnp.where(from_fwd, values[0], values[1])
+    return values[0]
 
 
 def _hvp_values(grad_f: Callable, flat: jax.Array, pattern: Pattern, plan: Plan,
@@ -237,7 +256,13 @@ def _check_against_dense(dense_fn: Callable, flat, pattern: Pattern, where: str,
         points.append(flat)
     with jax.ensure_compile_time_eval():
         for x in points:
-            dense = np.asarray(dense_fn(x)).reshape(pattern.matrix_shape)
+            try:
+                dense = np.asarray(jax.jit(dense_fn)(x)).reshape(pattern.matrix_shape)
+            except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as exc:
+                raise ValueError(
+                    f"{where}: check=True evaluates the dense derivative at a random point while "
+                    "tracing, but the function closes over traced values (inside jax.jit/vmap). Run "
+                    "the check once outside jax.jit, then drop check=True.") from exc
             missing = (dense != 0) & ~pattern.matrix.toarray()
             if missing.any():
                 i, j = np.argwhere(missing)[0]
