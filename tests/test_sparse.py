@@ -467,3 +467,22 @@ def test_unknown_primitive_is_dense_with_a_warning():
     with pytest.warns(SparsityWarning, match="pure_callback"):
         p = fl.sparsity(f, jnp.ones(6))
     assert p.matrix.toarray().all()
+
+
+# ----------------------------------------------------------------------------- example
+
+
+def test_reaction_diffusion_newton_example_converges_quadratically():
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples",
+                        "reaction_diffusion_newton.py")
+    spec = importlib.util.spec_from_file_location("example_rd_newton", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    norms = module.main(n=16, verbose=False)
+    assert norms[-1] < 1e-8 * norms[0]
+    # quadratic: once close, each residual is far below the previous one squared-ish
+    assert norms[3] < 1e-2 * norms[2]
+    with jax.enable_x64(True):
+        assert module.dense_check(8) < 1e-10
