@@ -17,6 +17,7 @@ from .higher import (
     hvp as hvp,
     vhp as vhp,
 )
+from ._jaxpr.sparsity import SparsityWarning as SparsityWarning
 from ._sparse import Pattern as Pattern, sparsity as sparsity
 from .jacobians import jacfwd as jacfwd, jacobian as jacobian, jacrev as jacrev
 from .taylor import derivative as derivative, taylor as taylor

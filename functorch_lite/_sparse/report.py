@@ -47,9 +47,23 @@ def sparse_cost(pattern: Pattern, *, mode: str = "auto", jvp_cost: float = JVP_C
                 n_jvp=plan.n_jvp, n_vjp=plan.n_vjp)
 
 
-def explain_sparse(pattern: Pattern, dense_plan: str | None = None) -> str:
+def explain_sparse(func_or_pattern: Any, *args: Any, argnums: Any = 0, hessian: bool = False,
+                   dense_plan: str | None = None, **kwargs: Any) -> str:
     """The text of ``explain(f, x, sparse=True)``: the pattern (spy plot), the passes of
-    each coloring against dense forward and reverse, and the relative costs."""
+    each coloring against dense forward and reverse (and the planner's dense plan, when
+    given as ``dense_plan``), and the relative costs. Takes a :class:`Pattern`, or a
+    function and its arguments (detected as :func:`functorch_lite.sparsity` does).
+
+    >>> import jax.numpy as jnp
+    >>> text = explain_sparse(lambda x: x[1:] * x[:-1], jnp.ones(50))
+    >>> "columns colored (JVPs)" in text and "chosen: 2 JVPs" in text
+    True
+    """
+    if isinstance(func_or_pattern, Pattern):
+        pattern = func_or_pattern
+    else:
+        from .driver import sparsity
+        pattern = sparsity(func_or_pattern, *args, argnums=argnums, hessian=hessian, **kwargs)
     m, n = pattern.matrix_shape
     p = pattern.passes()
     cost = sparse_cost(pattern)
