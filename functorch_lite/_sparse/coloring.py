@@ -196,6 +196,24 @@ def _split_bound(P: sp.csr_matrix, chosen: np.ndarray, by_rows: bool) -> int:
     return int(first + second)
 
 
+def _thresholds(counts: np.ndarray) -> np.ndarray:
+    return np.unique(counts)[::-1][:8]
+
+
+def bicoloring_lower_bound(P: sp.spmatrix) -> int:
+    """A lower bound on the passes of any split :func:`bicoloring` tries (cheap: counts)."""
+    P = sp.csr_matrix(P, dtype=bool)
+    m, n = P.shape
+    best = m + n
+    for counts, by_rows in ((np.diff(P.indptr), True), (np.diff(P.tocsc().indptr), False)):
+        for t in _thresholds(counts):
+            chosen = counts >= t
+            if chosen.all() or not chosen.any():
+                continue
+            best = min(best, _split_bound(P, chosen, by_rows))
+    return best
+
+
 def bicoloring(P: sp.spmatrix, upper: int | None = None) -> Bicoloring | None:
     """The cheapest row split or column split over a few density thresholds (fewest
     JVPs + VJPs), or ``None`` when no split beats ``upper`` passes."""
@@ -209,10 +227,8 @@ def bicoloring(P: sp.spmatrix, upper: int | None = None) -> Bicoloring | None:
     row_nnz = np.diff(P.indptr)
     col_nnz = np.diff(P.tocsc().indptr)
     for counts, split in ((row_nnz, _split_rows), (col_nnz, _split_cols)):
-        distinct = np.unique(counts)[::-1]
         # thresholds: rows denser than t go to the other mode; a handful of candidates
-        thresholds = distinct[:8]
-        for t in thresholds:
+        for t in _thresholds(counts):
             chosen = np.flatnonzero(counts >= t)
             if chosen.size >= min(limit, max(m, n)):
                 continue

@@ -143,21 +143,23 @@ def _compressed_values(fo: Callable, flat: jax.Array, pattern: Pattern, plan: Pl
     fwd_idx, rev_idx, from_fwd = decompression(pattern, plan)
     if pattern.nnz == 0:
         return jnp.zeros(0, dtype)
-    values = []
+    products = []
     if plan.n_jvp:
         def jvp(s):
             return jax.jvp(fo, (flat,), (s,))[1]
 
         with forward_mode():
             B = _batched(jvp, _seeds(plan.col_colors, dtype), chunk_size)      # (p, m)
-        values.append(B.reshape(-1)[fwd_idx])
+        products.append(B.reshape(-1))
     if plan.n_vjp:
         out, pullback = jax.vjp(fo, flat)
         W = _batched(lambda w: pullback(w)[0], _seeds(plan.row_colors, np.dtype(out.dtype)), chunk_size)
-        values.append(W.reshape(-1)[rev_idx])
-    if len(values) == 2:
-        return jnp.where(from_fwd, values[0], values[1])
-    return values[0]
+        products.append(W.reshape(-1))
+    if len(products) == 2:
+        # one gather from both products: JVP entries index B, VJP entries W (after B)
+        idx = np.where(from_fwd, fwd_idx, products[0].shape[0] + rev_idx)
+        return jnp.concatenate(products)[idx]
+    return products[0][fwd_idx if plan.n_jvp else rev_idx]
 
 
 def _hvp_values(grad_f: Callable, flat: jax.Array, pattern: Pattern, plan: Plan,

@@ -162,19 +162,48 @@ class Pattern:
             plan = Plan("fwd", col_colors=self.column_colors())
         elif mode == "rev":
             plan = Plan("rev", row_colors=self.row_colors())
+        elif mode == "bi":
+            bi = self.bicoloring()
+            plan = (Plan("bi", col_colors=bi.col_colors, row_colors=bi.row_colors, fwd_entry=bi.fwd_entry)
+                    if bi is not None else self.plan("auto"))
         else:
-            options = [Plan("fwd", col_colors=self.column_colors()),
-                       Plan("rev", row_colors=self.row_colors())]
-            bi = self.bicoloring() if mode in ("auto", "bi") else None
-            if bi is not None:
-                options.append(Plan("bi", col_colors=bi.col_colors, row_colors=bi.row_colors,
-                                    fwd_entry=bi.fwd_entry))
-            if mode == "bi" and bi is not None:
-                plan = options[-1]
-            else:
-                plan = min(options, key=lambda p: p.passes)
+            plan = self._cheapest()
         self._cache[key] = plan
         return plan
+
+    def _cheapest(self) -> Plan:
+        """Fewest passes among columns, rows and a bicoloring, computed in the order of
+        their lower bounds (densest row, densest column, the split bound) and skipped once
+        a bound cannot beat the best found: an arrowhead never colors its n columns."""
+        m = self.matrix
+        lb_col = int(np.diff(m.indptr).max(initial=0))
+        lb_row = int(np.diff(m.tocsc().indptr).max(initial=0))
+        lb_bi = _coloring.bicoloring_lower_bound(m)
+        best = None
+        for bound, kind in sorted([(lb_col, "fwd"), (lb_row, "rev"), (lb_bi, "bi")],
+                                  key=lambda t: (t[0], ("fwd", "rev", "bi").index(t[1]))):
+            if best is not None and bound >= best.passes:
+                continue
+            if kind == "fwd":
+                cand = Plan("fwd", col_colors=self.column_colors())
+            elif kind == "rev":
+                cand = Plan("rev", row_colors=self.row_colors())
+            else:
+                upper = best.passes if best is not None else None
+                if "bi" not in self._cache or upper is None:
+                    bi = _coloring.bicoloring(m, upper=upper)
+                    if upper is None or bi is not None:
+                        self._cache.setdefault("bi", bi)
+                else:
+                    bi = self._cache["bi"]
+                if bi is None:
+                    continue
+                cand = Plan("bi", col_colors=bi.col_colors, row_colors=bi.row_colors, fwd_entry=bi.fwd_entry)
+            if best is None or cand.passes < best.passes:
+                best = cand
+        if best is None:
+            best = Plan("fwd", col_colors=self.column_colors())
+        return best
 
     def passes(self) -> dict[str, int]:
         """Passes by mode: colored ``fwd`` (JVPs), ``rev`` (VJPs), ``bi`` (JVPs + VJPs, if a
