@@ -355,7 +355,14 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
             _check_against_dense(jax.jacfwd(fo), flat, pattern, f"jacobian({name}, check=True)",
                                  _has_tracers((others, kwargs)))
         plan = pattern.plan(mode)
-        values = _compressed_values(fo, flat, pattern, plan, chunk_size)
+        try:
+            values = _compressed_values(fo, flat, pattern, plan, chunk_size)
+        except TypeError as exc:
+            # a jax.custom_vjp has no forward mode: auto falls back to rows (VJPs only)
+            if mode != "auto" or not plan.n_jvp or "custom_vjp" not in str(exc):
+                raise
+            plan = pattern.plan("rev")
+            values = _compressed_values(fo, flat, pattern, plan, chunk_size)
         blocks = _leaf_blocks(values, pattern, out_shape, leaves_in, output, layout)[0]
         jac = jax.tree_util.tree_unflatten(in_tree, blocks)
         if has_aux:
