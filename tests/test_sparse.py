@@ -54,6 +54,14 @@ def _cube(x):
 
 _cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (3 * x ** 2 * g,))
 
+@jax.custom_jvp
+def _ste_round(x):
+    """Straight-through rounding: the value of round, the derivative of the identity."""
+    return jnp.round(x)
+
+
+_ste_round.defjvp(lambda p, t: (jnp.round(p[0]), t[0]))
+
 _A_BAND = _banded(12, 1)
 _IDX = np.array([3, 1, 1, 7, 11, 0])
 _SEG = np.array([0, 0, 1, 2, 2, 2, 3, 3, 1, 0, 3, 2])
@@ -120,6 +128,7 @@ CASES = [
     ("cond on x", lambda x: jax.lax.cond(x[0] > 0, lambda a: a * 2, lambda a: jnp.roll(a, 1), x), 8, False),
     ("sort", lambda x: jnp.sort(x.reshape(3, 4), axis=1).ravel(), 12, False),
     ("custom_jvp (softplus, logsumexp)", lambda x: jax.nn.softplus(x) + jax.nn.logsumexp(x.reshape(3, 4), axis=1).repeat(4), 12, True),
+    ("straight-through custom_jvp", lambda x: _ste_round(x)[::-1] * 2.0, 12, True),
     ("custom_vjp", lambda x: _cube(x[::2]) + x[1::2], 12, True),
     ("nested jit", lambda x: jax.jit(lambda y: y[2:] * y[:-2])(x), 12, True),
     ("avg pool", lambda x: jax.lax.reduce_window(x.reshape(4, 3), 0.0, jax.lax.add, (2, 2), (1, 1), "VALID").ravel(), 12, True),

@@ -18,7 +18,9 @@ pattern always contains every nonzero the Jacobian can take at any point:
   ``reduce_window``): a sparse structural matrix ``M`` (output elements x operand
   elements) and a sparse product ``M @ dep``. A constant operand known at trace time
   contributes its own zero pattern (``A @ x`` with a banded ``A`` is banded);
-- ``jit``/custom-derivative calls: the primal sub-jaxpr, recursively; ``cond``: the
+- ``jit``/custom-derivative calls: the primal sub-jaxpr, recursively (inside a custom
+  rule, value dependencies through zero-derivative ops such as ``round`` count, since the
+  rule may differentiate through them: straight-through estimators); ``cond``: the
   union over branches (the taken one if its index is known); ``scan``: unrolled when
   short, else a fixpoint over the carry; ``while``: a fixpoint over the carry;
 - any other primitive: its outputs depend on all of its inputs, and a warning names it.
@@ -203,6 +205,10 @@ copy copy_p convert_element_type clamp regularized_incomplete_beta
 """.split())
 # Float outputs with a zero derivative everywhere.
 _ZERO_DERIVATIVE = frozenset("sign floor ceil round stop_gradient nextafter is_finite".split())
+# Value-level elementwise ops with no derivative: inside a custom-derivative call they
+# still carry a dependency (a straight-through rule differentiates through `round`).
+_VALUE_ONLY = frozenset("""lt le gt ge eq ne and or not xor population_count shift_left
+shift_right_logical shift_right_arithmetic""".split())
 _IDENTITY_MULTI = frozenset("optimization_barrier device_put".split())
 _CALLS = frozenset("""jit pjit closed_call core_call remat checkpoint custom_jvp_call
 custom_vjp_call custom_vjp_call_jaxpr custom_lin""".split())
@@ -216,6 +222,9 @@ class _Propagator:
     def __init__(self, n: int):
         self.n = n
         self.unknown: set[str] = set()
+        # > 0 inside custom_jvp/custom_vjp calls: their rules may differentiate through
+        # ops whose own derivative is zero, so value dependencies count there
+        self.structural = 0
 
     # -- running jaxprs ---------------------------------------------------------------
 
@@ -252,7 +261,7 @@ class _Propagator:
         vals = self._fold(eqn, ins, avals)
         if vals is not None:
             return [_Entry(None, v, s, d) for v, s, d in zip(vals, shapes, dtypes)]
-        differentiable = [_inexact(d) for d in dtypes]
+        differentiable = [_inexact(d) or self.structural > 0 for d in dtypes]
         if not any(differentiable) or all(e.dep is None for e in ins):
             return [_Entry(None, None, s, d) for s, d in zip(shapes, dtypes)]
         deps = self.rule(eqn, ins, shapes)
@@ -286,8 +295,10 @@ class _Propagator:
         n = self.n
         deps = [e.dep for e in ins]
 
-        if name in _ZERO_DERIVATIVE:
-            return [None]
+        if name in _ZERO_DERIVATIVE or name in _VALUE_ONLY:
+            if not self.structural:
+                return [None]
+            return [_union([_bcast(e.dep, e.shape, shapes[0]) for e in ins], size, n)]
         if name == "mul":
             rows = []
             for k, e in enumerate(ins):
@@ -605,10 +616,15 @@ class _Propagator:
             self.unknown.add(primitive_name(eqn))
             return [_dense([e.dep for e in ins], math.prod(v.aval.shape), self.n) for v in eqn.outvars]
         sub = subs[0]
-        if isinstance(sub, ClosedJaxpr):
-            outs = self.run_closed(sub, ins)
-        else:
-            outs = self.run(sub, [], ins)
+        custom = primitive_name(eqn).startswith("custom")
+        self.structural += custom
+        try:
+            if isinstance(sub, ClosedJaxpr):
+                outs = self.run_closed(sub, ins)
+            else:
+                outs = self.run(sub, [], ins)
+        finally:
+            self.structural -= custom
         return [e.dep for e in outs]
 
     def _cond(self, eqn, ins, shapes):
