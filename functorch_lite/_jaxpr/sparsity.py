@@ -497,7 +497,14 @@ class _Propagator:
         target = target.ravel() - 1
         keep = _iota(operand.shape).ravel()
         if name == "scatter":          # overwrite: the operand's value is gone there
-            keep[target[target >= 0]] = -1
+            cleared = target
+            if "CLIP" not in str(p["mode"]).upper():
+                # XLA skips out-of-bounds windows: clear only where an update surely lands
+                exact = self._gather_ids(operand.shape, indices.val, dict(
+                    dimension_numbers=gdn, slice_sizes=tuple(slice_sizes), unique_indices=p["unique_indices"],
+                    indices_are_sorted=p["indices_are_sorted"], mode=jax.lax.GatherScatterMode.FILL_OR_DROP))
+                cleared = exact.ravel() - 1 if exact is not None else np.full(1, -1)
+            keep[cleared[cleared >= 0]] = -1
         m = _selection(target, np.arange(target.size), (size, target.size))
         return _union([_rows(operand.dep, keep), _apply(m, updates.dep)], size, n)
 
