@@ -26,6 +26,8 @@ from .operators import (
     divergence as divergence,
     laplacian as laplacian,
 )
+from ._jaxpr.sparsity import SparsityWarning as SparsityWarning
+from ._sparse import Pattern as Pattern, sparsity as sparsity
 from .jacobians import jacfwd as jacfwd, jacobian as jacobian, jacrev as jacrev
 from .taylor import derivative as derivative, taylor as taylor
 from .transforms import (

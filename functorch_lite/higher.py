@@ -82,7 +82,8 @@ def resolve_hessian_mode(func: Callable, mode: str = "auto", args: tuple | None 
 
 
 def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
-            chunk_size: int | None = None, holomorphic: bool = False) -> Callable:
+            chunk_size: int | None = None, holomorphic: bool = False, sparse: bool = False,
+            sparsity: Any = None, output: str = "bcoo", check: bool = False) -> Callable:
     """Hessian of a scalar function, as ``torch.func.hessian``: ``H[i, j] = d²f/dx_i dx_j``.
 
     With tuple ``argnums`` the result is nested tuples, ``H[a][b] = d²f/dx_a dx_b``.
@@ -91,12 +92,18 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     Jacobian's passes ``chunk_size`` at a time, which bounds memory (torch.func's
     ``hessian`` has no such argument). ``holomorphic=True`` is JAX's: the complex
     Hessian ``f''(z)`` of a holomorphic ``f`` (both nested Jacobians get it).
+    ``sparse=True`` (or ``sparsity=``): a star-colored sparse Hessian, one HVP per color,
+    as a BCOO (``output="dense"``: dense); see docs/sparse.md.
 
     >>> import jax.numpy as jnp
     >>> hessian(lambda x: (x ** 3).sum())(jnp.array([1.0, 2.0], jnp.float32))     # diag(6x)
     Array([[ 6.,  0.],
            [ 0., 12.]], dtype=float32)
     """
+    if sparse or sparsity is not None or output != "bcoo" or check:
+        from . import _sparse
+        return _sparse.hessian(func, argnums, mode=mode, chunk_size=chunk_size, sparsity=sparsity,
+                               output=output, check=check, sparse=sparse or sparsity is not None)
     _args.check_callable(func, "hessian")
     _args.check_argnums(argnums, "hessian")
     _args.check_choice(mode, HESSIAN_MODES, "hessian", "mode")

@@ -368,7 +368,8 @@ def choose_mode(func: Callable, args: tuple, kwargs: dict | None = None,
 def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
              layout: str = "numerator", chunk_size: int | None = None,
              has_aux: bool = False, calibrate: bool = False,
-             holomorphic: bool = False) -> Callable:
+             holomorphic: bool = False, sparse: bool = False, sparsity: Any = None,
+             output: str = "bcoo", check: bool = False) -> Callable:
     """Jacobian by forward, reverse, mixed, or automatically planned accumulation.
 
     ``mode="fwd"`` is :func:`jacfwd` (n JVPs, one per input element), ``"rev"`` is
@@ -387,6 +388,11 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     Output structure, ``layout``, ``has_aux`` and ``holomorphic`` as :func:`jacrev`
     (a holomorphic Jacobian runs reverse mode: the planner prices real programs).
 
+    ``sparse=True`` (or a ``sparsity=`` pattern) computes a sparse Jacobian: the pattern
+    read from the jaxpr at trace time, colored, a few compressed JVPs/VJPs, returned as
+    a BCOO (``output="dense"``: dense); ``check=True`` compares the pattern with a dense
+    Jacobian at a random point. See :func:`functorch_lite.sparsity` and docs/sparse.md.
+
     >>> import jax.numpy as jnp
     >>> A = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     >>> jacobian(lambda x: A @ x)(jnp.zeros(2))
@@ -397,6 +403,11 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     (2, 3)
     """
     transform = "jacobian"
+    if sparse or sparsity is not None or output != "bcoo" or check:
+        from . import _sparse
+        return _sparse.jacobian(func, argnums, mode=mode, layout=layout, chunk_size=chunk_size,
+                                has_aux=has_aux, sparsity=sparsity, output=output, check=check,
+                                sparse=sparse or sparsity is not None)
     _args.check_choice(mode, MODES, transform, "mode")
     _prepare(func, argnums, has_aux, chunk_size, layout, transform, holomorphic)
     _args.check_bool(calibrate, transform, "calibrate")
