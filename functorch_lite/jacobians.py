@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _args, _cost
+from . import _args, _cost, _mesh
 from ._mode import forward_mode
 
 __all__ = ["jacrev", "jacfwd", "jacobian", "choose_mode", "ModeChoice", "clear_plan_cache"]
@@ -104,7 +104,8 @@ def _closed_over(func, args, kwargs, positions, as_tuple, has_aux, where):
 
 
 def jacrev(func: Callable, argnums: _args.Argnums = 0, *, has_aux: bool = False,
-           chunk_size: int | None = None, layout: str = "numerator") -> Callable:
+           chunk_size: int | None = None, layout: str = "numerator",
+           mesh: Any = None, mesh_axis: str | None = None, gather: bool = False) -> Callable:
     """Jacobian by reverse accumulation, as ``torch.func.jacrev``.
 
     One stored forward pass, then one VJP ``e_i^T J`` per output element ``i``.
@@ -115,6 +116,10 @@ def jacrev(func: Callable, argnums: _args.Argnums = 0, *, has_aux: bool = False,
     ``out.shape + in.shape`` (``layout="numerator"``) or ``in.shape + out.shape``
     (``"denominator"``).
 
+    ``mesh=`` (a ``jax.sharding.Mesh``) splits the VJPs over the devices of its axis
+    ``mesh_axis`` (default the first); the result comes back sharded along the output
+    axes, or replicated with ``gather=True`` (:mod:`functorch_lite._mesh`).
+
     >>> import jax.numpy as jnp
     >>> A = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     >>> jacrev(lambda x: A @ x)(jnp.zeros(2))        # d(Ax)/dx = A
@@ -124,16 +129,24 @@ def jacrev(func: Callable, argnums: _args.Argnums = 0, *, has_aux: bool = False,
     >>> jacrev(lambda x: A @ x, layout="denominator")(jnp.zeros(2)).shape
     (2, 3)
     """
-    return _jacobian_transform(func, argnums, has_aux, chunk_size, layout, "jacrev", _jacrev_engine)
+    return _jacobian_transform(func, argnums, has_aux, chunk_size, layout, "jacrev", _jacrev_engine,
+                               mesh, mesh_axis, gather)
 
 
-def _jacobian_transform(func, argnums, has_aux, chunk_size, layout, transform, engine):
+def _jacobian_transform(func, argnums, has_aux, chunk_size, layout, transform, engine,
+                        mesh=None, mesh_axis=None, gather=False):
     """The body shared by jacrev and jacfwd; ``engine(g, primal, chunk_size) -> (jac, aux)``
     computes the numerator-layout Jacobian of ``g`` (which returns ``(out, aux)``)."""
     as_tuple, chunk_size = _prepare(func, argnums, has_aux, chunk_size, layout, transform)
+    mesh_axis = _mesh.check(mesh, mesh_axis, gather, transform)
     name = _args.func_name(func)
 
     def jac_f(*args, **kwargs):
+        if mesh is not None:
+            return _mesh.jacobian(func, args, kwargs, argnums=argnums, has_aux=has_aux,
+                                  mode="rev" if transform == "jacrev" else "fwd",
+                                  chunk_size=chunk_size, layout=layout, mesh=mesh,
+                                  mesh_axis=mesh_axis, gather=gather, transform=transform)
         where = f"{transform}({name})(*args)"
         positions = _args.differentiable_positions(args, argnums, where)
         diff = tuple(args[p] for p in positions)
@@ -179,12 +192,14 @@ def _jacrev_chunked(g, primal, chunk_size):
 
 def jacfwd(func: Callable, argnums: _args.Argnums = 0, has_aux: bool = False, *,
            randomness: str = "error", chunk_size: int | None = None,
-           layout: str = "numerator") -> Callable:
+           layout: str = "numerator", mesh: Any = None, mesh_axis: str | None = None,
+           gather: bool = False) -> Callable:
     """Jacobian by forward accumulation, as ``torch.func.jacfwd``.
 
     One JVP ``J e_j`` per input element ``j``, each carried along the forward pass;
     nothing is stored between passes. ``chunk_size=c`` linearizes once and pushes ``c``
-    basis tangents at a time. Output structure and layouts as :func:`jacrev`.
+    basis tangents at a time. Output structure, layouts and ``mesh=`` (the JVPs split
+    over devices, the result sharded along the input axes) as :func:`jacrev`.
 
     >>> import jax.numpy as jnp
     >>> jacfwd(lambda x: x ** 2)(jnp.array([1.0, 2.0]))     # diag(2x)
@@ -192,7 +207,8 @@ def jacfwd(func: Callable, argnums: _args.Argnums = 0, has_aux: bool = False, *,
            [0., 4.]], dtype=float32)
     """
     _args.check_choice(randomness, ("error", "same"), "jacfwd", "randomness")
-    return _jacobian_transform(func, argnums, has_aux, chunk_size, layout, "jacfwd", _jacfwd_engine)
+    return _jacobian_transform(func, argnums, has_aux, chunk_size, layout, "jacfwd", _jacfwd_engine,
+                               mesh, mesh_axis, gather)
 
 
 def _jacfwd_engine(g, primal, chunk_size):
@@ -462,7 +478,8 @@ def _choose_mode(func, args, kwargs, argnums, has_aux, chunk_size, policy) -> Mo
 
 def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
              layout: str = "numerator", chunk_size: int | None = None,
-             has_aux: bool = False) -> Callable:
+             has_aux: bool = False, mesh: Any = None, mesh_axis: str | None = None,
+             gather: bool = False) -> Callable:
     """Jacobian by forward, reverse, or automatically chosen accumulation.
 
     ``mode="fwd"`` is :func:`jacfwd` (n JVPs, one per input element), ``"rev"`` is
@@ -477,7 +494,7 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     the cheapest bracketing (mixed mode); ``"fwd"``/``"rev"`` run the pure modes.
     :func:`functorch_lite.explain` shows what was chosen and why.
 
-    Output structure, ``layout`` and ``has_aux`` as :func:`jacrev`.
+    Output structure, ``layout``, ``has_aux`` and ``mesh=`` as :func:`jacrev`.
 
     >>> import jax.numpy as jnp
     >>> A = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
@@ -491,12 +508,15 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     transform = "jacobian"
     _args.check_choice(mode, MODES, transform, "mode")
     _prepare(func, argnums, has_aux, chunk_size, layout, transform)
+    mesh_axis = _mesh.check(mesh, mesh_axis, gather, transform)
     hook = getattr(func, "__fl_jacobian__", None)
-    if hook is not None:
+    if hook is not None and mesh is None:  # a chain's mixed mode is not split; mesh= runs a pure mode
         return hook(argnums=argnums, mode=mode, layout=layout, chunk_size=chunk_size,
                     has_aux=has_aux)
     name = _args.func_name(func)
     options = dict(has_aux=has_aux, chunk_size=chunk_size, layout=layout)
+    if mesh is not None:
+        options.update(mesh=mesh, mesh_axis=mesh_axis, gather=gather)
     if mode != "auto":
         jac_f = BY_MODE[mode](func, argnums, **options)
     else:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _args
+from . import _args, _mesh
 from ._mode import forward_mode
 
 __all__ = ["grad", "grad_and_value", "value_and_grad", "vjp", "jvp", "linearize", "vmap"]
@@ -267,7 +267,8 @@ def _check_dim(d: Any, where: str, argname: str) -> None:
 
 
 def vmap(func: Callable, in_dims: Any = 0, out_dims: Any = 0, randomness: str = "error", *,
-         chunk_size: int | None = None) -> Callable:
+         chunk_size: int | None = None, mesh: Any = None, mesh_axis: str | None = None,
+         gather: bool = False) -> Callable:
     """Vectorizing map, as ``torch.func.vmap``.
 
     ``in_dims`` says which axis of each positional argument is the batch axis (``None``:
@@ -277,6 +278,9 @@ def vmap(func: Callable, in_dims: Any = 0, out_dims: Any = 0, randomness: str = 
     bounds memory. ``randomness`` exists for torch compatibility: JAX has no hidden
     random state, so pass PRNG keys (batched with ``jax.random.split``) instead;
     only ``"error"`` and ``"same"`` (both mean: no implicit randomness) are accepted.
+    ``mesh=`` (a ``jax.sharding.Mesh``) splits the batch over the devices of its axis
+    ``mesh_axis`` (default the first), ``chunk_size`` at a time on each; outputs come
+    back sharded along their batch axis, or replicated with ``gather=True``.
 
     >>> import jax.numpy as jnp
     >>> vmap(jnp.dot, in_dims=(0, None))(jnp.ones((3, 2)), jnp.array([1.0, 2.0]))
@@ -292,9 +296,13 @@ def vmap(func: Callable, in_dims: Any = 0, out_dims: Any = 0, randomness: str = 
     _args.check_choice(randomness, ("error", "same"), "vmap", "randomness")
     for d in jax.tree_util.tree_leaves((in_dims, out_dims), is_leaf=lambda x: x is None):
         _check_dim(d, "vmap", "in_dims/out_dims")
+    mesh_axis = _mesh.check(mesh, mesh_axis, gather, "vmap")
     name = _args.func_name(func)
 
     def vmapped(*args, **kwargs):
+        if mesh is not None:
+            return _mesh.vmap(func, args, kwargs, in_dims=in_dims, out_dims=out_dims,
+                              chunk_size=chunk_size, mesh=mesh, mesh_axis=mesh_axis, gather=gather)
         where = f"vmap({name}, in_dims={in_dims!r})(*args)"
         if not args:
             raise ValueError(f"{where}: expected at least one positional argument to map over.")
