@@ -163,3 +163,40 @@ def test_mesh_without_the_data_axis_is_refused():
     with pytest.raises(TypeError, match=r"mesh must be a jax.sharding.Mesh"):
         train.fit(loss, np.zeros(2, np.float32), __import__("optax").sgd(0.1), (x,), steps=1, mesh="data",
                   progress=False)
+
+
+LAG = textwrap.dedent("""
+    # One device thread reaches the all-reduce seconds after the others (device 0 does
+    # extra work first), as a loaded machine can make happen to any of them.
+    import jax, jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+    mesh = jax.make_mesh((4,), ("d",))
+    def body(x):
+        heavy = lambda x: jax.lax.fori_loop(0, 3000, lambda i, a: jnp.tanh(a @ a.T / 256.0), x)
+        x = jax.lax.cond(jax.lax.axis_index("d") == 0, heavy, lambda x: x, x)
+        return jax.lax.psum(x, "d")
+    f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P(), out_specs=P()))
+    print("SUM", float(f(jnp.ones((256, 256)) / 256).sum()))
+""")
+
+
+@pytest.mark.slow
+def test_a_late_device_thread_aborts_unless_the_timeout_is_raised(tmp_path):
+    """The mechanism of the abort: XLA kills the process when one in-process device thread
+    joins an all-reduce more than the terminate timeout after the first. A 1 s timeout
+    stands in for the 40 s default (which a loaded machine reaches); cpu_device_flags'
+    timeout lets the same program finish."""
+    script = tmp_path / "lag.py"
+    script.write_text(LAG)
+
+    def run(flags):
+        env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+        return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                              timeout=600)
+
+    short = run("--xla_force_host_platform_device_count=4 "
+                "--xla_cpu_collective_call_terminate_timeout_seconds=1 "
+                "--xla_cpu_collective_call_warn_stuck_timeout_seconds=1")
+    assert short.returncode != 0 and "Termination timeout for `all reduce" in short.stderr, short.stderr[-2000:]
+    fixed = run(train.cpu_device_flags(4))
+    assert fixed.returncode == 0 and "SUM" in fixed.stdout, fixed.stderr[-2000:]
