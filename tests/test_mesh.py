@@ -302,3 +302,68 @@ def test_sharded_basis_map_sum_and_padding():
 def test_device_memory_bytes_reports_a_source():
     free, source = _mesh.device_memory_bytes(jax.devices()[0])
     assert free > 0 and isinstance(source, str) and source
+
+
+TWO_PROCESSES = r'''
+import sys, json
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+pid = int(sys.argv[1])
+jax.distributed.initialize(coordinator_address="127.0.0.1:" + sys.argv[2], num_processes=2, process_id=pid)
+import jax.numpy as jnp, numpy as np
+import functorch_lite as fl
+from jax.experimental import multihost_utils
+assert jax.device_count() == 2 and jax.local_device_count() == 1, (jax.devices(), jax.local_devices())
+mesh = jax.make_mesh((2,), ("data",))
+A = jnp.asarray(np.arange(48.0, dtype=np.float32).reshape(8, 6) / 10)
+f = lambda x: jnp.tanh(A @ x)
+x = jnp.asarray(np.linspace(-1, 1, 6, dtype=np.float32))
+J = fl.jacrev(f, mesh=mesh)(x)
+full = multihost_utils.process_allgather(J, tiled=True)
+ref = np.asarray(jax.jacrev(f)(x))
+print("RESULT" + json.dumps({"local_shapes": [list(s.data.shape) for s in J.addressable_shards],
+      "rel": float(np.max(np.abs(full - ref)) / np.max(np.abs(ref))), "spec": [str(e) for e in J.sharding.spec]}))
+jax.distributed.shutdown()
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_over_loopback(tmp_path):
+    """Several hosts, as far as one machine goes: two processes with one CPU device each,
+    joined by jax.distributed.initialize over 127.0.0.1 (gloo collectives); jacrev's rows
+    split between them, each process holding its half."""
+    import socket
+
+    script = tmp_path / "two.py"
+    script.write_text(TWO_PROCESSES)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), port], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=600)
+            assert p.returncode == 0, stderr[-3000:]
+            outs.append(json.loads(stdout.split("RESULT", 1)[1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for out in outs:
+        assert out["local_shapes"] == [[4, 6]] and out["spec"] == ["data"], out
+        assert out["rel"] <= 1e-6, out
+
+
+@pytest.mark.slow
+def test_ntk_example_equals_one_device():
+    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": fl.train.cpu_device_flags(4), "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "ntk_mesh.py"), "--train", "8",
+                           "--test", "4", "--size", "12"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "NTK (8, 4, 10, 10) over 4 devices" in proc.stdout
+    assert float(proc.stdout.rsplit("= ", 1)[1].split()[0]) <= 1e-6
