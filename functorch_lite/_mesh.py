@@ -230,6 +230,15 @@ def _auto(mesh: Mesh) -> Mesh:
     return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
 
 
+def _jit_call(program: Callable, mesh: Mesh, *args: Any) -> Any:
+    """``jax.jit(program)(*args)``; under ``jax.set_mesh(mesh)`` (explicit axes) the
+    program's own glue runs with the axes Auto, as everywhere else."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return jax.jit(program)(*args)
+    with jax.sharding.use_abstract_mesh(_auto(mesh).abstract_mesh):
+        return jax.jit(program)(*args)
+
+
 def sharded_basis_map(make_row: Callable, basis_size: int, *, mesh: Mesh, axis: str | None = None,
                       chunk_size: int | None = None, operands: tuple = (),
                       reduce: str | None = None, where: str = "sharded_basis_map") -> Any:
@@ -286,7 +295,7 @@ def sharded_basis_map(make_row: Callable, basis_size: int, *, mesh: Mesh, axis: 
             return out
         return jax.tree_util.tree_map(lambda x: x[:basis_size], out)
 
-    return jax.jit(run)(*ops)
+    return _jit_call(run, mesh, *ops)
 
 
 # --------------------------------------------------------------------------------------
@@ -436,7 +445,7 @@ def jacobian(func: Callable, args: tuple, kwargs: dict, *, argnums: Any, mode: s
             return jac, aux
         return jac
 
-    return jax.jit(program)(*dynamic)
+    return _jit_call(program, mesh, *dynamic)
 
 
 def hessian(func: Callable, args: tuple, kwargs: dict, *, argnums: Any, mode: str,
@@ -511,7 +520,7 @@ def hessian_diag(func: Callable, args: tuple, kwargs: dict, *, argnums: Any, met
         placed = tuple(placed)
         return placed if as_tuple else placed[0]
 
-    return jax.jit(program)(*dynamic)
+    return _jit_call(program, mesh, *dynamic)
 
 
 # --------------------------------------------------------------------------------------
@@ -585,4 +594,4 @@ def vmap(func: Callable, args: tuple, kwargs: dict, *, in_dims: Any, out_dims: A
     mapped = [flat[i] for i in batched]
     fixed_all = [x for x, d in zip(flat, dims) if d is None]
     fixed, fixed_rebuild = _split_dynamic(fixed_all)
-    return jax.jit(lambda m, f, k: program(m, fixed_rebuild(list(f)), k))(mapped, fixed, kw_dynamic)
+    return _jit_call(lambda m, f, k: program(m, fixed_rebuild(list(f)), k), mesh, mapped, fixed, kw_dynamic)

@@ -100,6 +100,14 @@ SCRIPT = textwrap.dedent(r"""
                                  jax.vmap(jax.grad(lambda x, t: jnp.sum((f(x) - t) ** 2)), in_axes=(0, None)),
                                  (X, jnp.ones(16, x.dtype))),
         }
+        def under_set_mesh(t):
+            def run(*a):
+                with jax.set_mesh(mesh):
+                    return jax.jit(t)(*a)
+            return run
+        cases["jacrev_under_set_mesh"] = (under_set_mesh(fl.jacrev(f, mesh=mesh)), fl.jacrev(f), (x,))
+        cases["vmap_sharded_input"] = (fl.vmap(f, mesh=mesh), jax.vmap(f),
+                                       (jax.device_put(X, NamedSharding(mesh, P("data"))),))
         res = {}
         for name, (sharded, single, args) in cases.items():
             res[name] = compare(sharded(*args), single(*args))
@@ -201,7 +209,7 @@ BITWISE_FLOAT64 = ("jacfwd", "jacrev_tree", "jacfwd_tree", "vmap_dims")
 
 def test_every_mesh_transform_equals_one_device_float32(result):
     res = result["float32"]
-    assert len(res) == 23
+    assert len(res) == 25
     for name, r in res.items():
         assert r["shapes"], name
         assert r["rel"] <= 1e-6, (name, r)
