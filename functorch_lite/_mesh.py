@@ -347,10 +347,6 @@ def _place(leaves: list, basis_dims: list[int | None], mesh: Mesh, axis: str, ga
     return [jax.lax.with_sharding_constraint(x, NamedSharding(auto, s)) for x, s in zip(leaves, specs)]
 
 
-def _shapes(leaves: list) -> list:
-    return [jax.ShapeDtypeStruct(np.shape(x), _args.leaf_dtype(x)) for x in leaves]
-
-
 # --------------------------------------------------------------------------------------
 # jacrev / jacfwd / jacobian / hessian
 
@@ -454,11 +450,9 @@ def hessian(func: Callable, args: tuple, kwargs: dict, *, argnums: Any, mode: st
     ``mesh``; the inner (gradient) runs whole on each device."""
     from . import higher, jacobians  # lazily: higher imports this module
 
-    where = f"hessian({_args.func_name(func)}, mesh=...)(*args)"
     chosen = higher.resolve_hessian_mode(func, mode, args, kwargs, argnums)
     outer, _, inner_name = chosen.split("-")
     inner = jacobians.BY_MODE[inner_name](func, argnums)
-    del where
     return jacobian(inner, args, kwargs, argnums=argnums, mode=outer, has_aux=False,
                     chunk_size=chunk_size, layout="numerator", mesh=mesh, mesh_axis=mesh_axis,
                     gather=gather, transform="hessian")
@@ -556,7 +550,6 @@ def vmap(func: Callable, args: tuple, kwargs: dict, *, in_dims: Any, out_dims: A
     kw_dynamic, kw_rebuild = _split_dynamic(kwargs)
 
     def program(mapped, fixed, kw_dyn):
-        kw = kw_rebuild(list(kw_dyn))
         mapped = [jnp.moveaxis(jnp.asarray(x), dims[i], 0) for x, i in zip(mapped, batched)]
         if padded != batch:
             mapped = [jnp.concatenate([x, jnp.repeat(x[-1:], padded - batch, axis=0)]) for x in mapped]
@@ -588,7 +581,6 @@ def vmap(func: Callable, args: tuple, kwargs: dict, *, in_dims: Any, out_dims: A
             moved.append(jnp.moveaxis(x, 0, d))
         basis_dims = [None if d is None else (d % x.ndim) for x, d in zip(moved, odims)]
         placed = _place(moved, basis_dims, mesh, axis, gather, where)
-        del kw
         return jax.tree_util.tree_unflatten(out_tree, placed)
 
     mapped = [flat[i] for i in batched]
