@@ -19,8 +19,9 @@ Several CPU devices in one process (``--xla_force_host_platform_device_count=n``
 their collectives in process: each simulated device is a thread, and an all-reduce is a
 rendezvous of those threads. XLA aborts the whole process (a check failure in
 ``AwaitAndLogIfStuck`` under ``InProcessCommunicator::AllReduce``) when the last thread
-arrives more than ``--xla_cpu_collective_call_terminate_timeout_seconds`` (default 40)
-after the first: on a loaded machine, with more device threads than cores, a thread
+arrives too late: it warns after ``--xla_cpu_collective_call_warn_stuck_timeout_seconds``
+(default 20) and terminates ``--xla_cpu_collective_call_terminate_timeout_seconds``
+(default 40) later: on a loaded machine, with more device threads than cores, a thread
 that the OS does not schedule for that long kills the training run. The flag is read
 once, when JAX starts its CPU backend, so it cannot be raised from inside ``fit``:
 :func:`check_cpu_collectives` refuses such a mesh up front unless ``XLA_FLAGS`` carries
@@ -84,8 +85,8 @@ def check_cpu_collectives(mesh: Mesh, where: str) -> None:
     raise ValueError(
         f"{where}: the mesh puts {len(local_cpu)} CPU devices in this process, whose all-reduce "
         f"is a rendezvous of {len(local_cpu)} threads that XLA aborts (a check failure in "
-        f"AwaitAndLogIfStuck) when one thread arrives more than {TERMINATE_FLAG[2:]} seconds "
-        f"late ({have}); a loaded machine can delay a thread that long and kill the run. Set, "
+        f"AwaitAndLogIfStuck) when one thread arrives {TERMINATE_FLAG[2:]} seconds "
+        f"after the stuck warning ({have}); a loaded machine can delay a thread that long and kill the run. Set, "
         f"before JAX starts: XLA_FLAGS='{cpu_device_flags(len(local_cpu))}' "
         f"(functorch_lite.train.cpu_device_flags({len(local_cpu)}); any timeout >= "
         f"{MIN_CPU_COLLECTIVE_TIMEOUT} s is accepted), or train on one device (mesh=None).")
