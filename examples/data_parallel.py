@@ -2,7 +2,9 @@
 axis, parameters replicated; the result equals one device's up to float32 round-off.
 
 On a CPU-only machine JAX shows one device; this script asks XLA for 4 host "devices"
-(set before JAX starts) so the sharded program really runs on 4 partitions:
+(set before JAX starts) so the sharded program really runs on 4 partitions, with the
+in-process collective timeout raised (`train.cpu_device_flags`; fit refuses a CPU mesh
+without it, since XLA's 40 s default aborts runs on a loaded machine, see docs/scale.md):
 
     python examples/data_parallel.py
 
@@ -15,7 +17,11 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+from functorch_lite.train import cpu_device_flags  # noqa: E402 - imports jax; its backend starts later
+
+os.environ.setdefault("XLA_FLAGS", cpu_device_flags(4))
+if "--xla_cpu_collective_call_terminate_timeout_seconds" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_cpu_collective_call_terminate_timeout_seconds=3600"
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

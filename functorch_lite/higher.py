@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from . import _args
+from . import _args, _mesh
 from ._mode import forward_mode
 from .jacobians import pure_mode
 from .transforms import _check_primals_tangents
@@ -83,7 +83,8 @@ def resolve_hessian_mode(func: Callable, mode: str = "auto", args: tuple | None 
 
 def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
             chunk_size: int | None = None, holomorphic: bool = False, sparse: bool = False,
-            sparsity: Any = None, output: str = "bcoo", check: bool = False) -> Callable:
+            sparsity: Any = None, output: str = "bcoo", check: bool = False, mesh: Any = None,
+            mesh_axis: str | None = None, gather: bool = False) -> Callable:
     """Hessian of a scalar function, as ``torch.func.hessian``: ``H[i, j] = d²f/dx_i dx_j``.
 
     With tuple ``argnums`` the result is nested tuples, ``H[a][b] = d²f/dx_a dx_b``.
@@ -94,6 +95,8 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     Hessian ``f''(z)`` of a holomorphic ``f`` (both nested Jacobians get it).
     ``sparse=True`` (or ``sparsity=``): a star-colored sparse Hessian, one HVP per color,
     as a BCOO (``output="dense"``: dense); see docs/sparse.md.
+    ``hessian`` has no such argument). ``mesh=`` splits the outer Jacobian's passes over
+    a device mesh, as :func:`functorch_lite.jacrev`.
 
     >>> import jax.numpy as jnp
     >>> hessian(lambda x: (x ** 3).sum())(jnp.array([1.0, 2.0], jnp.float32))     # diag(6x)
@@ -109,9 +112,13 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     _args.check_choice(mode, HESSIAN_MODES, "hessian", "mode")
     chunk_size = _args.check_chunk_size(chunk_size, "hessian")
     _args.check_bool(holomorphic, "hessian", "holomorphic")
+    mesh_axis = _mesh.check(mesh, mesh_axis, gather, "hessian")
     name = _args.func_name(func)
 
     def hess_f(*args, **kwargs):
+        if mesh is not None:
+            return _mesh.hessian(func, args, kwargs, argnums=argnums, mode=mode, chunk_size=chunk_size,
+                                 mesh=mesh, mesh_axis=mesh_axis, gather=gather)
         where = f"hessian({name})(*args)"
         _args.differentiable_positions(args, argnums, where)
         if holomorphic:
@@ -268,7 +275,8 @@ def _check_key(key: Any, transform: str) -> None:
 
 def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "exact",
                  key: Any = None, num_samples: int = 100,
-                 chunk_size: int | None = None) -> Callable:
+                 chunk_size: int | None = None, mesh: Any = None, mesh_axis: str | None = None,
+                 gather: bool = False) -> Callable:
     """Diagonal of the Hessian of a scalar function, shaped like the input.
 
     - ``method="exact"``: ``H[i, i] = e_i^T H e_i`` from n Hessian-vector products
@@ -284,6 +292,8 @@ def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "e
     Dicts keep the inputs' key order. A function forward mode cannot run (a
     ``custom_vjp`` with only a reverse rule in its backward pass) is done
     reverse-over-reverse, with a :class:`NestingFallbackWarning`.
+    ``mesh=`` splits the HVPs (basis vectors or probes) over a device mesh, as
+    :func:`functorch_lite.jacrev`.
 
     >>> import jax, jax.numpy as jnp
     >>> f = lambda x: (x ** 3).sum() + x[0] * x[1]
@@ -314,9 +324,14 @@ def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "e
             f"{transform}: key is only used by method='hutchinson'; method='exact' is "
             "deterministic. Drop key, or pass method='hutchinson'."
         )
+    mesh_axis = _mesh.check(mesh, mesh_axis, gather, transform)
     name = _args.func_name(func)
 
     def diag_f(*args, **kwargs):
+        if mesh is not None:
+            return _mesh.hessian_diag(func, args, kwargs, argnums=argnums, method=method, key=key,
+                                      num_samples=num_samples, chunk_size=chunk_size, mesh=mesh,
+                                      mesh_axis=mesh_axis, gather=gather)
         where = f"{transform}({name})(*args)"
         positions = _args.differentiable_positions(args, argnums, where)
         diff = tuple(args[p] for p in positions)

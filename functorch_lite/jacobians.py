@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _args, _cost
+from . import _args, _cost, _mesh
 from ._mode import forward_mode
 from ._planner.plans import JacobianPlan
 
@@ -110,7 +110,8 @@ def _closed_over(func, args, kwargs, positions, as_tuple, has_aux, where, check=
 
 def jacrev(func: Callable, argnums: _args.Argnums = 0, *, has_aux: bool = False,
            chunk_size: int | None = None, _preallocate_and_copy: bool = False,
-           layout: str = "numerator", holomorphic: bool = False) -> Callable:
+           layout: str = "numerator", holomorphic: bool = False, mesh: Any = None,
+           mesh_axis: str | None = None, gather: bool = False) -> Callable:
     """Jacobian by reverse accumulation, as ``torch.func.jacrev``.
 
     One stored forward pass, then one VJP ``e_i^T J`` per output element ``i``.
@@ -127,6 +128,10 @@ def jacrev(func: Callable, argnums: _args.Argnums = 0, *, has_aux: bool = False,
     caller's key order at both levels; each leaf ``out.shape + in.shape``
     (``layout="numerator"``) or ``in.shape + out.shape`` (``"denominator"``).
 
+    ``mesh=`` (a ``jax.sharding.Mesh``) splits the VJPs over the devices of its axis
+    ``mesh_axis`` (default the first); the result comes back sharded along the output
+    axes, or replicated with ``gather=True`` (:mod:`functorch_lite._mesh`).
+
     >>> import jax.numpy as jnp
     >>> A = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     >>> jacrev(lambda x: A @ x)(jnp.zeros(2))        # d(Ax)/dx = A
@@ -138,21 +143,31 @@ def jacrev(func: Callable, argnums: _args.Argnums = 0, *, has_aux: bool = False,
     """
     _args.check_bool(_preallocate_and_copy, "jacrev", "_preallocate_and_copy")
     return _jacobian_transform(func, argnums, has_aux, chunk_size, layout, "jacrev",
-                               _jacrev_engine, holomorphic)
+                               _jacrev_engine, holomorphic, mesh, mesh_axis, gather)
 
 
 def _jacobian_transform(func, argnums, has_aux, chunk_size, layout, transform, engine,
-                        holomorphic=False):
+                        holomorphic=False, mesh=None, mesh_axis=None, gather=False):
     """The body shared by jacrev and jacfwd; ``engine(g, primal, chunk_size, holomorphic)
     -> (jac, aux)`` computes the numerator-layout Jacobian of ``g`` (which returns
-    ``(out, aux)``)."""
+    ``(out, aux)``); ``mesh=`` hands the call to :mod:`functorch_lite._mesh`."""
     as_tuple, chunk_size = _prepare(func, argnums, has_aux, chunk_size, layout, transform,
                                     holomorphic)
+    mesh_axis = _mesh.check(mesh, mesh_axis, gather, transform)
+    if holomorphic and mesh is not None:
+        raise ValueError(f"{transform}: mesh= splits real Jacobians only; with "
+                         "holomorphic=True drop mesh= (or split the real and imaginary "
+                         "parts yourself).")
     name = _args.func_name(func)
     check = functools.partial(_args.check_inexact_output, transform=transform,
                               complex_output="require" if holomorphic else "reject")
 
     def jac_f(*args, **kwargs):
+        if mesh is not None:
+            return _mesh.jacobian(func, args, kwargs, argnums=argnums, has_aux=has_aux,
+                                  mode="rev" if transform == "jacrev" else "fwd",
+                                  chunk_size=chunk_size, layout=layout, mesh=mesh,
+                                  mesh_axis=mesh_axis, gather=gather, transform=transform)
         where = f"{transform}({name})(*args)"
         positions = _args.differentiable_positions(args, argnums, where)
         for p in positions:
@@ -219,13 +234,15 @@ def _jacrev_chunked(g, primal, chunk_size):
 
 def jacfwd(func: Callable, argnums: _args.Argnums = 0, has_aux: bool = False, *,
            randomness: str = "error", chunk_size: int | None = None,
-           layout: str = "numerator", holomorphic: bool = False) -> Callable:
+           layout: str = "numerator", holomorphic: bool = False, mesh: Any = None,
+           mesh_axis: str | None = None, gather: bool = False) -> Callable:
     """Jacobian by forward accumulation, as ``torch.func.jacfwd``.
 
     One JVP ``J e_j`` per input element ``j``, each carried along the forward pass;
     nothing is stored between passes. ``chunk_size=c`` linearizes once and pushes ``c``
-    basis tangents at a time. Output structure, layouts, the real-values rule and
-    ``holomorphic`` as :func:`jacrev`.
+    basis tangents at a time. Output structure, layouts, the real-values rule,
+    ``holomorphic`` and ``mesh=`` (the JVPs split over devices, the result sharded along
+    the input axes) as :func:`jacrev`.
 
     >>> import jax.numpy as jnp
     >>> jacfwd(lambda x: x ** 2)(jnp.array([1.0, 2.0]))     # diag(2x)
@@ -234,7 +251,7 @@ def jacfwd(func: Callable, argnums: _args.Argnums = 0, has_aux: bool = False, *,
     """
     _args.check_choice(randomness, ("error", "same"), "jacfwd", "randomness")
     return _jacobian_transform(func, argnums, has_aux, chunk_size, layout, "jacfwd",
-                               _jacfwd_engine, holomorphic)
+                               _jacfwd_engine, holomorphic, mesh, mesh_axis, gather)
 
 
 def _jacfwd_engine(g, primal, chunk_size, holomorphic=False):
@@ -369,7 +386,8 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
              layout: str = "numerator", chunk_size: int | None = None,
              has_aux: bool = False, calibrate: bool = False,
              holomorphic: bool = False, sparse: bool = False, sparsity: Any = None,
-             output: str = "bcoo", check: bool = False) -> Callable:
+             output: str = "bcoo", check: bool = False, mesh: Any = None,
+             mesh_axis: str | None = None, gather: bool = False) -> Callable:
     """Jacobian by forward, reverse, mixed, or automatically planned accumulation.
 
     ``mode="fwd"`` is :func:`jacfwd` (n JVPs, one per input element), ``"rev"`` is
@@ -393,6 +411,9 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     a BCOO (``output="dense"``: dense); ``check=True`` compares the pattern with a dense
     Jacobian at a random point. See :func:`functorch_lite.sparsity` and docs/sparse.md.
 
+    ``mesh=`` splits the passes over a device mesh as :func:`jacrev` does; under
+    ``mode="auto"`` the planner's cheaper pure mode is split (a mixed plan is not).
+
     >>> import jax.numpy as jnp
     >>> A = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     >>> jacobian(lambda x: A @ x)(jnp.zeros(2))
@@ -415,8 +436,9 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
         raise ValueError(f"jacobian: calibrate=True times the candidates of mode='auto'; "
                          f"with mode={mode!r} there is nothing to choose. Drop calibrate or "
                          "use mode='auto'.")
+    mesh_axis = _mesh.check(mesh, mesh_axis, gather, transform)
     hook = getattr(func, "__fl_jacobian__", None)
-    if hook is not None:
+    if hook is not None and mesh is None:  # a chain's mixed mode is not split; mesh= runs a pure mode
         if holomorphic:
             raise ValueError("jacobian: holomorphic=True is not supported on a chain; "
                              "use jacobian(lambda x: chain(x), holomorphic=True).")
@@ -426,6 +448,8 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     # holomorphic is threaded to the pure-mode transform that runs (jacrev/jacfwd).
     options = dict(has_aux=has_aux, chunk_size=chunk_size, layout=layout,
                    holomorphic=holomorphic)
+    if mesh is not None:
+        options.update(mesh=mesh, mesh_axis=mesh_axis, gather=gather)
     if mode != "auto":
         jac_f = pure_mode(mode, func, argnums, transform=transform, **options)
     else:
@@ -434,6 +458,9 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
             if holomorphic:
                 _args.differentiable_positions(args, argnums, where)
                 return pure_mode("rev", func, argnums, transform=transform, **options)(*args, **kwargs)
+            if mesh is not None:
+                return _split_planned(func, argnums, args, kwargs, has_aux, chunk_size, where,
+                                      transform, options)
             return planned_jacobian(func, argnums, args, kwargs, has_aux=has_aux,
                                     chunk_size=chunk_size, layout=layout,
                                     calibrate=calibrate, where=where)
@@ -441,6 +468,18 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     jac_f.__name__ = f"jacobian({name})"
     jac_f.__doc__ = f"Jacobian of {name} ({mode} mode) w.r.t. argnums={argnums}."
     return jac_f
+
+
+def _split_planned(func, argnums, args, kwargs, has_aux, chunk_size, where, transform, options):
+    """``jacobian(mode="auto", mesh=...)``: the planner's cheaper pure mode, split over
+    the mesh (a mixed plan's stages are not split)."""
+    from ._planner import api
+
+    _args.differentiable_positions(args, argnums, where)
+    plan, _ = api.plan_jacobian(func, args, kwargs, argnums, has_aux=has_aux,
+                                chunk_size=chunk_size, where=where)
+    pure = plan.kind if plan.kind in BY_MODE else min(BY_MODE, key=lambda k: plan.costs[k])
+    return pure_mode(pure, func, argnums, transform=transform, **options)(*args, **kwargs)
 
 
 def planned_jacobian(func: Callable, argnums: _args.Argnums, args: tuple, kwargs: dict, *,

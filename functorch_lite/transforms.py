@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _args
+from . import _args, _mesh
 from ._mode import forward_mode
 
 __all__ = ["grad", "grad_and_value", "value_and_grad", "vjp", "jvp", "linearize", "vmap"]
@@ -414,7 +414,8 @@ def _vmap_call(body: Callable, in_axes: Any, out_axes: Any, args: tuple, where: 
 
 def vmap(func: Callable, in_dims: Any = _UNSET, out_dims: Any = _UNSET,
          randomness: str = "error", *, chunk_size: int | None = None,
-         in_axes: Any = _UNSET, out_axes: Any = _UNSET) -> Callable:
+         in_axes: Any = _UNSET, out_axes: Any = _UNSET, mesh: Any = None,
+         mesh_axis: str | None = None, gather: bool = False) -> Callable:
     """Vectorizing map, as ``torch.func.vmap``.
 
     ``in_dims`` (default 0) says which axis of each positional argument is the batch
@@ -427,6 +428,9 @@ def vmap(func: Callable, in_dims: Any = _UNSET, out_dims: Any = _UNSET,
     random state, so pass PRNG keys (batched with ``jax.random.split``) instead;
     only ``"error"`` and ``"same"`` (both mean: no implicit randomness) are accepted.
     Dicts in the outputs keep the key order the function returned them in.
+    ``mesh=`` (a ``jax.sharding.Mesh``) splits the batch over the devices of its axis
+    ``mesh_axis`` (default the first), ``chunk_size`` at a time on each; outputs come
+    back sharded along their batch axis, or replicated with ``gather=True``.
 
     >>> import jax.numpy as jnp
     >>> vmap(jnp.dot, in_dims=(0, None))(jnp.ones((3, 2)), jnp.array([1.0, 2.0]))
@@ -446,9 +450,13 @@ def vmap(func: Callable, in_dims: Any = _UNSET, out_dims: Any = _UNSET,
     _args.check_choice(randomness, ("error", "same"), "vmap", "randomness")
     for d in jax.tree_util.tree_leaves((in_dims, out_dims), is_leaf=lambda x: x is None):
         _check_dim(d, "vmap", "in_dims/out_dims")
+    mesh_axis = _mesh.check(mesh, mesh_axis, gather, "vmap")
     name = _args.func_name(func)
 
     def vmapped(*args, **kwargs):
+        if mesh is not None:
+            return _mesh.vmap(func, args, kwargs, in_dims=in_dims, out_dims=out_dims,
+                              chunk_size=chunk_size, mesh=mesh, mesh_axis=mesh_axis, gather=gather)
         where = f"vmap({name}, in_dims={in_dims!r})(*args)"
         if not args:
             raise ValueError(f"{where}: expected at least one positional argument to map over.")

@@ -11,6 +11,7 @@ See docs/train.md.
 
 from ._fit import FitResult as FitResult, fit as fit
 from ._plot import plot_history as plot_history
+from ._sharding import cpu_device_flags as cpu_device_flags
 from ._step import train_step as train_step
 
-__all__ = ["train_step", "fit", "FitResult", "plot_history"]
+__all__ = ["train_step", "fit", "FitResult", "plot_history", "cpu_device_flags"]

@@ -14,18 +14,82 @@ Both kinds of mesh axis work: ``jax.make_mesh`` in current JAX builds *explicit*
 On several hosts (``jax.distributed.initialize()`` first), every process runs the same
 ``fit`` call; batches from an iterable are each process's *local* rows, assembled into
 one global batch with ``jax.make_array_from_process_local_data``.
+
+Several CPU devices in one process (``--xla_force_host_platform_device_count=n``) run
+their collectives in process: each simulated device is a thread, and an all-reduce is a
+rendezvous of those threads. XLA aborts the whole process (a check failure in
+``AwaitAndLogIfStuck`` under ``InProcessCommunicator::AllReduce``) when the last thread
+arrives too late: it warns after ``--xla_cpu_collective_call_warn_stuck_timeout_seconds``
+(default 20) and terminates ``--xla_cpu_collective_call_terminate_timeout_seconds``
+(default 40) later: on a loaded machine, with more device threads than cores, a thread
+that the OS does not schedule for that long kills the training run. The flag is read
+once, when JAX starts its CPU backend, so it cannot be raised from inside ``fit``:
+:func:`check_cpu_collectives` refuses such a mesh up front unless ``XLA_FLAGS`` carries
+a terminate timeout of at least :data:`MIN_CPU_COLLECTIVE_TIMEOUT` seconds, and
+:func:`cpu_device_flags` gives the flags to set before JAX starts.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import os
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-__all__ = ["Placement"]
+__all__ = ["Placement", "cpu_device_flags", "check_cpu_collectives", "MIN_CPU_COLLECTIVE_TIMEOUT"]
+
+TERMINATE_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds"
+WARN_FLAG = "--xla_cpu_collective_call_warn_stuck_timeout_seconds"
+#: The smallest terminate timeout (seconds) ``fit`` accepts for in-process CPU collectives:
+#: no scheduling delay of a loaded machine comes near it, and a real deadlock still ends.
+MIN_CPU_COLLECTIVE_TIMEOUT = 600
+_RECOMMENDED_TIMEOUT = 3600
+
+
+def cpu_device_flags(devices: int, timeout: int = _RECOMMENDED_TIMEOUT) -> str:
+    """``XLA_FLAGS`` for ``devices`` simulated CPU devices whose collectives survive a
+    loaded machine: set it before JAX starts (before the first ``jax.devices()``).
+
+    >>> cpu_device_flags(4)
+    '--xla_force_host_platform_device_count=4 --xla_cpu_collective_call_terminate_timeout_seconds=3600 --xla_cpu_collective_call_warn_stuck_timeout_seconds=600'
+    """
+    return (f"--xla_force_host_platform_device_count={int(devices)} {TERMINATE_FLAG}={int(timeout)} "
+            f"{WARN_FLAG}={max(20, int(timeout) // 6)}")
+
+
+def _flag_value(flags: str, name: str) -> int | None:
+    found = re.findall(re.escape(name) + r"=(-?\d+)", flags)
+    return int(found[-1]) if found else None
+
+
+def check_cpu_collectives(mesh: Mesh, where: str) -> None:
+    """Refuse a mesh with several CPU devices in this process unless ``XLA_FLAGS`` sets
+    the in-process collective terminate timeout to at least
+    :data:`MIN_CPU_COLLECTIVE_TIMEOUT` seconds (XLA's default, 40 s, aborts the process
+    when a loaded machine delays one device thread that long). ``XLA_FLAGS`` is read as
+    it is now; JAX read it when its backend started, so set it before that."""
+    here = jax.process_index()
+    local_cpu = [d for d in mesh.devices.flat if d.process_index == here and d.platform == "cpu"]
+    if len(local_cpu) < 2:
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    timeout = _flag_value(flags, TERMINATE_FLAG)
+    if timeout is not None and timeout >= MIN_CPU_COLLECTIVE_TIMEOUT:
+        return
+    have = "XLA's default of 40 s" if timeout is None else f"{timeout} s"
+    raise ValueError(
+        f"{where}: the mesh puts {len(local_cpu)} CPU devices in this process, whose all-reduce "
+        f"is a rendezvous of {len(local_cpu)} threads that XLA aborts (a check failure in "
+        f"AwaitAndLogIfStuck) when one thread arrives {TERMINATE_FLAG[2:]} seconds "
+        f"after the stuck warning ({have}); a loaded machine can delay a thread that long and kill the run. Set, "
+        f"before JAX starts: XLA_FLAGS='{cpu_device_flags(len(local_cpu))}' "
+        f"(functorch_lite.train.cpu_device_flags({len(local_cpu)}); any timeout >= "
+        f"{MIN_CPU_COLLECTIVE_TIMEOUT} s is accepted), or train on one device (mesh=None).")
 
 
 @jax.jit
@@ -54,6 +118,7 @@ class Placement:
                 f"the mesh with it, e.g. jax.make_mesh((n,), ({data_axis!r},))."
             )
         self.devices = int(mesh.shape[data_axis])
+        check_cpu_collectives(mesh, where)
         kind = dict(zip(mesh.axis_names, mesh.axis_types))[data_axis]
         self.explicit = kind == jax.sharding.AxisType.Explicit
         self.replicated = NamedSharding(mesh, P())
