@@ -77,6 +77,17 @@ def _describe(fp: dict) -> str:
     return ", ".join(f"{name or 'root'}: {tuple(shape)} {dtype}" for name, shape, dtype in fp["leaves"]) or "no arrays"
 
 
+def _release_files() -> None:
+    """orbax/tensorstore can leave the files of a damaged checkpoint open when reading it
+    fails; collect them now (closing them) rather than at some later garbage collection,
+    where their ResourceWarnings would surface far from the cause."""
+    import gc
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
 def _reason(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     first = text[0] if text else ""
@@ -193,6 +204,7 @@ class Checkpoints:
         try:
             meta = dict(self.manager.restore(step, args=args)["meta"])
         except Exception as e:
+            _release_files()
             raise Damaged(f"its metadata cannot be read ({_reason(e)})") from None
         if meta.get("checksum") != _json_digest(meta):
             raise Damaged("its metadata does not match its checksum" if "checksum" in meta
@@ -210,6 +222,7 @@ class Checkpoints:
         try:
             state = self.manager.restore(step, args=args)["state"]
         except Exception as e:
+            _release_files()
             raise Damaged(f"its arrays cannot be read ({_reason(e)})") from None
         if state_digest(state) != meta.get("state_sha256"):
             raise Damaged("its arrays do not match their checksum")
