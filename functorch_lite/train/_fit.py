@@ -145,11 +145,16 @@ def fit(
         gradients (the same result as one large batch, less memory).
       steps_per_call: steps per compiled dispatch (a ``lax.scan``).
       checkpoint_dir: directory for orbax checkpoints; with ``resume=True`` a run
-        continues from its latest complete checkpoint.
+        continues from its newest intact checkpoint (a damaged newer one is moved to
+        ``checkpoint_dir/damaged/`` with a warning). Locked while ``fit`` runs: a second
+        ``fit`` on it is refused.
       checkpoint_every: save every this many steps (a multiple of ``steps_per_call``);
         with ``checkpoint_dir`` and no ``checkpoint_every``, only the end is saved.
-      resume: continue from ``checkpoint_dir``'s latest checkpoint. With ``False`` a
-        directory that already holds checkpoints is an error (nothing is overwritten).
+      resume: continue from ``checkpoint_dir``'s latest checkpoint, if it was written by
+        the same run (optimizer hyper-parameters, loss function, data, batch size, key...;
+        a mismatch is refused naming the setting). ``"force"``: continue even with such
+        settings changed. With ``False`` a directory that already holds checkpoints is an
+        error (nothing is overwritten).
       mesh: a ``jax.sharding.Mesh`` for data parallelism: parameters replicated, batches
         sharded over ``data_axis``.
       data_axis: the mesh axis to shard batches over.
@@ -161,8 +166,11 @@ def fit(
       A :class:`FitResult` with ``params``, ``opt_state``, ``step`` and ``history``.
 
     Raises:
-      FloatingPointError: a loss or gradient became non-finite; the message names the
-        step, and no checkpoint after it was written.
+      FloatingPointError: a loss, the parameters or the optimizer state became
+        non-finite; the message names the step(s), no checkpoint after it was written and
+        no non-finite parameters are returned.
+      ValueError: ``checkpoint_dir`` is in use by another ``fit``, not writable, holds
+        another run's checkpoints, or holds none that is intact.
 
     >>> import jax.numpy as jnp, optax
     >>> X = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]); y = X @ jnp.array([2.0, -1.0])
