@@ -365,3 +365,22 @@ def test_read_only_checkpoint_dir_is_found_before_training(tmp_path):
             train.fit(loss, params0(), optax.adam(1e-2), data0(), steps=4, checkpoint_dir=ro / "sub", **KW)
     finally:
         ro.chmod(0o700)
+
+
+def test_settings_see_schedules_and_injected_hyperparameters():
+    """What the fingerprint reads, without a fit: a schedule's constants, and the
+    hyper-parameters optax.inject_hyperparams keeps in the optimizer state."""
+    from functorch_lite.train._settings import diff, loss_settings, optimizer_settings
+
+    def settings(opt):
+        return optimizer_settings(opt, opt.init(jnp.zeros(2)))
+
+    a = settings(optax.adam(optax.cosine_decay_schedule(1e-2, 100)))
+    b = settings(optax.adam(optax.cosine_decay_schedule(1e-2, 200)))
+    assert diff(a, b) == "cosine_decay_schedule.decay_steps: saved 100, this call 200"
+    a = settings(optax.inject_hyperparams(optax.adam)(learning_rate=1e-2))
+    b = settings(optax.inject_hyperparams(optax.adam)(learning_rate=2e-2))
+    assert "learning_rate" in diff(a, b)
+    assert settings(optax.adam(1e-2)) == settings(optax.adam(1e-2))  # deterministic
+    # a global constant the loss reads, and a helper it calls, are part of the loss
+    assert loss_settings(loss) == loss_settings(loss) and loss_settings(loss) != loss_settings(other_loss)
