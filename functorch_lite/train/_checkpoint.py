@@ -301,16 +301,33 @@ class Checkpoints:
                 f"{where}: the checkpoint of step {step} in {path!r} is damaged ({reason}); it was "
                 f"moved to {dest!r} and the run resumes from step {good}, the newest intact checkpoint.",
                 RuntimeWarning, stacklevel=4)
+        layout = self._layout(good)
         for step in all_steps:
-            if step < good and not self._intact_enough(step):
+            if step < good and not self._intact_enough(step, layout):
                 shutil.rmtree(os.path.join(path, str(step)), ignore_errors=True)
         self.manager.reload()
         return found
 
-    def _intact_enough(self, step: int) -> bool:
-        """A cheap check (metadata only) of an older step: is it a whole checkpoint?"""
-        d = os.path.join(self.path, str(step))
-        if not os.path.isdir(os.path.join(d, "state")):
+    def _layout(self, step: int) -> tuple[set, set]:
+        """The files every checkpoint has (relative paths), and the directories of its
+        content-addressed files (hex names, which differ between checkpoints)."""
+        root = os.path.join(self.path, str(step))
+        named, hashed = set(), set()
+        for d, _, files in os.walk(root):
+            rel = os.path.relpath(d, root)
+            for f in files:
+                if len(f) >= 16 and all(c in "0123456789abcdef" for c in f):
+                    hashed.add(rel)
+                else:
+                    named.add(os.path.join(rel, f))
+        return named, hashed
+
+    def _intact_enough(self, step: int, layout: tuple[set, set]) -> bool:
+        """A cheap check of an older step (no arrays read): does it hold every file the
+        newest intact checkpoint has, and verified metadata? A kill during orbax's
+        deletion of it leaves some files gone."""
+        named, hashed = self._layout(step)
+        if not (layout[0] <= named and layout[1] <= hashed):
             return False
         try:
             self.read_meta(step)
