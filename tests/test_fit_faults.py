@@ -233,7 +233,9 @@ QUICK = {"byte flip in array data", "flipped digit in loss history", "missing me
 # When reading a damaged checkpoint fails, orbax/tensorstore leave asynchronous callbacks
 # that fire on an event loop already closed ("Event loop is closed", reported by pytest as
 # unraisable at some later collection): their noise, not a failure of what is tested.
+# They can surface in the teardown of a later test, so the whole module filters them.
 orbax_noise = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+pytestmark = orbax_noise
 
 
 @orbax_noise
