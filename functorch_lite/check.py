@@ -17,6 +17,9 @@ and reverse-over-reverse. A rule that is off by 0.1% fails; see tests/test_check
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,14 +45,19 @@ class Comparison:
     got: float
     expected: float
     tolerance: float
+    note: str = ""    # set when the comparison was skipped (a kink), saying why
 
     @property
     def error(self) -> float:
         return abs(self.got - self.expected)
 
     @property
+    def skipped(self) -> bool:
+        return bool(self.note)
+
+    @property
     def passed(self) -> bool:
-        return bool(self.error <= self.tolerance)
+        return self.skipped or bool(self.error <= self.tolerance)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,13 +76,25 @@ class GradCheckReport:
 
     @property
     def worst(self) -> Comparison | None:
-        return max(self.comparisons, key=lambda c: c.error / c.tolerance, default=None)
+        """The comparison to report: a failed one with a non-finite value first, then the
+        failed one furthest past its tolerance (None if nothing failed)."""
+        failed = [c for c in self.comparisons if not c.passed]
+        if not failed:
+            return None
+        non_finite = [c for c in failed if not (math.isfinite(c.got) and math.isfinite(c.expected))]
+        return non_finite[0] if non_finite else max(failed, key=lambda c: c.error / c.tolerance)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c.note for c in self.comparisons if c.note))
 
     def __str__(self) -> str:
         lines = [f"{'derivative':<16} {'method':<8} {'against':<20} {'error':>10} {'tolerance':>10}  ok"]
         for c in self.comparisons:
+            ok = "skip" if c.skipped else ("yes" if c.passed else "NO")
             lines.append(f"{c.derivative:<16} {c.method:<8} {c.reference:<20} {c.error:>10.2e} "
-                         f"{c.tolerance:>10.2e}  {'yes' if c.passed else 'NO'}")
+                         f"{c.tolerance:>10.2e}  {ok}")
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -93,7 +113,17 @@ def _richardson(h_fn: Callable, x: jax.Array, u: jax.Array, eps: float) -> jax.A
     return (4 * central(eps / 2) - central(eps)) / 3
 
 
-def _first_order(h_fn, x, key, modes, eps, rtol, atol, label) -> tuple[list[Comparison], jax.Array, jax.Array]:
+def _one_sided(h_fn: Callable, x: jax.Array, u: jax.Array, eps: float, sign: int) -> jax.Array:
+    """``(f(x + s h u) - f(x)) / (s h)`` with one Richardson step (error ``O(h^2)``)."""
+    f0 = h_fn(x)
+
+    def d(step):
+        return (h_fn(x + sign * step * u) - f0) / (sign * step)
+
+    return 2 * d(eps / 2) - d(eps)
+
+
+def _first_order(h_fn, x, key, modes, eps, rtol, atol, label, where="check_grad") -> tuple[list[Comparison], jax.Array, jax.Array]:
     out = h_fn(x)
     ku, kv = jax.random.split(key)
     u = jax.random.normal(ku, x.shape, x.dtype)
@@ -105,15 +135,40 @@ def _first_order(h_fn, x, key, modes, eps, rtol, atol, label) -> tuple[list[Comp
     def tol(expected, got):
         return atol + rtol * max(abs(expected), abs(got), float(jnp.linalg.norm(v) * jnp.linalg.norm(fd)))
 
+    # A kink (relu, abs at 0) along u: the one-sided differences disagree by far more
+    # than their O(h^2) error, and no single number is "the" derivative there; AD's value
+    # is then one subgradient, which differences cannot check: skip, saying so.
+    right = float(jnp.vdot(v, _one_sided(h_fn, x, u, eps, +1)))
+    left = float(jnp.vdot(v, _one_sided(h_fn, x, u, eps, -1)))
+    scale = max(abs(right), abs(left), float(jnp.linalg.norm(v) * jnp.linalg.norm(fd)), 1.0)
+    note = ""
+    if math.isfinite(right) and math.isfinite(left) and abs(right - left) > max(1e-4 * scale, 100 * tol(right, left)):
+        note = (f"{label}: x is at a kink (not differentiable there along the check's direction: the "
+                f"one-sided differences give {right:.6g} and {left:.6g}), so AD's value there is one "
+                "subgradient that finite differences cannot check; it was skipped. Check at a "
+                "point off the kink (e.g. x + 0.01).")
+
+    def compare(method, reference, got, expected, t):
+        return Comparison(label, method, reference, got, expected, t,
+                          note if reference == "finite differences" else "")
+
     if "fwd" in modes:
-        _, ju = jvp(h_fn, (x,), (u,))
+        try:
+            _, ju = jvp(h_fn, (x,), (u,))
+        except (TypeError, NotImplementedError) as e:
+            if "custom_vjp" not in str(e) and "custom_lin" not in str(e):
+                raise
+            raise TypeError(
+                f"{where}: forward mode cannot differentiate this function: it uses a "
+                "jax.custom_vjp, which has a reverse-mode rule only. Check reverse mode alone "
+                "with check_grad(f, ..., modes=(\"rev\",)).") from None
         jvp_dot = float(jnp.vdot(v, ju))
-        results.append(Comparison(label, "fwd", "finite differences", jvp_dot, fd_dot, tol(fd_dot, jvp_dot)))
+        results.append(compare("fwd", "finite differences", jvp_dot, fd_dot, tol(fd_dot, jvp_dot)))
     if "rev" in modes:
         _, pullback = vjp(h_fn, x)
         (jtv,) = pullback(v)
         vjp_dot = float(jnp.vdot(jtv, u))
-        results.append(Comparison(label, "rev", "finite differences", vjp_dot, fd_dot, tol(fd_dot, vjp_dot)))
+        results.append(compare("rev", "finite differences", vjp_dot, fd_dot, tol(fd_dot, vjp_dot)))
         if jvp_dot is not None:
             results.append(Comparison(label, "rev", "fwd", vjp_dot, jvp_dot,
                                       1e-3 * tol(jvp_dot, vjp_dot)))
@@ -122,12 +177,15 @@ def _first_order(h_fn, x, key, modes, eps, rtol, atol, label) -> tuple[list[Comp
 
 def check_grad(func: Callable, *args: Any, argnums: _args.Argnums | None = None, order: int = 1,
                modes: Sequence[str] = MODES, eps: float = 1e-3, rtol: float = 1e-6,
-               atol: float = 1e-8, seed: int = 0, raise_on_error: bool = True) -> GradCheckReport:
+               atol: float = 1e-8, seed: int = 0, raise_on_error: bool = True,
+               **kwargs: Any) -> GradCheckReport:
     """Compare forward mode, reverse mode and finite differences of ``func`` at ``args``.
 
     Args:
       func: any function of arrays/pytrees returning arrays/pytrees of floats.
-      args: where to check; cast to float64 (complex128) for the check.
+      args: where to check; cast to float64 (complex128) for the check. Complex
+        arguments and outputs are checked as pairs of reals (real and imaginary parts).
+        ``args=(x, y)`` is accepted as well (``jax.test_util.check_grads``' form).
       argnums: which positional arguments to perturb (default: all).
       order: 1 checks first derivatives; 2 also checks the derivatives of those.
       modes: which AD modes to check (``("rev",)`` for a reverse-only function).
@@ -135,6 +193,10 @@ def check_grad(func: Callable, *args: Any, argnums: _args.Argnums | None = None,
       rtol, atol: tolerance ``atol + rtol * scale`` per comparison.
       seed: seeds the random directions.
       raise_on_error: raise :class:`GradCheckError` on a mismatch (else only report).
+
+    At a kink (``relu`` or ``abs`` at 0) the one-sided differences disagree and AD's
+    value is one subgradient among many: those comparisons are skipped, and the report
+    (``report.notes``, and its table) says so.
 
     Returns:
       A :class:`GradCheckReport`; ``str(report)`` is a table of every comparison.
@@ -146,6 +208,19 @@ def check_grad(func: Callable, *args: Any, argnums: _args.Argnums | None = None,
     """
     _args.check_callable(func, "check_grad")
     where = f"check_grad({_args.func_name(func)}, *args)"
+    if "args" in kwargs:
+        if args:
+            raise TypeError(f"{where}: pass the point either positionally, check_grad(f, x, y), or as "
+                            "args=(x, y), not both.")
+        args = tuple(kwargs.pop("args"))
+    if kwargs:
+        raise TypeError(f"{where}: unexpected keyword argument(s) {sorted(kwargs)}.")
+    _check_settings(eps, rtol, atol, where)
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args)):
+        raise TypeError(f"{where}: check_grad compares numbers on the host, so it cannot run under "
+                        "jax.jit, vmap or grad (its arguments here are tracers); call it outside "
+                        "any transformation, on concrete arrays.")
+    _check_call_form(func, args, where)
     if isinstance(order, bool) or order not in (1, 2):
         raise ValueError(f"{where}: order must be 1 or 2, got {order!r}.")
     modes = tuple(modes)
@@ -168,29 +243,86 @@ def check_grad(func: Callable, *args: Any, argnums: _args.Argnums | None = None,
 
         args = jax.tree_util.tree_map(inexact_to64, tuple(args))
         diff = tuple(args[p] for p in positions)
-        x, unravel = ravel_pytree(diff)
+        # complex leaves are checked as (real, imaginary) pairs: a real vector in, a real
+        # vector out, where <u, v> is the real inner product the check needs
+        real_diff = jax.tree_util.tree_map(_split_complex, diff)
+        x, unravel = ravel_pytree(real_diff)
 
         def flat_func(x_flat):
-            out = func(*_args.replace_args(args, positions, unravel(x_flat)))
+            point = jax.tree_util.tree_map(_join_complex, unravel(x_flat), diff)
+            out = func(*_args.replace_args(args, positions, point))
+            if not jax.tree_util.tree_leaves(out):
+                raise ValueError(f"{where}: expected func to return at least one float array, got "
+                                 f"{out!r}; there is no derivative to check.")
             _args.check_inexact_output(out, where)
-            return ravel_pytree(jax.tree_util.tree_map(to64, out))[0]
+            out = jax.tree_util.tree_map(lambda o: _split_complex(to64(o)), out)
+            return ravel_pytree(out)[0]
 
         key = jax.random.key(seed)
         k1, k2 = jax.random.split(key)
-        comparisons, u, v = _first_order(flat_func, x, k1, modes, eps, rtol, atol, "d1")
+        comparisons, u, v = _first_order(flat_func, x, k1, modes, eps, rtol, atol, "d1", where)
         if order == 2:
             if "fwd" in modes:
                 d_fwd = lambda y: jvp(flat_func, (y,), (u,))[1]
-                comparisons += _first_order(d_fwd, x, k2, modes, eps, rtol, atol, "d2 of fwd")[0]
+                comparisons += _first_order(d_fwd, x, k2, modes, eps, rtol, atol, "d2 of fwd", where)[0]
             if "rev" in modes:
                 d_rev = lambda y: vjp(flat_func, y)[1](v)[0]
-                comparisons += _first_order(d_rev, x, k2, modes, eps, rtol, atol, "d2 of rev")[0]
+                comparisons += _first_order(d_rev, x, k2, modes, eps, rtol, atol, "d2 of rev", where)[0]
 
     report = GradCheckReport(tuple(comparisons))
     if raise_on_error and not report.passed:
         w = report.worst
+        if not (math.isfinite(w.got) and math.isfinite(w.expected)):
+            bad = [name for name, val in ((f"{w.method}", w.got), (w.reference, w.expected)) if not math.isfinite(val)]
+            raise GradCheckError(
+                f"{where}: {w.derivative} is not finite at this point: {w.method} gives {w.got:.10g}, "
+                f"{w.reference} give {w.expected:.10g} (non-finite: {', '.join(bad)}). The function "
+                "or its derivative is singular here (sqrt or log at 0?); check at another point."
+                f"\n{report}", report)
         raise GradCheckError(
             f"{where}: derivatives disagree: {w.derivative} by {w.method} = {w.got:.10g} but "
             f"{w.reference} give {w.expected:.10g} (error {w.error:.3g} > tolerance "
             f"{w.tolerance:.3g}).\n{report}", report)
     return report
+
+
+def _split_complex(a: Any) -> Any:
+    """A complex array as a real one with a trailing (real, imaginary) axis."""
+    a = jnp.asarray(a)
+    return jnp.stack([a.real, a.imag], axis=-1) if jnp.iscomplexobj(a) else a
+
+
+def _join_complex(a: Any, like: Any) -> Any:
+    return a[..., 0] + 1j * a[..., 1] if jnp.iscomplexobj(like) else a
+
+
+def _check_settings(eps: Any, rtol: Any, atol: Any, where: str) -> None:
+    for name, value, positive in (("eps", eps, True), ("rtol", rtol, False), ("atol", atol, False)):
+        ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+              and (value > 0 if positive else value >= 0))
+        if not ok:
+            need = "a positive finite float" if positive else "a non-negative finite float"
+            raise ValueError(f"{where}: {name} must be {need}, got {value!r}"
+                             + ("; the finite-difference step cannot be 0, try eps=1e-3." if name == "eps" else "."))
+
+
+def _check_call_form(func: Callable, args: tuple, where: str) -> None:
+    """``check_grad(f, (W, b))`` (check_grads' tuple form) for ``f(W, b)``: say how to call."""
+    if len(args) != 1 or not isinstance(args[0], (tuple, list)):
+        return
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*args)
+    except TypeError:
+        try:
+            sig.bind(*args[0])
+        except TypeError:
+            return
+        raise TypeError(
+            f"{where}: func takes {len(args[0])} arguments but got one {type(args[0]).__name__}; "
+            "check_grad takes func's arguments one by one: check_grad(f, W, b), or as "
+            "check_grad(f, args=(W, b)) (the form of jax.test_util.check_grads)."
+        ) from None

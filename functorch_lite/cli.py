@@ -43,8 +43,13 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     text = text.strip().strip("()[]").replace(" ", "")
     if text in ("", "scalar"):
         return ()
+    parts = text.split(",")
+    if parts[-1] == "" and len(parts) > 1:  # "4," is the tuple (4,)
+        parts = parts[:-1]
     try:
-        dims = tuple(int(d) for d in text.split(",") if d != "")
+        if any(d == "" for d in parts):
+            raise ValueError
+        dims = tuple(int(d) for d in parts)
     except ValueError:
         raise UsageError(f"bad --shape {text!r}: give comma-separated sizes, e.g. --shape 4,2 "
                          f"(or --shape scalar)") from None
@@ -91,6 +96,35 @@ def _load_target(target: str, shapes: Sequence[str]) -> tuple[str, Any, tuple]:
     return func_name, func, args
 
 
+def _check_float_output(target: str, func: Any, args: tuple, argnums: int, what: str) -> None:
+    """Derivatives need float outputs: an integer (or bool) output has none to explain."""
+    import jax
+    import jax.numpy as jnp
+
+    try:
+        out = jax.eval_shape(func, *args)
+    except Exception:  # the transform itself reports a failing function
+        return
+    bad = [str(o.dtype) for o in jax.tree_util.tree_leaves(out)
+           if not jnp.issubdtype(o.dtype, jnp.inexact)]
+    if bad:
+        raise UsageError(f"{what} of {target!r} failed: its output has dtype {bad[0]}; derivatives "
+                         "need a float output (an integer output is piecewise constant: return floats)")
+
+
+def _writable_dir(out: str) -> Path:
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"cannot write to --out {out!r}: {exc.strerror or exc}; choose a writable "
+                         "directory") from None
+    return path
+
+
 def _check_engine(engine: str) -> None:
     if engine == "dot" and shutil.which("dot") is None:
         raise UsageError("--engine dot: the Graphviz `dot` program is not on the PATH; install "
@@ -109,6 +143,7 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
     unknown = [k for k in ns.only or [] if k not in keys]
     if unknown:
         raise UsageError(f"unknown tour stop(s) {unknown}: choose from {', '.join(keys)}")
+    _writable_dir(ns.out)
     result = tour.run_tour(ns.out, only=ns.only, fmt=ns.format, engine=ns.engine)
     return 0 if result.ok else 1
 
@@ -119,11 +154,12 @@ def _cmd_graph(ns: argparse.Namespace) -> int:
 
     _check_engine(ns.engine)
     name, func, args = _load_target(ns.target, ns.shape)
+    _check_float_output(ns.target, func, args, ns.argnums, "graph")
+    out = _writable_dir(ns.out)
     try:
         g = graph(func, *args, argnums=ns.argnums, mode=ns.mode, max_nodes=ns.max_nodes)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"graph of {ns.target!r} failed: {first_line(exc)}") from None
-    out = Path(ns.out)
     safe = name.replace(".", "_")
     dot_path = g.render(out / f"graph_{safe}_{ns.mode}.dot")
     print(g.summary)
@@ -139,13 +175,13 @@ def _cmd_explain(ns: argparse.Namespace) -> int:
     from .explanation import explain
 
     name, func, args = _load_target(ns.target, ns.shape)
+    _check_float_output(ns.target, func, args, ns.argnums, "explain")
+    out = _writable_dir(ns.out)
     try:
         report = explain(func, *args, argnums=ns.argnums)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"explain of {ns.target!r} failed: {first_line(exc)}") from None
     print(report)
-    out = Path(ns.out)
-    out.mkdir(parents=True, exist_ok=True)
     pic = report.plot(str(out / f"explain_{name.replace('.', '_')}.png"))
     print(f"picture: {pic}")
     return 0

@@ -141,12 +141,14 @@ def _jet_coefficients(h: Callable, leaves: list, dirs: list, order: int) -> tupl
 
 
 def _nested_coefficients(h: Callable, leaves: list, dirs: list, order: int,
-                         reverse: bool) -> tuple[list, Any]:
+                         reverse: bool, scale: float = 1.0) -> tuple[list, Any]:
     """The same coefficients by nesting a first-derivative transform ``order`` times.
 
     ``D_j(t) = (h(t), h'(t), ..., h^(j)(t))`` of the curve ``t -> h(x + t v)``;
     ``D_{j+1}`` differentiates ``D_j`` once more (jvp, or jacrev when the function has
-    a reverse-only rule) and keeps its primal.
+    a reverse-only rule) and keeps its primal. The coefficients are those of the
+    direction ``scale * v``: ``c_j = h^(j)(0) scale^j / j!`` (the factor computed in
+    log space, so no factorial is ever formed).
     """
     t0 = jnp.zeros((), jnp.result_type(*leaves))
     store = {}
@@ -160,8 +162,15 @@ def _nested_coefficients(h: Callable, leaves: list, dirs: list, order: int,
     for _ in range(order):
         fn = _one_more(fn, reverse, t0)
     derivs = fn(t0)
-    coeffs = [[leaf / math.factorial(j) for leaf in level] for j, level in enumerate(derivs)]
+    coeffs = [[leaf * _power_over_factorial(scale, j) for leaf in level] for j, level in enumerate(derivs)]
     return coeffs, store["tree"]
+
+
+def _power_over_factorial(s: float, j: int) -> float:
+    """``s^j / j!`` as a Python float (0.0 where it underflows, never an OverflowError
+    for the ``s`` this module uses)."""
+    log = j * math.log(s) - math.lgamma(j + 1)
+    return math.exp(min(log, 700.0))
 
 
 def _one_more(fn: Callable, reverse: bool, t0: jax.Array) -> Callable:
@@ -178,11 +187,13 @@ def _one_more(fn: Callable, reverse: bool, t0: jax.Array) -> Callable:
 
 
 def coefficients(func: Callable, x: Any, direction: Any, order: int, args: tuple,
-                 kwargs: dict, where: str) -> tuple[list, Any]:
-    """Taylor coefficients of ``t -> func(x + t direction, *args, **kwargs)`` at 0.
+                 kwargs: dict, where: str, scale: float = 1.0) -> tuple[list, Any]:
+    """Taylor coefficients of ``t -> func(x + t scale direction, *args, **kwargs)`` at 0.
 
     Jet when every primitive the input reaches has a rule; nested differentiation (with
-    a :class:`TaylorFallbackWarning`) otherwise.
+    a :class:`TaylorFallbackWarning`) otherwise. ``order == 1`` is one ``jvp`` (so a
+    derivative that is infinite, like that of ``sqrt`` at 0, comes out ``inf`` as with
+    ``jax.grad``; jet's series arithmetic makes it ``nan``).
     """
     leaves, in_tree = jax.tree_util.tree_flatten(x)
     dirs = jax.tree_util.tree_leaves(direction)
@@ -201,40 +212,81 @@ def coefficients(func: Callable, x: Any, direction: Any, order: int, args: tuple
     # forward_mode(), where those layers use their forward rule.
     with taylor_mode():
         blockers = _blockers(jax.make_jaxpr(h)(*leaves))
+        if order == 1:
+            vjp_only = any("custom_vjp" in b for b in blockers)
+            nesting = _working_nesting(h, leaves, dirs, order, scale, where)[0] if vjp_only else "jvp"
+            return _nested(h, leaves, dirs, order, nesting, scale)
         if not blockers:
             try:
-                return _jet_coefficients(h, leaves, dirs, order)
+                return _jet_coefficients(h, leaves, [d * scale for d in dirs], order)
             except (KeyError, NotImplementedError) as err:
                 name = _missing_rule(err)
                 if name is None:
                     raise
                 blockers = [name]
-    reverse = not _forward_nesting_works(h, leaves, dirs, order)
+    nesting, failed = _working_nesting(h, leaves, dirs, order, scale, where)
+    why = f" (nested jvp cannot: {failed})" if failed else ""
     warnings.warn(
         f"{where}: Taylor mode (jax.experimental.jet) has no faithful rule for "
-        f"{', '.join(blockers)}; falling back to nested {'jacrev' if reverse else 'jvp'} "
+        f"{', '.join(blockers)}; falling back to nested {nesting}{why} "
         f"(correct, but its cost grows exponentially with order={order}).",
         TaylorFallbackWarning,
         stacklevel=3,
     )
-    if reverse:
-        return _nested_coefficients(h, leaves, dirs, order, reverse=True)
+    return _nested(h, leaves, dirs, order, nesting, scale)
+
+
+def _nested(h, leaves, dirs, order, nesting, scale):
+    if nesting == "jacrev":
+        return _nested_coefficients(h, leaves, dirs, order, reverse=True, scale=scale)
     with forward_mode():
-        return _nested_coefficients(h, leaves, dirs, order, reverse=False)
+        return _nested_coefficients(h, leaves, dirs, order, reverse=False, scale=scale)
 
 
-def _forward_nesting_works(h: Callable, leaves: list, dirs: list, order: int) -> bool:
-    """Whether nested jvp can trace ``h`` (inside ``forward_mode()``, where this
-    library's layers switch to their forward rule); a plain ``jax.custom_vjp`` cannot.
-    Abstract tracing only (``jax.eval_shape``)."""
-    try:
-        with forward_mode():
-            jax.eval_shape(lambda *xs: _nested_coefficients(h, list(xs), dirs, order, False)[0], *leaves)
-    # a custom_vjp under jvp raises TypeError ("can't apply forward-mode autodiff (jvp) to
-    # a custom_vjp function") or, nested, NotImplementedError (no rule for 'custom_lin')
-    except (TypeError, NotImplementedError):
-        return False
-    return True
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def _working_nesting(h: Callable, leaves: list, dirs: list, order: int, scale: float,
+                     where: str) -> tuple[str, str | None]:
+    """``("jvp", None)`` if nested jvp traces ``h`` (inside ``forward_mode()``, where this
+    library's layers switch to their forward rule), else ``("jacrev", why jvp failed)``
+    if nested jacrev does (a plain ``jax.custom_vjp`` has only a reverse rule); else a
+    TypeError that names the ways out. Abstract tracing only (``jax.eval_shape``)."""
+    def traces(reverse: bool) -> Exception | None:
+        def run(*xs):
+            return _nested_coefficients(h, list(xs), dirs, order, reverse, scale)[0]
+        # lowered, not only traced: JAX stages a custom_vjp under jvp and raises when
+        # lowering it (tracing alone, as jax.eval_shape does, passes)
+        abstract = [jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)) for x in leaves]
+        try:
+            if reverse:
+                jax.jit(run).lower(*abstract)
+            else:
+                with forward_mode():
+                    jax.jit(run).lower(*abstract)
+        # a custom_vjp under jvp raises TypeError ("can't apply forward-mode autodiff (jvp)
+        # to a custom_vjp function") or, nested, NotImplementedError (no rule for
+        # 'custom_lin'); a custom_vjp whose backward is not differentiable fails under
+        # nested jacrev the same ways
+        except (TypeError, NotImplementedError, ValueError) as err:
+            return err
+        return None
+
+    fwd = traces(False)
+    if fwd is None:
+        return "jvp", None
+    rev = traces(True)
+    if rev is None:
+        return "jacrev", _first_line(fwd)
+    raise TypeError(
+        f"{where}: neither Taylor mode, nested jvp nor nested jacrev can differentiate this "
+        f"function {order} times (nested jvp: {_first_line(fwd)}; nested jacrev: "
+        f"{_first_line(rev)}). A jax.custom_vjp allows reverse mode only, and its backward "
+        "rule must itself be differentiable for higher orders; for second derivatives use "
+        "fl.vhp or fl.hessian(f, mode=\"rev-over-rev\"), or give the function a jax.custom_jvp rule."
+    ) from None
 
 
 # ----------------------------------------------------------------------------- public
@@ -292,6 +344,53 @@ def taylor(func: Callable, order: int, *, direction: Any = None) -> Callable:
     return taylor_f
 
 
+def _log_peak(order: int, s: float) -> float:
+    """``max_j log(s^j / j!)`` over ``j = 0..order``: the size, relative to ``f``'s own
+    derivatives, that the scaled Taylor coefficients reach on the way to ``order``
+    (the maximum sits at ``j = floor(s)``)."""
+    best = 0.0
+    for j in {min(order, int(s)), min(order, int(s) + 1)}:
+        best = max(best, j * math.log(s) - math.lgamma(j + 1))
+    return best
+
+
+def _max_order(dtype: Any) -> int:
+    """The largest order :func:`derivative` computes in ``dtype`` (see ``_check_representable``)."""
+    lo, hi = 1, 1 << 20
+    limit = math.log(float(jnp.finfo(dtype).max)) - _MARGIN
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        s = math.exp(math.lgamma(mid + 1) / mid)
+        lo, hi = (mid, hi) if _log_peak(mid, s) <= limit else (lo, mid - 1)
+    return lo
+
+
+_MARGIN = math.log(1e4)  # head room for the jet rules' own intermediate products
+
+
+def _check_representable(order: int, s: float, leaves: list, where: str) -> None:
+    """Raise if the scaled coefficients of ``order`` would overflow the input's dtype
+    even for a function with derivatives of size one (sin, cos, exp at 0...)."""
+    if order < 2 or not leaves:
+        return
+    dtype = jnp.result_type(*leaves)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        return
+    fin = jnp.finfo(dtype)
+    peak = _log_peak(order, s)
+    if peak <= math.log(float(fin.max)) - _MARGIN:
+        return
+    hint = (f" (float64 reaches order {_max_order(jnp.float64)}: enable it with "
+            "jax.config.update('jax_enable_x64', True) and pass a float64 x)"
+            if jnp.finfo(dtype).bits < 64 else "")
+    raise ValueError(
+        f"{where}: order={order} is past what {np.dtype(dtype).name} can represent: on the way to "
+        f"order {order} the Taylor coefficients reach about 1e{peak / math.log(10):.0f} times the "
+        f"function's own derivatives, beyond {np.dtype(dtype).name}'s largest {float(fin.max):.3g}. "
+        f"Use order <= {_max_order(dtype)} in {np.dtype(dtype).name}{hint}."
+    )
+
+
 def derivative(func: Callable, order: int, *, direction: Any = None) -> Callable:
     """The ``order``-th derivative of ``func``, by Taylor mode (not nested ``grad``).
 
@@ -316,13 +415,18 @@ def derivative(func: Callable, order: int, *, direction: Any = None) -> Callable
     _args.check_callable(func, "derivative")
     order = check_order(order, "derivative")
     name = _args.func_name(func)
-    scale = float(math.factorial(order))
+    # d^k f[v..v] = k! c_k(v) = c_k(s v) with s = (k!)^(1/k): the coefficient along the
+    # scaled direction IS the derivative, so neither k! nor the tiny c_k(v) is ever formed
+    # (for sin, c_34(v) ~ 1e-39 is below float32's normal range, 34! above its largest).
+    s = math.exp(math.lgamma(order + 1) / order) if order else 1.0
+    rest = math.exp(math.lgamma(order + 1) - order * math.log(s))  # = 1 up to round-off
 
     def derivative_f(x, *args, **kwargs):
         where = f"derivative({name}, order={order})(x)"
         x, v = _prepare_point(x, direction, where)
-        coeffs, out_tree = coefficients(func, x, v, order, args, kwargs, where)
-        return jax.tree_util.tree_unflatten(out_tree, [c * scale for c in coeffs[order]])
+        _check_representable(order, s, jax.tree_util.tree_leaves(x), where)
+        coeffs, out_tree = coefficients(func, x, v, order, args, kwargs, where, scale=s)
+        return jax.tree_util.tree_unflatten(out_tree, [c * rest if rest != 1.0 else c for c in coeffs[order]])
 
     derivative_f.__name__ = f"derivative({name}, order={order})"
     derivative_f.__doc__ = f"Derivative of order {order} of {name} (Taylor mode)."

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 import functorch_lite as fl
+from functorch_lite.check import GradCheckError, check_grad
 
 
 def test_accepts_correct_functions_to_order_two():
@@ -74,3 +75,82 @@ def test_non_differentiated_float_args_are_cast_too():
         return jnp.tanh(x @ w)
 
     assert fl.check_grad(f, jnp.ones((2, 3)), jnp.ones((3, 2)) * 0.1, argnums=1, order=2).passed
+
+
+# ----------------------------------------------------------------------------- issue 13 / 12
+
+
+def test_function_returning_none_is_an_error():
+    with pytest.raises(ValueError, match=r"check_grad\(<lambda>, \*args\): expected func to return at least "
+                                         r"one float array, got None"):
+        check_grad(lambda t: None, jnp.ones(2))
+
+
+def test_complex_arguments_are_checked_as_real_pairs():
+    z = jnp.array([1.0 + 2.0j, -0.5 + 0.3j])
+    report = check_grad(lambda w: jnp.abs(w) ** 2 + jnp.real(w * w), z)
+    assert report.passed and len(report.comparisons) == 3
+    # and a wrong rule on a complex function is still caught
+    @jax.custom_jvp
+    def bad(w):
+        return w * w
+
+    bad.defjvp(lambda p, t: (p[0] * p[0], 2.002 * p[0] * t[0]))
+    with pytest.raises(GradCheckError, match=r"derivatives disagree"):
+        check_grad(lambda w: bad(w), z, modes=("fwd",))
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(eps=0), r"eps must be a positive finite float, got 0; the finite-difference step cannot be 0"),
+    (dict(eps=float("nan")), r"eps must be a positive finite float, got nan"),
+    (dict(rtol=-1), r"rtol must be a non-negative finite float, got -1"),
+    (dict(atol=float("inf")), r"atol must be a non-negative finite float, got inf"),
+])
+def test_bad_tolerances_are_reported_as_such(kw, msg):
+    with pytest.raises(ValueError, match=r"check_grad\(sin, \*args\): " + msg):
+        check_grad(jnp.sin, jnp.ones(2), **kw)
+
+
+@pytest.mark.parametrize("f", [jax.nn.relu, jnp.abs], ids=["relu", "abs"])
+def test_subgradient_at_a_kink_is_skipped_with_a_note(f):
+    report = check_grad(f, jnp.zeros(3))
+    assert report.passed
+    assert [c.skipped for c in report.comparisons] == [True, True, False]
+    assert "x is at a kink" in str(report) and "one subgradient" in report.notes[0]
+    # off the kink nothing is skipped
+    assert not any(c.skipped for c in check_grad(f, jnp.array([0.5, -0.7, 1.2])).comparisons)
+
+
+def test_nan_headline_names_the_non_finite_comparison():
+    with pytest.raises(GradCheckError, match=r"d1 is not finite at this point: fwd gives nan.*singular here") as e:
+        check_grad(jnp.sqrt, jnp.zeros(2))
+    assert not e.value.report.passed
+
+
+def test_custom_vjp_with_default_modes_suggests_rev_only():
+    @jax.custom_vjp
+    def f(x):
+        return jnp.sin(x)
+
+    f.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (jnp.cos(x) * g,))
+    with pytest.raises(TypeError, match=r"check_grad\(f, \*args\): forward mode cannot differentiate this "
+                                        r"function: it uses a jax.custom_vjp.*modes=\(\"rev\",\)"):
+        check_grad(f, jnp.ones(2))
+    assert check_grad(f, jnp.ones(2), modes=("rev",)).passed
+
+
+def test_under_jit_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"check_grad\(sin, \*args\): check_grad compares numbers on the host, "
+                                        r"so it cannot run under jax.jit"):
+        jax.jit(lambda x: check_grad(jnp.sin, x).passed)(jnp.ones(2))
+
+
+def test_check_grads_tuple_form():
+    W, b = jnp.ones((2, 2)), jnp.array([0.5, -1.0])
+    f = lambda W, b: jnp.sum(jnp.tanh(W @ b))  # noqa: E731
+    with pytest.raises(TypeError, match=r"func takes 2 arguments but got one tuple; check_grad takes func's "
+                                        r"arguments one by one: check_grad\(f, W, b\), or as check_grad\(f, args=\(W, b\)\)"):
+        check_grad(f, (W, b))
+    assert check_grad(f, args=(W, b)).passed
+    with pytest.raises(TypeError, match=r"either positionally, check_grad\(f, x, y\), or as args=\(x, y\), not both"):
+        check_grad(f, W, args=(W, b))

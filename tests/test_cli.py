@@ -213,3 +213,40 @@ def test_bench_runs_python_m_benchmarks(monkeypatch, capsys):
     (cmd, cwd, pythonpath), = calls
     assert cmd == [sys.executable, "-m", "benchmarks", "--quick", "--only", "core"]
     assert Path(cwd) == ROOT and pythonpath.split(os.pathsep)[0] == str(ROOT)
+
+
+# ---------------------------------------------------------------- issue 13
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["explain", "jax.numpy:sign", "--shape", "3,,2"], r"bad --shape '3,,2': give comma-separated sizes"),
+    (["explain", "jax.numpy:sign", "--shape", ",3"], r"bad --shape ',3'"),
+    (["explain", "jax.numpy:round", "--shape", "3", "--out", "/proc/no_such_dir/out"],
+     r"cannot write to --out '/proc/no_such_dir/out': .*; choose a writable directory"),
+])
+def test_cli_usage_errors_of_issue_13(argv, pattern, capsys):
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert_usage_error(subprocess.CompletedProcess(argv, code, "", err),
+                       rf"^functorch-lite {argv[0]}: error: .*{pattern}")
+
+
+def test_shape_with_trailing_comma_is_a_one_tuple():
+    assert cli._parse_shape("4,") == (4,)
+    assert cli._parse_shape("3,2") == (3, 2)
+
+
+def test_integer_output_exits_2(tmp_path):
+    (tmp_path / "intmod.py").write_text("def f(v):\n    return v.astype(int)\n")
+    p = run("explain", "intmod:f", "--shape", "3", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert_usage_error(p, r"explain of 'intmod:f' failed: its output has dtype int32; derivatives need a float output")
+    p = run("graph", "intmod:f", "--shape", "3", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert_usage_error(p, r"graph of 'intmod:f' failed: its output has dtype int32")
+
+
+def test_unwritable_out_in_a_subprocess(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    p = run("explain", "--out", str(tmp_path / "afile" / "out"))
+    assert_usage_error(p, r"cannot write to --out '.*afile/out': .*choose a writable directory")
+    p = run("tour", "--only", "layout", "--out", str(tmp_path / "afile" / "out"))
+    assert_usage_error(p, r"cannot write to --out")

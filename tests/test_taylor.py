@@ -314,3 +314,70 @@ def test_nn_layers_run_in_taylor_mode_without_fallback(x64, layer):
     for k in (1, 3):     # filterwarnings=error: a fallback warning would fail the test
         np.testing.assert_allclose(float(fl.derivative(f, order=k, direction=v)(x)), float(ref(k)),
                                    rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- high orders (issue 13)
+
+
+def _sin_derivative(k, x):
+    return [np.sin, np.cos, lambda t: -np.sin(t), lambda t: -np.cos(t)][k % 4](x)
+
+
+@pytest.mark.parametrize("k", [34, 35])
+def test_high_orders_float32_do_not_underflow(k):
+    """c_34 of sin is ~1e-39 (below float32's normal range) and 34! is above its largest:
+    the k-th derivative must still come out right (the true value is +-sin or +-cos)."""
+    got = fl.derivative(jnp.sin, order=k)(jnp.float32(0.3))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, _sin_derivative(k, 0.3), rtol=1e-4)
+
+
+def test_high_order_float64_against_closed_forms(x64):
+    np.testing.assert_allclose(fl.derivative(jnp.sin, order=50)(0.3), _sin_derivative(50, 0.3), rtol=1e-10)
+    # 1/(1-x): f^(k)(x) = k! / (1-x)^(k+1), far beyond float32 and exactly representable scale
+    np.testing.assert_allclose(fl.derivative(lambda x: 1 / (1 - x), order=20)(0.5),
+                               math.factorial(20) * 2.0 ** 21, rtol=1e-10)
+
+
+def test_order_past_the_dtype_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"derivative\(sin, order=1000\)\(x\): order=1000 is past what float32 "
+                                         r"can represent.*Use order <= \d+ in float32 \(float64 reaches order \d+"):
+        fl.derivative(jnp.sin, order=1000)(jnp.float32(0.3))
+    with jax.enable_x64(True):
+        with pytest.raises(ValueError, match=r"order=5000 is past what float64 can represent.*Use order <= \d+ in float64\."):
+            fl.derivative(jnp.sin, order=5000)(0.3)
+
+
+def test_first_derivative_of_sqrt_at_zero_is_inf_like_grad():
+    got = fl.derivative(jnp.sqrt, order=1)(0.0)
+    assert got == jax.grad(jnp.sqrt)(0.0) == np.inf
+
+
+def test_user_custom_vjp_falls_back_to_the_nesting_that_works():
+    """The JAX docs' gradient clipping: a custom_vjp whose forward returns its input.
+    Nested jvp is traced without error but fails when lowered; nested jacrev works."""
+    @jax.custom_vjp
+    def clip_gradient(lo, hi, x):
+        return x
+
+    clip_gradient.defvjp(lambda lo, hi, x: (x, (lo, hi)),
+                         lambda res, g: (None, None, jnp.clip(g, *res)))
+    f = lambda x: jnp.sin(clip_gradient(-0.75, 0.75, x))  # noqa: E731
+    with pytest.warns(TaylorFallbackWarning, match=r"falling back to nested jacrev \(nested jvp cannot: "
+                                                   r"TypeError: can't apply forward-mode"):
+        got = fl.derivative(f, order=2)(1.0)
+    np.testing.assert_allclose(got, jax.grad(jax.grad(f))(1.0), rtol=1e-6)
+
+
+def test_no_nesting_works_names_vhp_and_rev_over_rev():
+    @jax.custom_vjp
+    def opaque(x):
+        return jnp.sin(x)
+
+    def bwd(x, g):  # a backward pass that cannot itself be differentiated
+        return (jax.pure_callback(lambda a, b: np.cos(a) * b, jax.ShapeDtypeStruct((), jnp.float32), x, g),)
+
+    opaque.defvjp(lambda x: (jnp.sin(x), x), bwd)
+    with pytest.raises(TypeError, match=r"neither Taylor mode, nested jvp nor nested jacrev can differentiate this "
+                                        r"function 3 times.*fl\.vhp or fl\.hessian\(f, mode=\"rev-over-rev\"\)"):
+        fl.derivative(opaque, order=3)(jnp.float32(1.0))

@@ -119,3 +119,79 @@ def test_other_arguments():
         fit(loss, W, optax.sgd(0.1), (X, Y), progress=None)
     with pytest.raises(ValueError, match=FIT + r"steps_per_call must be a positive int, got 0"):
         fit(loss, W, optax.sgd(0.1), (X, Y), steps_per_call=0)
+
+
+# ---------------------------------------------------------------- issue 13
+
+
+def test_non_finite_params_are_never_returned_without_checkpoint_dir():
+    """The last update's gradient is 0 * inf: the loss is finite, the params are not."""
+    sneaky = lambda w, b: 0.0 * jnp.sum(b[0]) + 0.0 * jnp.sqrt(jnp.abs(w[0]))  # noqa: E731
+    with pytest.raises(FloatingPointError, match=r"fit\(<lambda>, params, optimizer, data\): the parameters or "
+                                                 r"optimizer state became non-finite in steps 0\.\.0 .* No checkpoint was written"):
+        train.fit(sneaky, jnp.zeros(2), optax.sgd(0.1), (jnp.ones((4, 2)), jnp.ones(4)), steps=1, progress=False)
+
+
+def test_data_as_list_or_dict_is_refused():
+    with pytest.raises(TypeError, match=FIT + r"data must be a tuple \(x, y, \.\.\.\) of arrays, got a list of 2 "
+                                             r"arrays, which would be read as 2 batches; pass tuple\(data\)"):
+        fit(loss, W, optax.sgd(0.1), [X, Y], steps=1)
+    with pytest.raises(TypeError, match=FIT + r"data must be a tuple \(x, y, \.\.\.\) of arrays, got a dict; pass "
+                                             r"tuple\(data\[k\] for k in \['x', 'y'\]\)"):
+        fit(loss, W, optax.sgd(0.1), {"x": X, "y": Y})
+    with pytest.raises(TypeError, match=FIT + r"data must be a tuple \(x, y, \.\.\.\) of arrays, but data\[1\] is a list"):
+        fit(loss, W, optax.sgd(0.1), (X, Y.tolist()))
+    # a list of batch tuples is still an iterable of batches
+    assert fit(loss, W, optax.sgd(0.1), [(X[:8], Y[:8]), (X[8:], Y[8:])]).step == 2
+
+
+def test_loss_returning_python_float():
+    with pytest.raises(TypeError, match=r"fit\(<lambda>, params, optimizer, data\): loss_fn returned the Python "
+                                        r"float 1\.0, which cannot depend on params"):
+        fit(lambda w, b: 1.0, W, optax.sgd(0.1), (X, Y))
+
+
+def test_several_keys_are_refused():
+    import jax
+    keys = jax.random.split(jax.random.key(0), 2)
+    with pytest.raises(ValueError, match=FIT + r"key must be one PRNG key, got an array of 2 keys \(jax.random.split "
+                                             r"returns several\); pass one of them, e.g. keys\[0\]"):
+        fit(loss, W, optax.sgd(0.1), (X, Y), key=keys)
+    with pytest.raises(ValueError, match=FIT + r"key must be one PRNG key, got 2 raw keys"):
+        fit(loss, W, optax.sgd(0.1), (X, Y), key=jax.random.split(jax.random.PRNGKey(0), 2))
+
+
+def test_resume_must_be_bool_or_force():
+    with pytest.raises(TypeError, match=FIT + r"resume must be True, False or \"force\", got 'yes'"):
+        fit(loss, W, optax.sgd(0.1), (X, Y), resume="yes")
+
+
+def test_optimizers_needing_the_loss_value():
+    """reduce_on_plateau needs value=, lbfgs value=, grad= and value_fn=: fit passes them."""
+    rng = np.random.RandomState(0)
+    x = rng.randn(32, 3).astype(np.float32)
+    y = x @ np.array([1.0, -2.0, 0.5], np.float32)
+    r = fit(loss, W, optax.lbfgs(), (x, y), steps=10)
+    np.testing.assert_allclose(r.params, [1.0, -2.0, 0.5], atol=1e-4)
+    # accumulate=2: lbfgs's line search sees the same whole-batch loss
+    r2 = fit(loss, W, optax.lbfgs(), (x, y), steps=10, accumulate=2)
+    np.testing.assert_allclose(r2.params, [1.0, -2.0, 0.5], atol=1e-4)
+    plateau = optax.chain(optax.sgd(0.05), optax.contrib.reduce_on_plateau(patience=1, factor=0.5, cooldown=0))
+    r3 = fit(loss, W, plateau, (x, y), steps=30)
+    # the plateau detector saw every step's loss through value=
+    np.testing.assert_allclose(float(r3.opt_state[1].best_value), r3.history["loss"].min(), rtol=1e-6)
+    assert r3.history["loss"][-1] < r3.history["loss"][0]
+    step = train.train_step(loss, plateau)
+    p, s, m = step(jnp.zeros(3), plateau.init(jnp.zeros(3)), (jnp.asarray(x), jnp.asarray(y)))
+    np.testing.assert_allclose(float(s[1].best_value), float(m["loss"]), rtol=1e-6)
+
+
+def test_train_step_with_another_optimizers_state():
+    step = train.train_step(loss, optax.adam(0.1))
+    wrong = optax.sgd(0.1, momentum=0.9).init(jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"train_step\(loss, optimizer\)\(params, opt_state, batch\): opt_state does "
+                                         r"not belong to this optimizer and params: it holds \['TraceState', "
+                                         r"'EmptyState'\].* makes \['ScaleByAdamState', 'EmptyState'\].*optimizer\.init\(params\)"):
+        step(jnp.zeros(3), wrong, (jnp.ones((4, 3)), jnp.ones(4)))
+    with pytest.raises(ValueError, match=r"opt_state does not belong to this optimizer and params"):
+        step(jnp.zeros(3), optax.adam(0.1).init(jnp.zeros(4)), (jnp.ones((4, 3)), jnp.ones(4)))

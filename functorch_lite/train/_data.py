@@ -140,7 +140,7 @@ class IterSource:
         self.n = None
         self.sampler = None
         self._tree = jax.tree_util.tree_structure(first)
-        self._shapes = shapes(first)
+        self._shapes = self.first_shapes = shapes(first)
         self._it = itertools.chain([first], self._it)
         self._taken = 0
 
@@ -172,7 +172,23 @@ class IterSource:
 
 
 def make_source(data: Any, batch_size: int | None, accumulate: int, placement: Placement, where: str):
-    """A tuple whose items are all arrays is a dataset; anything else iterable yields batches."""
+    """A tuple whose items are all arrays is a dataset; anything else iterable yields batches.
+
+    A list of arrays or a dict would be read as an iterable of batches (a list ``[X, Y]``
+    as the batches ``X`` then ``Y``, a dict as its keys), so both are refused."""
     if isinstance(data, tuple) and all(isinstance(x, _args.ARRAY_TYPES) for x in data):
         return ArraySource(data, batch_size, accumulate, placement, where)
+    if isinstance(data, tuple) and not any(isinstance(x, (tuple, dict)) for x in data):
+        bad = next(i for i, x in enumerate(data) if not isinstance(x, _args.ARRAY_TYPES))
+        raise TypeError(f"{where}: data must be a tuple (x, y, ...) of arrays, but data[{bad}] is a "
+                        f"{type(data[bad]).__name__}; convert it with jnp.asarray, or pass an "
+                        "iterator of batches (iter([...])).")
+    if isinstance(data, dict):
+        raise TypeError(f"{where}: data must be a tuple (x, y, ...) of arrays, got a dict; pass "
+                        f"tuple(data[k] for k in {list(data)!r}) (loss_fn then gets a tuple batch), "
+                        "or an iterator yielding dict batches: iter([...]).")
+    if isinstance(data, list) and data and all(isinstance(x, _args.ARRAY_TYPES) for x in data):
+        raise TypeError(f"{where}: data must be a tuple (x, y, ...) of arrays, got a list of "
+                        f"{len(data)} arrays, which would be read as {len(data)} batches; pass "
+                        "tuple(data) for a dataset, or iter(data) if each array really is one batch.")
     return IterSource(data, batch_size, accumulate, placement, where)

@@ -29,8 +29,9 @@ import optax
 from .. import _args
 from ._checkpoint import Checkpoints, fingerprint
 from ._data import ArraySource, Sampler, make_source
+from ._settings import data_digest, loss_settings, optimizer_settings
 from ._sharding import Placement
-from ._step import check_loss_fn, check_optimizer, make_update
+from ._step import check_loss_fn, check_optimizer, make_update, shapes
 
 __all__ = ["fit", "FitResult"]
 
@@ -58,12 +59,40 @@ def _as_key(key: Any, where: str) -> jax.Array:
     if isinstance(key, int) and not isinstance(key, bool):
         return jax.random.key(key)
     if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{where}: key must be one PRNG key, got an array of {key.shape[0] if key.ndim == 1 else key.shape} "
+                             "keys (jax.random.split returns several); pass one of them, e.g. keys[0].")
         return key
     arr = np.asarray(key) if isinstance(key, (jax.Array, np.ndarray)) else None
     if arr is not None and arr.dtype == np.uint32 and arr.shape == (2,):
         return jax.random.wrap_key_data(arr)
+    if arr is not None and arr.dtype == np.uint32 and arr.ndim == 2 and arr.shape[-1] == 2:
+        raise ValueError(f"{where}: key must be one PRNG key, got {arr.shape[0]} raw keys of shape "
+                         f"{arr.shape} (jax.random.split returns several); pass one of them, e.g. keys[0].")
     raise TypeError(f"{where}: key must be a PRNG key (jax.random.key(seed)), a raw uint32 key of "
                     f"shape (2,), an int seed, or None; got {type(key).__name__}.")
+
+
+def _init_state(optimizer: Any, params: Any, where: str) -> Any:
+    try:
+        return optimizer.init(params)
+    except Exception as e:
+        raise type(e)(f"{where}: optimizer.init(params) failed: {e}") from e
+
+
+def _run_settings(source, accumulate: int, spc: int, key_data: np.ndarray, optimizer: Any,
+                  opt_state: Any, loss_fn: Callable) -> dict:
+    """What determines the run (see ``_settings``): a checkpoint records it and a resume
+    must match it (or pass ``resume="force"``)."""
+    if isinstance(source, ArraySource):
+        data = {"kind": "arrays", "shapes": repr(shapes(source.arrays)),
+                "dtypes": repr([str(x.dtype) for x in source.arrays]),
+                "sha256": data_digest(source.arrays)}
+    else:
+        data = {"kind": "iterable of batches", "shapes": repr(source.first_shapes)}
+    return {"data": data, "batch_size": source.batch_size, "accumulate": accumulate,
+            "steps_per_call": spc, "key": key_data.tolist(),
+            "optimizer": optimizer_settings(optimizer, opt_state), "loss_fn": loss_settings(loss_fn)}
 
 
 def _check_callbacks(callbacks: Any, where: str) -> tuple:
@@ -90,7 +119,7 @@ def fit(
     steps_per_call: int = 1,
     checkpoint_dir: Any = None,
     checkpoint_every: int | None = None,
-    resume: bool = True,
+    resume: bool | str = True,
     mesh: jax.sharding.Mesh | None = None,
     data_axis: str = "data",
     progress: bool = True,
@@ -116,11 +145,16 @@ def fit(
         gradients (the same result as one large batch, less memory).
       steps_per_call: steps per compiled dispatch (a ``lax.scan``).
       checkpoint_dir: directory for orbax checkpoints; with ``resume=True`` a run
-        continues from its latest complete checkpoint.
+        continues from its newest intact checkpoint (a damaged newer one is moved to
+        ``checkpoint_dir/damaged/`` with a warning). Locked while ``fit`` runs: a second
+        ``fit`` on it is refused.
       checkpoint_every: save every this many steps (a multiple of ``steps_per_call``);
         with ``checkpoint_dir`` and no ``checkpoint_every``, only the end is saved.
-      resume: continue from ``checkpoint_dir``'s latest checkpoint. With ``False`` a
-        directory that already holds checkpoints is an error (nothing is overwritten).
+      resume: continue from ``checkpoint_dir``'s latest checkpoint, if it was written by
+        the same run (optimizer hyper-parameters, loss function, data, batch size, key...;
+        a mismatch is refused naming the setting). ``"force"``: continue even with such
+        settings changed. With ``False`` a directory that already holds checkpoints is an
+        error (nothing is overwritten).
       mesh: a ``jax.sharding.Mesh`` for data parallelism: parameters replicated, batches
         sharded over ``data_axis``.
       data_axis: the mesh axis to shard batches over.
@@ -132,8 +166,11 @@ def fit(
       A :class:`FitResult` with ``params``, ``opt_state``, ``step`` and ``history``.
 
     Raises:
-      FloatingPointError: a loss or gradient became non-finite; the message names the
-        step, and no checkpoint after it was written.
+      FloatingPointError: a loss, the parameters or the optimizer state became
+        non-finite; the message names the step(s), no checkpoint after it was written and
+        no non-finite parameters are returned.
+      ValueError: ``checkpoint_dir`` is in use by another ``fit``, not writable, holds
+        another run's checkpoints, or holds none that is intact.
 
     >>> import jax.numpy as jnp, optax
     >>> X = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]); y = X @ jnp.array([2.0, -1.0])
@@ -150,7 +187,8 @@ def fit(
     accumulate = _args.check_positive_int(accumulate, where, "accumulate")
     spc = _args.check_positive_int(steps_per_call, where, "steps_per_call")
     checkpoint_every = _args.check_positive_int(checkpoint_every, where, "checkpoint_every", allow_none=True)
-    _args.check_bool(resume, where, "resume")
+    if resume not in (True, False, "force") or not isinstance(resume, (bool, str)):
+        raise TypeError(f"{where}: resume must be True, False or \"force\", got {resume!r}.")
     _args.check_bool(progress, where, "progress")
     callbacks = _check_callbacks(callbacks, where)
     if checkpoint_every is not None and checkpoint_dir is None:
@@ -167,39 +205,32 @@ def fit(
     placement = Placement(mesh, data_axis, where)
     key = _as_key(key, where)
     source = make_source(data, batch_size, accumulate, placement, where)
-    params = placement.replicate(params)
-    opt_state = placement.replicate(optimizer.init(params))
-    key = placement.put(key)
-    key_data = np.asarray(jax.random.key_data(key))
-    build = functools.partial(_chunk, loss_fn, optimizer, accumulate, mesh, data_axis, source.sampler)
-
-    config = {"data": source.kind, "rows": source.n, "batch_size": source.batch_size,
-              "accumulate": accumulate, "steps_per_call": spc, "key": key_data.tolist()}
-    expected = {"params": fingerprint(params), "opt_state": fingerprint(opt_state), "config": config}
-    history: dict[str, list] = {"loss": []}
-    start = 0
     ckpt = Checkpoints(checkpoint_dir, where) if checkpoint_dir is not None else None
     try:
-        if ckpt is not None and (latest := ckpt.latest_step()) is not None:
-            if not resume:
+        params = placement.replicate(params)
+        opt_state = placement.replicate(_init_state(optimizer, params, where))
+        key = placement.put(key)
+        key_data = np.asarray(jax.random.key_data(key))
+        build = functools.partial(_chunk, loss_fn, optimizer, accumulate, mesh, data_axis, source.sampler)
+        history: dict[str, list] = {"loss": []}
+        start = 0
+        expected = None
+        if ckpt is not None:
+            expected = {"params": fingerprint(params), "opt_state": fingerprint(opt_state),
+                        "config": _run_settings(source, accumulate, spc, key_data, optimizer, opt_state, loss_fn)}
+            if not resume and (latest := ckpt.latest_step()) is not None:
                 raise ValueError(
                     f"{where}: checkpoint_dir={ckpt.path!r} already holds checkpoints (latest step "
                     f"{latest}) and resume=False; nothing was overwritten. Pass resume=True to "
                     "continue that run, or choose a new checkpoint_dir."
                 )
-            meta = ckpt.read_meta(latest)
-            ckpt.check_compatible(latest, meta, expected)
-            if latest > steps:
-                raise ValueError(f"{where}: checkpoint_dir={ckpt.path!r} is already at step {latest}, "
-                                 f"beyond steps={steps}; pass steps >= {latest}.")
             like = {"params": params, "opt_state": opt_state,
                     "step": placement.put(np.int32(0)), "key": placement.put(key_data)}
-            state = ckpt.restore_state(latest, like)
-            if int(state["step"]) != latest or len(meta["history"]["loss"]) != latest:
-                raise ValueError(f"{where}: the checkpoint of step {latest} in {ckpt.path!r} is "
-                                 "inconsistent (its saved step or history disagrees); use a new checkpoint_dir.")
-            params, opt_state, start = state["params"], state["opt_state"], latest
-            history = {k: list(v) for k, v in meta["history"].items()}
+            point = ckpt.resume_point(steps, like, expected, force=resume == "force")
+            if point is not None:
+                start, state, meta = point
+                params, opt_state = state["params"], state["opt_state"]
+                history = {k: list(v) for k, v in meta["history"].items()}
         if not isinstance(source, ArraySource):
             source.skip(start)
         result = _loop(build, source, placement, params, opt_state, key, key_data, start, steps, spc,
@@ -277,8 +308,9 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def _check_finite(params, opt_state, first, last, where, last_saved, ckpt) -> None:
-    """Before a checkpoint: a finite loss with non-finite gradients leaves non-finite
-    parameters that the losses do not show yet; never save those."""
+    """Before a checkpoint and before returning: a finite loss with non-finite gradients
+    leaves non-finite parameters that the losses do not show yet; never save or return
+    those."""
     if not bool(_all_finite((params, opt_state))):
         kept = (f"The last checkpoint (step {last_saved}) in {ckpt.path!r} is intact."
                 if last_saved is not None else "No checkpoint was written.")
@@ -306,6 +338,7 @@ def _loop(build, source, placement, params, opt_state, key, key_data, start, ste
     t = start
     t_dev = placement.put(np.int32(t))
     last_saved = start if ckpt is not None and start > 0 else None
+    verified = start  # the parameters after this step are known to be finite
     pending: list = []
     last_drain = time.monotonic()
     bar = tqdm(total=steps, initial=start, unit="step", desc="fit", disable=not progress, dynamic_ncols=True)
@@ -354,16 +387,18 @@ def _loop(build, source, placement, params, opt_state, key, key_data, start, ste
             if save or callbacks:
                 drain()
             if save:
-                _check_finite(params, opt_state, t - n, t, where, last_saved, ckpt)
+                _check_finite(params, opt_state, verified, t, where, last_saved, ckpt)
                 state = {"params": params, "opt_state": opt_state, "step": t_dev,
                          "key": placement.put(key_data)}
                 ckpt.save(t, state, {**expected, "history": history})
-                last_saved = t
+                last_saved = verified = t
             if callbacks:
                 metrics = {"loss": history["loss"][-1]}
                 for cb in callbacks:
                     cb(t, params, metrics)
         drain()
+        if t > verified:  # never hand back non-finite parameters either
+            _check_finite(params, opt_state, verified, t, where, last_saved, ckpt)
     finally:
         bar.close()
     hist = {"step": np.arange(len(history["loss"])),

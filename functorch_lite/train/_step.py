@@ -55,8 +55,13 @@ def check_loss_fn(loss_fn: Any, where: str) -> None:
 
 
 def check_loss_value(out: Any, where: str) -> None:
-    """The loss must be a real floating-point scalar."""
-    if not isinstance(out, jax.Array | np.ndarray | np.generic | float):
+    """The loss must be a real floating-point scalar array computed from the params."""
+    if isinstance(out, (bool, int, float, complex)):
+        raise TypeError(f"{where}: loss_fn returned the Python {type(out).__name__} {out!r}, which "
+                        "cannot depend on params, so there is nothing to train; compute the loss "
+                        "from params and batch with jax.numpy (e.g. jnp.mean(...)), not with float() "
+                        "or .item().")
+    if not isinstance(out, jax.Array | np.ndarray | np.generic):
         raise TypeError(f"{where}: loss_fn must return a scalar loss (or (loss, aux) with "
                         f"has_aux=True), got {type(out).__name__}.")
     if np.shape(out) != ():
@@ -148,6 +153,18 @@ def make_update(loss_fn: Callable, optimizer: optax.GradientTransformation, *, h
         value, aux = out if has_aux else (out, None)
         return value, g, aux
 
+    def value_of(params, batch):
+        if constrain is not None:
+            batch = constrain(batch)
+        out = loss(params, batch)
+        return out[0] if has_aux else out
+
+    def batch_loss(params, batch):
+        """The loss over the whole batch (for line searches: optax.lbfgs's value_fn)."""
+        if accumulate == 1:
+            return value_of(params, batch)
+        return jnp.mean(jax.lax.map(lambda m: value_of(params, m), micro_batches(batch, accumulate)))
+
     def update(params, opt_state, batch):
         if accumulate == 1:
             value, g, aux = grads_of(params, batch)
@@ -166,7 +183,8 @@ def make_update(loss_fn: Callable, optimizer: optax.GradientTransformation, *, h
             g = jax.tree_util.tree_map(lambda x: x / accumulate, total_g)
             aux = None if auxs is None else jax.tree_util.tree_map(
                 lambda a: jnp.mean(a, axis=0) if jnp.issubdtype(a.dtype, jnp.inexact) else a[-1], auxs)
-        updates, opt_state = optimizer.update(g, opt_state, params)
+        updates, opt_state = _optimizer_update(optimizer, g, opt_state, params, value,
+                                               lambda p: batch_loss(p, batch), where)
         params = optax.apply_updates(params, updates)
         metrics = {"loss": value, "grad_norm": optax.tree_utils.tree_norm(g)}
         if has_aux:
@@ -174,6 +192,48 @@ def make_update(loss_fn: Callable, optimizer: optax.GradientTransformation, *, h
         return params, opt_state, metrics
 
     return update
+
+
+def _optimizer_update(optimizer, g, opt_state, params, value, value_fn, where):
+    """``optimizer.update``, given the extra arguments optax's
+    ``GradientTransformationExtraArgs`` may need: ``value`` (the loss, e.g. for
+    ``optax.contrib.reduce_on_plateau``), ``grad`` and ``value_fn`` (the loss as a
+    function of the parameters on this batch, for ``optax.lbfgs``'s line search).
+    Transformations that need none of them ignore them."""
+    extra = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+    try:
+        if extra:
+            return optimizer.update(g, opt_state, params, value=value, grad=g, value_fn=value_fn)
+        return optimizer.update(g, opt_state, params)
+    except TypeError as e:
+        if "required keyword-only argument" not in str(e) and "unexpected keyword argument" not in str(e):
+            raise
+        raise TypeError(
+            f"{where}: optimizer.update failed on its arguments ({e}). fit and train_step call "
+            "optimizer.update(grads, opt_state, params) and, for an "
+            "optax.GradientTransformationExtraArgs, add value=loss, grad=grads and "
+            "value_fn=(the loss on this batch as a function of params); an optimizer that needs "
+            "other arguments cannot be used here: write the loop with optimizer.update directly."
+        ) from None
+
+
+def check_opt_state(optimizer: Any, params: Any, opt_state: Any, where: str) -> None:
+    """``opt_state`` must be what ``optimizer.init(params)`` makes (structure, shapes, dtypes)."""
+    want = jax.eval_shape(optimizer.init, params)
+    got_def, want_def = jax.tree_util.tree_structure(opt_state), jax.tree_util.tree_structure(want)
+    same = got_def == want_def and all(
+        np.shape(a) == np.shape(b) and jnp.result_type(a) == jnp.result_type(b)
+        for a, b in zip(jax.tree_util.tree_leaves(opt_state), jax.tree_util.tree_leaves(want)))
+    if not same:
+        def kinds(tree):
+            nodes = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: hasattr(x, "_fields"))
+            return [type(x).__name__ for x in nodes if hasattr(x, "_fields")] or [type(tree).__name__]
+        raise ValueError(
+            f"{where}: opt_state does not belong to this optimizer and params: it holds "
+            f"{kinds(opt_state)} with shapes {shapes(opt_state)}, while optimizer.init(params) "
+            f"makes {kinds(want)} with shapes {shapes(want)}. Pass opt_state = "
+            "optimizer.init(params) of the optimizer given to train_step (and the state it returns after)."
+        )
 
 
 def train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, has_aux: bool = False,
@@ -208,6 +268,7 @@ def train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, ha
 
     def step(params, opt_state, batch):
         check_batch(batch, accumulate, f"{where}(params, opt_state, batch)")
+        check_opt_state(optimizer, params, opt_state, f"{where}(params, opt_state, batch)")
         return update(params, opt_state, batch)
 
     step.__name__ = f"train_step({_args.func_name(loss_fn)})"
