@@ -56,6 +56,8 @@ Array([0.6, 0.8], dtype=float32)
 """
 
 from .._mode import forward_mode as forward_mode, in_forward_mode as in_forward_mode
+from ._conv import avg_pool as avg_pool, conv as conv, max_pool as max_pool
+from ._dropout import dropout as dropout
 from ._fused import linear_norm_act as linear_norm_act
 from ._linear import linear as linear
 from ._norms import l2_norm as l2_norm, layer_norm as layer_norm, rms_norm as rms_norm
