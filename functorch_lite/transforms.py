@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _args
+from . import _args, _chunking
 from ._mode import forward_mode
 
 __all__ = ["grad", "grad_and_value", "value_and_grad", "vjp", "jvp", "linearize", "vmap"]
@@ -339,7 +339,7 @@ def vmap(func: Callable, in_dims: Any = 0, out_dims: Any = 0, randomness: str = 
         f = (lambda *a: func(*a, **kwargs)) if kwargs else func
         if chunk_size is None or chunk_size >= size:
             return jax.vmap(f, in_axes=dims_prefix, out_axes=out_dims)(*args)
-        return _chunked_vmap(f, args, dims_prefix, out_dims, chunk_size, where)
+        return _chunking.chunked_vmap(f, args, dims, out_dims, chunk_size, where)
 
     return _named(vmapped, func, "vmap", f"{name} mapped over in_dims={in_dims}.")
 

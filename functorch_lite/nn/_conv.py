@@ -153,20 +153,28 @@ def _build_conv(lay, wlay, stride, pads, dilation, groups, has_bias):
         return b.astype(acc).reshape(shape)
 
     def patch_product(x, w, acc):
-        """``P(x) . W`` per group (the linear layer on patches); equals ``conv(x, W)``."""
+        """``P(x) . W`` per group (the linear layer on patches); equals ``conv(x, W)``.
+
+        The patches are the ``|kernel|`` strided slices of the padded ``x`` (data
+        movement only; ``lax.conv_general_dilated_patches`` would run a convolution with
+        ``C * |kernel|`` one-hot filters, several times the layer's own FLOPs)."""
         k = tuple(w.shape[wlay.index(c)] for c in _SPATIAL[n])
-        p = lax.conv_general_dilated_patches(x, k, stride, pads, rhs_dilation=dilation,
-                                             dimension_numbers=dn, preferred_element_type=acc)
+        sp0 = 1 if cl else 2
+        spatial = x.shape[sp0:sp0 + n]
+        out_sp = tuple((size + lo + hi - (kk - 1) * d - 1) // s + 1
+                       for size, (lo, hi), kk, d, s in zip(spatial, pads, k, dilation, stride))
+        xp = _pad_spatial(x, sp0, pads, 0)
+        p = _window_slices(xp.astype(acc), sp0, k, stride, dilation, out_sp)  # (K, *x-like)
         w_oi = jnp.transpose(w, to_oi).astype(acc)
-        o = w_oi.shape[0]
-        wg = w_oi.reshape(groups, o // groups, -1)                   # (G, O/G, C/G * K)
+        o, cg = w_oi.shape[:2]
+        wg = w_oi.reshape(groups, o // groups, cg, -1)                 # (G, O/G, C/G, K)
         sp = "xyz"[:n]
         if cl:
-            pg = p.reshape(p.shape[:-1] + (groups, -1))
-            out = jnp.einsum(f"n{sp}gk,gok->n{sp}go", pg, wg, preferred_element_type=acc)
+            pg = p.reshape(p.shape[:-1] + (groups, cg))
+            out = jnp.einsum(f"kn{sp}gc,gock->n{sp}go", pg, wg, preferred_element_type=acc)
             return out.reshape(out.shape[:-2] + (o,))
-        pg = p.reshape((p.shape[0], groups, -1) + p.shape[2:])
-        out = jnp.einsum(f"ngk{sp},gok->ngo{sp}", pg, wg, preferred_element_type=acc)
+        pg = p.reshape((p.shape[0], p.shape[1], groups, cg) + p.shape[3:])
+        out = jnp.einsum(f"kngc{sp},gock->ngo{sp}", pg, wg, preferred_element_type=acc)
         return out.reshape((out.shape[0], o) + out.shape[3:])
 
     def primal(x, w, *b):
@@ -330,30 +338,34 @@ def _pool_args(x, window, stride, padding, dilation, layout, where):
                                 pads=pads, out=out, full=full)
 
 
-def _window_slices(x, a):
-    """The ``|window|`` strided slices ``x[s p + d k]`` (one per window offset ``k``) of the
-    padded ``x``, stacked on a new leading axis: shape ``(|window|, *y.shape)``."""
-    n, cl = a["n"], a["cl"]
-    sp0 = 1 if cl else 2
+def _window_slices(x, sp0, window, stride, dilation, out):
+    """The ``|window|`` strided slices ``x[s p + d k]`` (one per window offset ``k``, in
+    row-major order) of the padded ``x``, whose spatial axes start at ``sp0``, stacked on
+    a new leading axis: shape ``(|window|, *y.shape)``."""
     slices = []
-    for offs in np.ndindex(*a["window"]):
-        start = [0] * x.ndim
-        limit = list(x.shape)
-        strides = [1] * x.ndim
-        for i in range(n):
-            start[sp0 + i] = offs[i] * a["dilation"][i]
-            limit[sp0 + i] = start[sp0 + i] + (a["out"][i] - 1) * a["stride"][i] + 1
-            strides[sp0 + i] = a["stride"][i]
+    for offs in np.ndindex(*window):
+        start, limit, strides = [0] * x.ndim, list(x.shape), [1] * x.ndim
+        for i, (o, s, d, m) in enumerate(zip(offs, stride, dilation, out)):
+            start[sp0 + i] = o * d
+            limit[sp0 + i] = o * d + (m - 1) * s + 1
+            strides[sp0 + i] = s
         slices.append(lax.slice(x, start, limit, strides))
     return jnp.stack(slices)
 
 
-def _pad(x, a, value):
+def _pad_spatial(x, sp0, pads, value):
     cfg = [(0, 0, 0)] * x.ndim
-    sp0 = 1 if a["cl"] else 2
-    for i, (lo, hi) in enumerate(a["pads"]):
+    for i, (lo, hi) in enumerate(pads):
         cfg[sp0 + i] = (lo, hi, 0)
+    if not any(lo or hi for lo, hi in pads):
+        return x
     return lax.pad(x, jnp.asarray(value, x.dtype), cfg)
+
+
+def _pool_windows(x, a, fill):
+    sp0 = 1 if a["cl"] else 2
+    return _window_slices(_pad_spatial(x, sp0, a["pads"], fill), sp0, a["window"], a["stride"],
+                          a["dilation"], a["out"])
 
 
 def _max_rule(a):
@@ -366,7 +378,7 @@ def _build_max(a):
     idx_dtype = jnp.uint8 if size <= 256 else jnp.int32
 
     def windows(x, fill):
-        return _window_slices(_pad(x, a, fill), a)
+        return _pool_windows(x, a, fill)
 
     def primal(x):
         return jnp.max(windows(x, -jnp.inf), axis=0)
