@@ -45,7 +45,7 @@ def model(params: dict, x: jax.Array) -> jax.Array:
     """Log-probabilities ``(N, 10)`` of ``x`` ``(N, 1, 28, 28)`` (or one sample ``(1, 28, 28)``)."""
     h = jax.nn.relu(nn.conv(x, params["conv1"]["w"], params["conv1"]["b"]))
     h = jax.nn.relu(nn.conv(h, params["conv2"]["w"], params["conv2"]["b"]))
-    h = nn.max_pool(h, 2)
+    h = nn.max_pool(h, (2, 2))   # a tuple: 2-D pooling of a batch or of one sample
     h = h.reshape(h.shape[:-3] + (-1,))
     h = jax.nn.relu(nn.linear(h, params["fc1"]["w"], params["fc1"]["b"]))
     return jax.nn.log_softmax(nn.linear(h, params["fc2"]["w"], params["fc2"]["b"]), axis=-1)

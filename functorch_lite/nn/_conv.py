@@ -313,6 +313,8 @@ def _pool_args(x, window, stride, padding, dilation, layout, where):
     n = len(window) if isinstance(window, (tuple, list)) else None
     if n is None and layout not in ("channels_first", "channels_last"):
         n = len(str(layout)) - 2 if isinstance(layout, str) else None
+    if n is None:   # an int window and a generic layout: x is a batch (N, C, *spatial)
+        n = min(max(np.ndim(x) - 2, 1), 3)
     lay, n, cl = _layouts(layout, n, where)
     window = _ints(window, n, where, "window")
     stride = window if stride is None else _ints(stride, n, where, "stride")
@@ -406,9 +408,10 @@ def max_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
     ``y[p] = max_k x[stride * p + dilation * k]`` over each window (padding counts as -inf).
 
     ``window`` (and ``stride``, default = ``window``; ``dilation``) is an int or one per
-    spatial axis; a tuple's length gives the number of spatial axes, else the ``layout``
-    string does (default 2-D). ``x``: ``(N, C, *spatial)`` channels-first, or
-    ``(N, *spatial, C)`` channels-last; without ``N`` for one sample.
+    spatial axis. The number of spatial axes is the tuple's length, else that of a
+    ``layout`` string such as ``"NCHW"``, else ``x.ndim - 2``. ``x``: ``(N, C, *spatial)``
+    channels-first, or ``(N, *spatial, C)`` channels-last; one sample without ``N`` needs a
+    tuple window or a layout string (``max_pool(x, (2, 2))``).
 
     Rules: ``dy[p] = dx`` at the window's first maximum ``k*(p)``; ``dL/dx`` adds ``G[p]``
     at each window's maximum. Reverse mode stores ``k*`` only (uint8 for windows of <= 256).
