@@ -4,10 +4,11 @@ The layers of :mod:`functorch_lite.nn` no longer depend on the kind of accumulat
 that traces them. Each is one ``jax.custom_jvp`` whose tangent rule JAX runs in forward
 mode and transposes in reverse mode (see :mod:`functorch_lite.nn._common`), so they
 work under raw ``jax.jvp``/``jax.grad``/``jax.hessian``/``jax.vmap``, Equinox, and this
-library alike, with no context manager. :func:`forward_mode` is kept as a no-op so that
-code written for the old switch keeps working; :func:`in_forward_mode` still reports
-whether one of this library's forward-mode transforms is tracing (nothing in the layers
-reads it).
+library alike, with no context manager. :func:`forward_mode` is kept, harmless, so
+that code written for the old switch keeps working: :func:`in_forward_mode` still
+reports whether one of this library's forward-mode transforms is tracing (nothing in
+the layers reads it; user code that branches on it is retraced per mode under
+``jax.jit``).
 
 One switch must remain: Taylor mode (``jax.experimental.jet``) cannot trace any
 ``custom_jvp``/``custom_vjp`` function in JAX 0.10 (``UnexpectedTracerError``). A
@@ -36,8 +37,14 @@ import jax
 _state = threading.local()
 
 # Part of jax.jit's cache key: a jitted function traced once outside Taylor mode (with
-# the layers' custom_jvp, which jet cannot trace) is traced again inside it.
-_jit_key = jax.make_user_context(default_value=False)
+# the layers' custom_jvp, which jet cannot trace) is traced again inside it. The
+# forward flag stays in the key too (a retrace, never a wrong trace) for user code that
+# still branches on in_forward_mode(), as the old layers did.
+_jit_key = jax.make_user_context(default_value=(False, False))
+
+
+def _modes() -> tuple[bool, bool]:
+    return in_forward_mode(), in_taylor_mode()
 
 
 def in_forward_mode() -> bool:
@@ -52,7 +59,8 @@ def forward_mode() -> Iterator[None]:
     without it. It only makes :func:`in_forward_mode` true inside."""
     _state.depth = getattr(_state, "depth", 0) + 1
     try:
-        yield
+        with _jit_key(_modes()):
+            yield
     finally:
         _state.depth -= 1
 
@@ -68,7 +76,7 @@ def taylor_mode() -> Iterator[None]:
     :mod:`functorch_lite.nn` then use no custom rule."""
     _state.taylor_depth = getattr(_state, "taylor_depth", 0) + 1
     try:
-        with _jit_key(True):
+        with _jit_key(_modes()):
             yield
     finally:
         _state.taylor_depth -= 1
