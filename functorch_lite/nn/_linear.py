@@ -73,7 +73,12 @@ def _build(has_bias: bool):
         if tx is not None:
             terms.append(_xw(tx, w, acc))
         if tw is not None:
-            terms.append(_xw(x, tw, acc))
+            if x.ndim == 1:   # one sample: x dW as a broadcast product, whose transpose is the
+                # outer product x^T dL/dy as a broadcast too (under vmap: one fused multiply,
+                # not a batch of rank-1 matmuls)
+                terms.append(jnp.sum(x.astype(acc)[:, None] * tw.astype(acc), axis=0))
+            else:
+                terms.append(_xw(x, tw, acc))
         if has_bias and tangents[2] is not None:
             terms.append(jnp.broadcast_to(_bias(tangents[2], x.ndim, acc), x.shape[:-1] + w.shape[1:]))
         return sum(terms[1:], terms[0])
