@@ -147,8 +147,7 @@ def test_conv_reverse_mode_stores_x_and_w_and_equals_the_rule(x64):
     leaves = {id(l): l for l in jax.tree_util.tree_leaves(pull)}.values()
     assert sum(l.size for l in leaves) == x.size + w.size
     from functorch_lite.nn import _conv
-    rule = [v for k, v in _conv.__dict__.items() if k == "_conv_rule"][0]
-    seed = rule("NCHW", "OIHW", (2, 1), ((1, 0), (1, 2)), (1, 2), 2, True).seed
+    seed = _conv._conv_rule("NCHW", "OIHW", (2, 1), ((1, 0), (1, 2)), (1, 2), 2, True).seed
     g = rand(5, f(x, w, b).shape, x.dtype)
     assert_tree_allclose(pull(g), jax.vjp(seed, x, w, b)[1](g), rtol=1e-10, atol=1e-12)
 
