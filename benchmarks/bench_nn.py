@@ -11,6 +11,12 @@
 - per-sample gradients: ``vmap(grad)`` of a 64-256-1 tanh MLP, batch 256, float32:
   ours vs raw JAX on plain jnp, vs the same gradients written by hand as einsums, vs
   ``torch.func.vmap(torch.func.grad)``.
+- CNN per-sample gradients: torch.func's tutorial CNN (examples/per_sample_cnn.py), batch
+  64: ours (``fl.nn.conv``/``max_pool``/``linear``) vs raw JAX ``vmap(grad)`` of the same
+  model written with ``lax`` vs torch.func eager; ``vmap(chunk_size=16)`` in both loop
+  forms of ``functorch_lite._chunking`` (unrolled, ``lax.map``) vs unchunked, with XLA's
+  planned temp bytes.
+- residuals per layer under ``jax.vjp`` (what ``jax.grad`` keeps) and ``fl.vjp``.
 
 Timings are medians of interleaved runs (benchmarks/harness.py). torch.func is timed
 twice, in separate interleaved runs against ours: with ``torch.set_num_threads(2)`` (this
@@ -80,6 +86,22 @@ def _bytes_row(job, ours, plain, target=""):
 # ------------------------------------------------------------------------- the rows
 
 
+def fl_residual_bytes(f, *args) -> int:
+    """Bytes of the distinct arrays the closure returned by ``fl.vjp`` keeps."""
+    _, pullback = fl.vjp(f, *args)
+    seen = {id(leaf): leaf for leaf in jax.tree_util.tree_leaves(pullback)}
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in seen.values())
+
+
+def plain_conv(x, w, b):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    return y + b.reshape(1, -1, 1, 1)
+
+
+def plain_max_pool(x):
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+
 def residual_rows(quick: bool) -> list[Row]:
     rows, n, d = [], (256 if quick else 1024), (128 if quick else 512)
     k = jax.random.split(jax.random.key(0), 4)
@@ -93,8 +115,16 @@ def residual_rows(quick: bool) -> list[Row]:
         ("l2_norm (rows)", lambda x: nn.l2_norm(x, axis=-1), plain_l2_norm, (x,), ""),
     ]
     for name, ours, plain, args, target in cases:
-        rows.append(_bytes_row(f"residuals {name} {n}x{d}", residual_bytes(ours, *args),
-                               residual_bytes(plain, *args), target))
+        for how, measure in (("jax.vjp", residual_bytes), ("fl.vjp", fl_residual_bytes)):
+            rows.append(_bytes_row(f"residuals {name} {n}x{d}, {how}", measure(ours, *args),
+                                   measure(plain, *args), target))
+    xc = jax.random.normal(k[3], (16, 32, 26, 26))
+    wc, bc = jax.random.normal(k[1], (64, 32, 3, 3)) / 17, jnp.zeros(64)
+    for name, ours, plain, args in (("conv 32->64 3x3, 16x32x26x26", nn.conv, plain_conv, (xc, wc, bc)),
+                                    ("max_pool 2, 16x32x26x26", lambda x: nn.max_pool(x, 2), plain_max_pool, (xc,))):
+        for how, measure in (("jax.vjp", residual_bytes), ("fl.vjp", fl_residual_bytes)):
+            rows.append(_bytes_row(f"residuals {name}, {how}", measure(ours, *args),
+                                   measure(plain, *args)))
     return rows
 
 
@@ -261,5 +291,76 @@ def per_sample_rows(quick: bool) -> list[Row]:
     return rows
 
 
+def _torch_cnn(params):
+    """torch.func's tutorial: ``vmap(grad(compute_loss))`` of the same CNN and weights."""
+    import torch
+    import torch.nn.functional as F
+    from torch.func import grad as tgrad, vmap as tvmap
+
+    tp = {k: {kk: torch.tensor(np.asarray(v)) for kk, v in p.items()} for k, p in params.items()}
+
+    def model(p, x):
+        h = F.relu(F.conv2d(x, p["conv1"]["w"], p["conv1"]["b"]))
+        h = F.relu(F.conv2d(h, p["conv2"]["w"], p["conv2"]["b"]))
+        h = torch.flatten(F.max_pool2d(h, 2), 1)
+        h = F.relu(h @ p["fc1"]["w"] + p["fc1"]["b"])
+        return F.log_softmax(h @ p["fc2"]["w"] + p["fc2"]["b"], dim=1)
+
+    def loss(p, sample, target):
+        return F.nll_loss(model(p, sample.unsqueeze(0)), target.unsqueeze(0))
+
+    return tp, tvmap(tgrad(loss), in_dims=(None, 0, 0))
+
+
+def cnn_rows(quick: bool) -> list[Row]:
+    from examples import per_sample_cnn as ex
+    from functorch_lite import _chunking
+
+    batch = 16 if quick else 64
+    params = ex.init(jax.random.key(0))
+    xs, ys = ex.data(jax.random.key(1), batch)
+    n_param_leaves = len(jax.tree_util.tree_leaves(params))
+    g = fl.grad(ex.loss)
+
+    def chunked(form):
+        return lambda p, x, y: _chunking.chunked_vmap(g, (p, x, y), [None] * n_param_leaves + [0, 0],
+                                                      0, 16 if not quick else 4, "bench", form=form)
+
+    raw = jax.vmap(jax.grad(lambda p, x, y: ex.loss(p, x, y, forward=ex.lax_model)), in_axes=(None, 0, 0))
+    progs = {"ours": ex.per_sample_grads, "raw JAX lax": raw,
+             "chunked unrolled": chunked("unrolled"), "chunked lax.map": chunked("map")}
+    comp = {k: compiled(f, params, xs, ys) for k, f in progs.items()}
+    want = comp["raw JAX lax"](params, xs, ys)
+    for k in ("ours", "chunked unrolled", "chunked lax.map"):
+        for a, b in zip(jax.tree_util.tree_leaves(comp[k](params, xs, ys)), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    calls = {k: (lambda c=c: c(params, xs, ys)) for k, c in comp.items()}
+    reps = 7 if quick else 21
+    times = interleaved(calls, reps=reps)
+    job = f"CNN per-sample grads (torch.func tutorial) b{batch}"
+    rows = [Row("nn", job, "s", times["ours"], {"raw JAX lax": times["raw JAX lax"]}, ">= 2x raw JAX",
+                note="ratio = peer/ours (> 1: ours faster)")]
+    chunk = 4 if quick else 16
+    for form in ("unrolled", "lax.map"):
+        k = f"chunked {form}"
+        rows.append(Row("nn", f"{job}, vmap(chunk_size={chunk}) {form} vs unchunked", "s", times[k],
+                        {"unchunked": times["ours"]}, "<= 1.3x unchunked" if form == "unrolled" else "",
+                        note=f"ratio = unchunked/chunked (>= 0.77 meets 1.3x); temp "
+                             f"{temp_bytes(comp[k]) / 2**20:.1f} MiB chunked vs "
+                             f"{temp_bytes(comp['ours']) / 2**20:.1f} MiB unchunked"))
+    for k in ("ours", "raw JAX lax", "chunked unrolled", "chunked lax.map"):
+        rows.append(Row("nn", f"XLA temp bytes, {job}, {k}", "B", float(temp_bytes(comp[k]))))
+    try:
+        import torch
+    except ImportError:
+        return rows
+    tp, tfn = _torch_cnn(params)
+    tx, ty = torch.tensor(np.asarray(xs)), torch.tensor(np.asarray(ys)).long()
+    got = tfn(tp, tx, ty)
+    np.testing.assert_allclose(got["conv2"]["w"].numpy(), want["conv2"]["w"], rtol=1e-3, atol=1e-5)
+    rows += _vs_torch(job, calls["ours"], lambda: tfn(tp, tx, ty), 7 if quick else 15, ">= 1x (aim 2x)")
+    return rows
+
+
 def run(quick: bool = False) -> list[Row]:
-    return residual_rows(quick) + mlp_rows(quick) + per_sample_rows(quick)
+    return residual_rows(quick) + cnn_rows(quick) + mlp_rows(quick) + per_sample_rows(quick)

@@ -1,24 +1,28 @@
-"""Which kind of accumulation is tracing the user's function right now.
+"""What is left of the trace-time mode switch: Taylor mode only.
 
-``jax.custom_vjp`` has no forward rule, so a layer built on it cannot be traced by a
-JVP. functorch_lite's forward-mode transforms (``jvp``, ``linearize``, ``jacfwd``, the
-forward halves of ``hessian``, ``hvp``, ``derivative``) trace the user's function
-inside :func:`forward_mode`; layers in :mod:`functorch_lite.nn` ask
-:func:`in_forward_mode` and, when it is true, use their hand-written forward rule
-(a ``jax.custom_jvp``) instead of their reverse rule.
+The layers of :mod:`functorch_lite.nn` no longer depend on the kind of accumulation
+that traces them. Each is one ``jax.custom_jvp`` whose tangent rule JAX runs in forward
+mode and transposes in reverse mode (see :mod:`functorch_lite.nn._common`), so they
+work under raw ``jax.jvp``/``jax.grad``/``jax.hessian``/``jax.vmap``, Equinox, and this
+library alike, with no context manager. :func:`forward_mode` is kept, harmless, so
+that code written for the old switch keeps working: :func:`in_forward_mode` still
+reports whether one of this library's forward-mode transforms is tracing (nothing in
+the layers reads it; user code that branches on it is retraced per mode under
+``jax.jit``).
 
-The flag is read at trace time only; it costs nothing in compiled code. It is also part
-of ``jax.jit``'s cache key, so a jitted function is traced once per mode.
+One switch must remain: Taylor mode (``jax.experimental.jet``) cannot trace any
+``custom_jvp``/``custom_vjp`` function in JAX 0.10 (``UnexpectedTracerError``). A
+transform that runs ``jet`` traces the user's function inside :func:`taylor_mode`, and
+the layers then expand their primal (plain ``jnp``, written to be safe at 0) with no
+custom rule. Its default (off: the custom rule) is the one that works under every other
+transform; raw ``jet`` on a layer needs ``with taylor_mode():``. The flag is part of
+``jax.jit``'s cache key (``jax.make_user_context``), so a jitted function traced outside
+Taylor mode is traced again inside it.
 
-Taylor mode (``jax.experimental.jet``) cannot trace any ``custom_jvp``/``custom_vjp``
-function in JAX 0.10 (it raises ``UnexpectedTracerError``). A transform that runs
-``jet`` traces the user's function inside :func:`taylor_mode`; layers then run their
-primal function (plain ``jnp``, written to be safe at 0) with no custom rule at all.
-
->>> in_forward_mode()
+>>> in_taylor_mode()
 False
->>> with forward_mode():
-...     in_forward_mode()
+>>> with taylor_mode():
+...     in_taylor_mode()
 True
 """
 
@@ -32,9 +36,10 @@ import jax
 
 _state = threading.local()
 
-# Part of jax.jit's cache key (public `jax.make_user_context`): a `jax.jit` function traced
-# once outside these modes is traced again when called inside them, instead of reusing a
-# trace made with the other rule (a cached custom_vjp trace cannot run forward mode).
+# Part of jax.jit's cache key: a jitted function traced once outside Taylor mode (with
+# the layers' custom_jvp, which jet cannot trace) is traced again inside it. The
+# forward flag stays in the key too (a retrace, never a wrong trace) for user code that
+# still branches on in_forward_mode(), as the old layers did.
 _jit_key = jax.make_user_context(default_value=(False, False))
 
 
@@ -43,13 +48,15 @@ def _modes() -> tuple[bool, bool]:
 
 
 def in_forward_mode() -> bool:
-    """True while one of this library's forward-mode transforms is tracing."""
+    """True while one of this library's forward-mode transforms is tracing (informative
+    only: the layers do not depend on it)."""
     return getattr(_state, "depth", 0) > 0
 
 
 @contextlib.contextmanager
 def forward_mode() -> Iterator[None]:
-    """Mark the enclosed tracing as forward-mode accumulation (re-entrant)."""
+    """A no-op kept for compatibility (re-entrant): the layers work in forward mode
+    without it. It only makes :func:`in_forward_mode` true inside."""
     _state.depth = getattr(_state, "depth", 0) + 1
     try:
         with _jit_key(_modes()):

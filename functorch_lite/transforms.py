@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _args, _mesh
+from . import _args, _chunking, _mesh
 from ._mode import forward_mode
 
 __all__ = ["grad", "grad_and_value", "value_and_grad", "vjp", "jvp", "linearize", "vmap"]
@@ -511,26 +511,7 @@ def vmap(func: Callable, in_dims: Any = _UNSET, out_dims: Any = _UNSET,
             if any(d is None for d in jax.tree_util.tree_leaves(out_dims, is_leaf=lambda x: x is None)):
                 # The chunked loop stacks every output; check out_dims=None as jax.vmap does.
                 _vmap_call(body, dims_prefix, out_dims, args, where, abstract=True)
-            out = _chunked_vmap(body, args, dims_prefix, out_dims, chunk_size, where)
+            out = _chunking.chunked_vmap(body, args, dims, out_dims, chunk_size, where)
         return _args.reorder(orders["out"], out)
 
     return _named(vmapped, func, "vmap", f"{name} mapped over in_dims={in_dims}.")
-
-
-def _chunked_vmap(f, args, in_dims, out_dims, chunk_size, where):
-    """``lax.map`` over chunks of ``chunk_size`` batch elements, each chunk vmapped."""
-    flat, tree = jax.tree_util.tree_flatten(args)
-    dims = _broadcast_prefix(in_dims, args, where, "in_dims")
-    mapped = [jnp.moveaxis(x, d, 0) for x, d in zip(flat, dims) if d is not None]
-
-    def one(batch_leaves):
-        it = iter(batch_leaves)
-        full = [next(it) if d is not None else x for x, d in zip(flat, dims)]
-        return f(*jax.tree_util.tree_unflatten(tree, full))
-
-    out = jax.lax.map(one, mapped, batch_size=chunk_size)
-    out_leaves, out_tree = jax.tree_util.tree_flatten(out)
-    odims = _broadcast_prefix(out_dims, out, where.replace("in_dims", "out_dims"), "out_dims",
-                              what="outputs")
-    moved = [x[0] if d is None else jnp.moveaxis(x, 0, d) for x, d in zip(out_leaves, odims)]
-    return jax.tree_util.tree_unflatten(out_tree, moved)

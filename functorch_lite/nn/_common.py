@@ -1,13 +1,28 @@
-"""Shared plumbing of the layers: input checks, dtypes, axes, and the reverse/forward switch.
+"""Shared plumbing of the layers: input checks, dtypes, axes, and how a rule is built.
 
-Every layer in :mod:`functorch_lite.nn` is defined twice over one primal function:
+Every layer in :mod:`functorch_lite.nn` is one ``jax.custom_jvp`` (:func:`rule`): a
+hand-derived tangent rule ``dy = L(res)(dx, dparams...)``, linear in the tangents,
+whose linear part ``L`` runs inside ``jax.checkpoint``. JAX derives everything else
+from it:
 
-- a ``jax.custom_vjp`` carrying the hand-written reverse rule (used by default, so
-  ``grad``/``vjp``/``jacrev`` store only the residuals the rule names), and
-- a ``jax.custom_jvp`` carrying a hand-written tangent rule (used while one of this
-  library's forward-mode transforms traces the layer, see :mod:`functorch_lite._mode`).
+- forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) runs ``L`` directly;
+- reverse mode (``jax.grad``, ``jax.vjp``, ``jax.jacrev``) transposes ``L``. Because
+  ``L`` is checkpointed, the only values kept from the forward pass are ``L``'s
+  inputs ``res`` (the layer's input and its per-row statistics, unbroadcast), and
+  anything ``L`` derives from them (``x_hat``, broadcasts) is recomputed in the
+  backward pass. The transpose of the tangent rule *is* the seed's reverse rule (for
+  ``linear``: ``dy W^T``, ``x^T dy``, row sums; for the norms: the self-adjoint
+  ``through_xhat``); each layer keeps that rule, written out, as a ``jax.custom_vjp``
+  (``layer.seed``), and tests check that both store the same residuals and give the
+  same cotangents;
+- second order (every Hessian nesting) differentiates ``L`` again, which is plain JAX;
+- ``jax.vmap`` batches the rule like any JAX code.
 
-:func:`dual` builds the pair and returns a function that picks one at trace time.
+So the layers need no mode switch: they work under raw JAX, Equinox and this
+library alike. One exception remains: Taylor mode (``jax.experimental.jet``) cannot
+trace any ``custom_jvp`` in JAX 0.10 (``UnexpectedTracerError``); inside
+:func:`functorch_lite._mode.taylor_mode` (which this library's Taylor transforms enter)
+the layers run their plain primal instead.
 """
 
 from __future__ import annotations
@@ -21,27 +36,55 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
+from .. import _caches
 from .._args import ARRAY_TYPES
-from .._mode import in_forward_mode, in_taylor_mode
+from .._mode import in_taylor_mode
 
 HALF = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 
+# One registry of built rules, keyed on what determines them (kind, axes, eps, flags).
+RULES = _caches.lru("nn.rules", maxsize=512)
 
-def dual(primal: Callable, fwd: Callable, bwd: Callable, tangent: Callable) -> Callable:
-    """One layer, two rules: ``custom_vjp(primal)`` with ``(fwd, bwd)`` in reverse mode,
-    ``custom_jvp(primal)`` with ``tangent`` (symbolic zeros on) in forward mode, the
-    bare ``primal`` in Taylor mode."""
-    rev = jax.custom_vjp(primal)
-    rev.defvjp(fwd, bwd)
-    fwd_rule = jax.custom_jvp(primal)
-    fwd_rule.defjvp(tangent, symbolic_zeros=True)
+
+def rule(primal: Callable, forward: Callable, linear: Callable, *, remat: bool = True,
+         seed: tuple[Callable, Callable] | None = None) -> Callable:
+    """A layer as one ``jax.custom_jvp`` over ``primal``.
+
+    ``forward(*primals) -> (y, res)`` computes the output and the pytree of arrays the
+    tangent needs; ``linear(res, tangents) -> dy`` is the tangent rule, linear in
+    ``tangents`` (a tuple with ``None`` for an input whose tangent is a symbolic zero).
+    With ``remat`` the linear part runs under ``jax.checkpoint``, so reverse mode stores
+    ``res`` only. ``seed = (fwd, bwd)`` is the hand-written reverse rule, kept as
+    ``.seed`` (a ``jax.custom_vjp``) for tests and documentation.
+    """
+    layer = jax.custom_jvp(primal)
+
+    def jvp(primals, tangents):
+        y, res = forward(*primals)
+        present = tuple(not is_zero(t) for t in tangents)
+        given = tuple(t for t in tangents if not is_zero(t))
+        if not given:
+            return y, jnp.zeros_like(y)
+
+        def lin(res, given):
+            it = iter(given)
+            return linear(res, tuple(next(it) if p else None for p in present))
+
+        dy = (jax.checkpoint(lin) if remat else lin)(res, given)
+        return y, dy.astype(y.dtype)
+
+    layer.defjvp(jvp, symbolic_zeros=True)
 
     def call(*args):
         if in_taylor_mode():  # jet cannot trace custom rules: expand the primal itself
             return primal(*args)
-        return (fwd_rule if in_forward_mode() else rev)(*args)
+        return layer(*args)
 
-    call.reverse, call.forward = rev, fwd_rule
+    call.layer, call.primal = layer, primal
+    if seed is not None:
+        rev = jax.custom_vjp(primal)
+        rev.defvjp(*seed)
+        call.seed = rev
     return call
 
 

@@ -1,16 +1,16 @@
 """The linear layer ``y = x W + b`` with the seed's hand-derived rules.
 
-Reverse rule (the lecture notes' derivation, rows of ``x`` are samples)::
+Tangent rule ``dy = dx W + x dW + db``; reverse mode runs its transpose, which is the
+seed's reverse rule (the lecture notes' derivation, rows of ``x`` are samples)::
 
     dL/dx = dL/dy W^T        dL/dW = x^T dL/dy        dL/db = sum over rows of dL/dy
 
-with "rows" meaning every leading (batch) axis of ``x``. The rule stores ``x`` and ``W``
-and nothing else. Forward (tangent) rule: ``dy = dx W + x dW + db``.
+with "rows" meaning every leading (batch) axis of ``x``. Reverse mode stores ``x`` and
+``W`` and nothing else. Under ``vmap`` (per-sample gradients) ``x^T dL/dy`` becomes a
+batched outer product, one ``dot_general`` with a batch axis.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -49,8 +49,11 @@ def backward(x, w, dy, acc, *, bias: bool = True):
     return dx, dw, db
 
 
-@functools.lru_cache(maxsize=None)
 def _make(has_bias: bool):
+    return _common.RULES.get_or_compute(("linear", has_bias), lambda: _build(has_bias))
+
+
+def _build(has_bias: bool):
     def primal(x, w, *b):
         acc = _common.acc_dtype(x.dtype)
         y = _xw(x, w, acc)
@@ -58,30 +61,40 @@ def _make(has_bias: bool):
             y = y + _bias(b[0], y.ndim, acc)
         return y.astype(x.dtype)
 
-    def fwd(x, w, *b):
+    def forward(x, w, *b):
         return primal(x, w, *b), (x, w)
 
-    def bwd(res, dy):
+    def tangent(res, tangents):
+        """``dy = dx W + x dW + db``; its transpose is :func:`backward`."""
+        x, w = res
+        tx, tw = tangents[:2]
+        acc = _common.acc_dtype(x.dtype)
+        terms = []
+        if tx is not None:
+            terms.append(_xw(tx, w, acc))
+        if tw is not None:
+            if x.ndim == 1:   # one sample: x dW as a broadcast product, whose transpose is the
+                # outer product x^T dL/dy as a broadcast too (under vmap: one fused multiply,
+                # not a batch of rank-1 matmuls)
+                terms.append(jnp.sum(x.astype(acc)[:, None] * tw.astype(acc), axis=0))
+            else:
+                terms.append(_xw(x, tw, acc))
+        if has_bias and tangents[2] is not None:
+            terms.append(jnp.broadcast_to(_bias(tangents[2], x.ndim, acc), x.shape[:-1] + w.shape[1:]))
+        return sum(terms[1:], terms[0])
+
+    def seed_fwd(x, w, *b):
+        return primal(x, w, *b), (x, w)
+
+    def seed_bwd(res, dy):
         x, w = res
         dx, dw, db = backward(x, w, dy, _common.acc_dtype(x.dtype), bias=has_bias)
         grads = (dx.astype(x.dtype), dw.astype(w.dtype))
         return grads + (db.astype(x.dtype),) if has_bias else grads
 
-    def tangent(primals, tangents):
-        x, w = primals[:2]
-        tx, tw = tangents[:2]
-        acc = _common.acc_dtype(x.dtype)
-        y = primal(*primals)
-        dy = jnp.zeros(y.shape, acc)
-        if not _common.is_zero(tx):
-            dy = dy + _xw(tx, w, acc)
-        if not _common.is_zero(tw):
-            dy = dy + _xw(x, tw, acc)
-        if has_bias and not _common.is_zero(tangents[2]):
-            dy = dy + _bias(tangents[2], y.ndim, acc)
-        return y, dy.astype(y.dtype)
-
-    return _common.dual(primal, fwd, bwd, tangent)
+    # the tangent is linear in (dx, dW, db) with only x and W as coefficients: nothing to
+    # recompute, so no checkpoint is needed for reverse mode to store just (x, W)
+    return _common.rule(primal, forward, tangent, remat=False, seed=(seed_fwd, seed_bwd))
 
 
 def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:

@@ -43,6 +43,47 @@ def _check_sizes(sizes, where):
             raise ValueError(f"{where}: every size must be a positive int, got {sizes!r}.")
 
 
+def _check_dtype(dtype, where):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{where}: dtype={dtype!r} is not a dtype; use e.g. jnp.float32.") from None
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"{where}: dtype {dt.name} is not a floating dtype; the layers take "
+                        "floating-point parameters (float16, bfloat16, float32, float64), e.g. "
+                        "dtype=jnp.float32.")
+    return dt
+
+
+def _check_key(key, where):
+    dtype = getattr(key, "dtype", None)
+    ok = dtype is not None and (jnp.issubdtype(dtype, jax.dtypes.prng_key) and np.ndim(key) == 0
+                                or np.dtype(dtype) == np.uint32 and np.shape(key) == (2,))
+    if not ok:
+        raise TypeError(f"{where}: key must be one JAX PRNG key such as jax.random.key(0), got "
+                        f"{type(key).__name__}" + (f" of shape {tuple(np.shape(key))}" if dtype is not None else "")
+                        + ".")
+
+
+def _check_params(params, want, where):
+    """``params`` must have the structure, shapes and dtypes ``want`` (what init builds)."""
+    if not isinstance(params, (list, tuple)) or len(params) != len(want):
+        got = f"a {type(params).__name__} of {len(params)}" if isinstance(params, (list, tuple)) \
+            else f"a {type(params).__name__}"
+        raise ValueError(f"{where}: expected params from this block's init (a list of "
+                         f"{len(want)} dicts), got {got}.")
+    for i, (p, w) in enumerate(zip(params, want)):
+        if not isinstance(p, dict) or sorted(p) != sorted(w):
+            keys = sorted(p) if isinstance(p, dict) else type(p).__name__
+            raise ValueError(f"{where}: params[{i}] has keys {keys} but this block expected "
+                             f"{sorted(w)}; were these params built by another block's init?")
+        for k in sorted(w, key=lambda k: (k != "w", k)):
+            shape = tuple(np.shape(p[k]))
+            if shape != w[k].shape:
+                raise ValueError(f"{where}: params[{i}][{k!r}] has shape {shape}, expected "
+                                 f"{w[k].shape}; were these params built by another block's init?")
+
+
 def _dense_init(key, d_in, d_out, dtype):
     """PyTorch's ``nn.Linear`` default: W, b ~ U(-1/sqrt(d_in), 1/sqrt(d_in))."""
     kw, kb = jax.random.split(key)
@@ -63,8 +104,13 @@ def dense(d_in: int, d_out: int, *, dtype: Any = jnp.float32) -> Block:
     (5, 2)
     """
     _check_sizes([d_in, d_out], "nn.dense(d_in, d_out)")
-    return Block(lambda key: _dense_init(key, d_in, d_out, dtype),
-                 lambda params, x: linear(x, params["w"], params["b"]))
+    dtype = _check_dtype(dtype, "nn.dense(d_in, d_out)")
+
+    def init(key):
+        _check_key(key, f"nn.dense({d_in}, {d_out}).init(key)")
+        return _dense_init(key, d_in, d_out, dtype)
+
+    return Block(init, lambda params, x: linear(x, params["w"], params["b"]))
 
 
 def mlp(sizes: Sequence[int], *, norm: str | None = None,
@@ -106,10 +152,12 @@ def mlp(sizes: Sequence[int], *, norm: str | None = None,
     if fused and norm is None:
         raise ValueError(f"{where}: fused=True fuses linear -> norm -> activation; choose "
                          "norm='layer' or 'rms', or use fused=False.")
+    dtype = _check_dtype(dtype, where)
     sizes = [int(s) for s in sizes]
     norm_kwargs = {} if eps is None else {"eps": eps}
 
     def init(key):
+        _check_key(key, f"nn.mlp(sizes={sizes}).init(key)")
         keys = jax.random.split(key, len(sizes) - 1)
         params = []
         for i, k in enumerate(keys):
@@ -122,9 +170,11 @@ def mlp(sizes: Sequence[int], *, norm: str | None = None,
         return params
 
     def apply(params, x):
-        if not isinstance(params, (list, tuple)) or len(params) != len(sizes) - 1:
-            raise ValueError(f"nn.mlp(sizes={sizes}).apply(params, x): expected params from "
-                             f"this block's init (a list of {len(sizes) - 1} dicts).")
+        where_apply = f"nn.mlp(sizes={sizes}).apply(params, x)"
+        _check_params(params, jax.eval_shape(init, jax.random.key(0)), where_apply)
+        if np.ndim(x) < 1 or np.shape(x)[-1] != sizes[0]:
+            raise ValueError(f"{where_apply}: x has shape {tuple(np.shape(x))}; its last axis "
+                             f"must be the input width {sizes[0]}.")
         h = x
         for i, p in enumerate(params):
             if fused and i < len(params) - 1:

@@ -17,8 +17,6 @@ rules themselves.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,8 +53,12 @@ def _unit(x, n, pos):
     return jnp.where(pos, xf / jnp.where(pos, n, 1), 0)
 
 
-@functools.lru_cache(maxsize=None)
 def _make_l2(axes: tuple[int, ...], keepdims: bool, eps: float):
+    key = ("l2", axes, keepdims, eps)
+    return _common.RULES.get_or_compute(key, lambda: _build_l2(axes, keepdims, eps))
+
+
+def _build_l2(axes, keepdims, eps):
     def out(n, x):
         return (n if keepdims else jnp.squeeze(n, axes)).astype(x.dtype)
 
@@ -64,23 +66,23 @@ def _make_l2(axes: tuple[int, ...], keepdims: bool, eps: float):
         n, _ = _norm_stats(x, axes, eps)
         return out(n, x)
 
-    def fwd(x):
+    def forward(x):
         n, _ = _norm_stats(x, axes, eps)
         return out(n, x), (x, n)
 
-    def bwd(res, g):
+    def tangent(res, tangents):
+        x, n = res
+        (t,) = tangents
+        dn = jnp.sum(_unit(x, n, n > eps) * t.astype(n.dtype), axis=axes, keepdims=True)
+        return out(dn, x)                                     # d||x|| = <x/||x||, dx>
+
+    def seed_bwd(res, g):
         x, n = res
         gk = g if keepdims else jnp.expand_dims(g, axes)
         dx = gk.astype(n.dtype) * _unit(x, n, n > eps)       # dL/dx = g x / ||x||
         return (dx.astype(x.dtype),)
 
-    def tangent(primals, tangents):
-        (x,), (t,) = primals, tangents
-        n, pos = _norm_stats(x, axes, eps)
-        dn = jnp.sum(_unit(x, n, pos) * t.astype(n.dtype), axis=axes, keepdims=True)
-        return out(n, x), out(dn, x)                          # d||x|| = <x/||x||, dx>
-
-    return _common.dual(primal, fwd, bwd, tangent)
+    return _common.rule(primal, forward, tangent, seed=(forward, seed_bwd))
 
 
 def l2_norm(x: jax.Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False,
@@ -151,9 +153,14 @@ def _check_param(p, x, axes, where, name):
         )
 
 
-@functools.lru_cache(maxsize=None)
 def _make_norm(kind: str, axes: tuple[int, ...], eps: float, has_scale: bool, has_offset: bool):
     """``kind``: "layer" (centre, then scale) or "rms" (scale only)."""
+    key = ("norm", kind, axes, eps, has_scale, has_offset)
+    return _common.RULES.get_or_compute(
+        key, lambda: _build_norm(kind, axes, eps, has_scale, has_offset))
+
+
+def _build_norm(kind, axes, eps, has_scale, has_offset):
     centre = kind == "layer"
 
     def stats(x):
@@ -198,23 +205,24 @@ def _make_norm(kind: str, axes: tuple[int, ...], eps: float, has_scale: bool, ha
             grads += (jnp.sum(dyf, axis=rows).reshape(shape).astype(x.dtype),)
         return grads
 
-    def tangent(primals, tangents):
-        x, params = primals[0], primals[1:]
-        mu, rstd = stats(x)
+    def tangent(res, tangents):
+        """``dy = scale * dx_hat + x_hat * dscale + doffset`` with ``dx_hat`` =
+        :func:`through_xhat` of ``dx``; run under ``jax.checkpoint``, so reverse mode keeps
+        ``(x, mu, rstd, scale)`` and rebuilds ``x_hat`` from them."""
+        x, mu, rstd, scale = res
         acc = rstd.dtype
         xhat = normalise(x, mu, rstd)
-        y = affine(xhat, x, params)
-        dy = jnp.zeros(x.shape, acc)
-        if not _common.is_zero(tangents[0]):
+        terms = []
+        if tangents[0] is not None:
             dxhat = through_xhat(tangents[0].astype(acc), xhat, rstd, axes, centre)
-            dy = dy + (dxhat * bcast(params[0], x, acc) if has_scale else dxhat)
-        if has_scale and not _common.is_zero(tangents[1]):
-            dy = dy + xhat * bcast(tangents[1], x, acc)
-        if has_offset and not _common.is_zero(tangents[-1]):
-            dy = dy + bcast(tangents[-1], x, acc)
-        return y, dy.astype(y.dtype)
+            terms.append(dxhat * bcast(scale, x, acc) if has_scale else dxhat)
+        if has_scale and tangents[1] is not None:
+            terms.append(xhat * bcast(tangents[1], x, acc))
+        if has_offset and tangents[-1] is not None:
+            terms.append(jnp.broadcast_to(bcast(tangents[-1], x, acc), x.shape))
+        return sum(terms[1:], terms[0])
 
-    return _common.dual(primal, fwd, bwd, tangent)
+    return _common.rule(primal, fwd, tangent, seed=(fwd, bwd))
 
 
 def _norm(kind, x, scale, offset, axis, eps, where):
