@@ -16,6 +16,7 @@ latex2mathml: tests/test_docs_site.py imports them.
 from __future__ import annotations
 
 import html
+import importlib
 import logging
 import re
 import sys
@@ -59,19 +60,53 @@ def public_names() -> list[str]:
     return out
 
 
+def resolve(ident: str):
+    """The object a ``::: IDENT`` entry documents, as griffe reads the path: the longest
+    importable module prefix, then attributes (so ``functorch_lite.taylor`` is the
+    *module* taylor.py, and the function is ``functorch_lite.taylor.taylor``)."""
+    _import_library()
+    parts = ident.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return None
+        return obj
+    return None
+
+
 def reference_entries(reference_dir: Path = REFERENCE) -> dict[str, str]:
-    """``{name relative to functorch_lite: page}`` for every ``::: functorch_lite.NAME``
-    line of the reference pages."""
+    """``{identifier: page}`` for every ``::: functorch_lite.NAME`` line of the
+    reference pages."""
     entries = {}
     for page in sorted(reference_dir.glob("*.md")):
         for ident in ENTRY.findall(page.read_text(encoding="utf-8")):
-            entries.setdefault(ident.removeprefix("functorch_lite."), page.name)
+            entries.setdefault(ident, page.name)
     return entries
+
+
+def entry_of(name: str, entries: dict[str, str] | None = None) -> str | None:
+    """The identifier of the reference entry documenting public ``name`` (relative to
+    functorch_lite), or None."""
+    fl = _import_library()
+    entries = reference_entries() if entries is None else entries
+    target = fl
+    for part in name.split("."):
+        target = getattr(target, part)
+    for ident in entries:
+        if resolve(ident) is target:
+            return ident
+    return None
 
 
 def missing_entries() -> list[str]:
     entries = reference_entries()
-    return [n for n in public_names() if n not in entries]
+    return [n for n in public_names() if entry_of(n, entries) is None]
 
 
 # --- hooks -------------------------------------------------------------------------
@@ -99,6 +134,10 @@ def to_mathml(page_html: str, where: str = "") -> str:
             except Exception as exc:  # latex2mathml raises its own exception types
                 log.warning(f"{where}: cannot render the formula {tex!r} as MathML: {exc}")
                 return match.group(0)
+            unknown = re.findall(r"\\[A-Za-z]+", re.sub(r"<[^>]*>", "", mathml))
+            if unknown:
+                log.warning(f"{where}: the formula {tex!r} uses {', '.join(unknown)}, "
+                            f"which latex2mathml does not know")
             tag = "div" if display == "block" else "span"
             return f'<{tag} class="arithmatex">{mathml}</{tag}>'
         return sub
