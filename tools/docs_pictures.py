@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parents[1]          # the checkout the site is built from
 
 
 def scratch() -> Path:

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import re
 
-import griffe
+try:  # griffe comes with the docs extra; transform() is usable without it
+    import griffe
+except ImportError:  # pragma: no cover - depends on the environment
+    griffe = None
 
 _ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|obj|exc):`~?([^`]+)`")
 _MATH = re.compile(r"^(\s*)\.\. math::\s*(.*)$")
@@ -74,7 +77,8 @@ def transform(text: str) -> str:
     return "\n".join(out)
 
 
-class DocstringsForMarkdown(griffe.Extension):
-    def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
-        if obj.docstring is not None:
-            obj.docstring.value = transform(obj.docstring.value)
+if griffe is not None:
+    class DocstringsForMarkdown(griffe.Extension):
+        def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
+            if obj.docstring is not None:
+                obj.docstring.value = transform(obj.docstring.value)

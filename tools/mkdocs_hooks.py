@@ -111,6 +111,13 @@ def missing_entries() -> list[str]:
 
 # --- hooks -------------------------------------------------------------------------
 
+def on_config(config, **kwargs):
+    # the checkout first on the path: the pages' executed code imports this tree's
+    # functorch_lite (and tools.docs_pictures), whatever is installed
+    _import_library()
+    return config
+
+
 def on_pre_build(config, **kwargs) -> None:
     for name in missing_entries():
         log.warning(f"functorch_lite.{name} is public (functorch_lite.__all__) but has no "
