@@ -17,6 +17,13 @@ from .higher import (
     hvp as hvp,
     vhp as vhp,
 )
+from .operators import (
+    OperatorCost as OperatorCost,
+    biharmonic as biharmonic,
+    diff_operator as diff_operator,
+    divergence as divergence,
+    laplacian as laplacian,
+)
 from .jacobians import jacfwd as jacfwd, jacobian as jacobian, jacrev as jacrev
 from .taylor import derivative as derivative, taylor as taylor
 from .transforms import (
