@@ -46,6 +46,8 @@ __all__ = [
     "jacrev", "jacfwd", "jacobian", "chain", "explain",
     # higher order
     "hessian", "hvp", "vhp", "hessian_diag", "derivative", "taylor",
+    # differential operators
+    "laplacian", "diff_operator", "biharmonic", "divergence", "OperatorCost",
     # checking
     "check_grad", "GradCheckReport", "GradCheckError",
     # pictures

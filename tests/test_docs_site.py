@@ -103,7 +103,7 @@ def test_every_page_is_in_the_nav_and_every_nav_page_exists():
 
 
 def test_tutorials_execute_their_code():
-    for page in ("per_sample_gradients", "jacobians_hessians", "training"):
+    for page in ("per_sample_gradients", "jacobians_hessians", "training", "pinn"):
         text = (DOCS / "tutorials" / f"{page}.md").read_text()
         assert text.count('```python exec="on"') >= 3, page
         assert "picture(" in text, f"{page}: no picture produced by the build"
@@ -204,12 +204,14 @@ def test_built_pages_have_their_pictures_and_maths():
     _built()
     for page, pictures in (("tutorials/per_sample_gradients", 1),
                            ("tutorials/jacobians_hessians", 3), ("tutorials/training", 1),
-                           ("cli", 1)):
+                           ("tutorials/pinn", 2), ("cli", 1)):
         html = (SITE / page / "index.html").read_text()
         assert html.count('src="data:image/png;base64,') >= pictures, page
         assert "Traceback" not in html, page
     higher = (SITE / "reference" / "higher" / "index.html").read_text()
     assert higher.count("<math") >= 6 and "\\frac" not in higher
+    pinn = (SITE / "tutorials" / "pinn" / "index.html").read_text()
+    assert "relative L2 error" in pinn and "Waiting for" not in pinn
 
 
 def _dom(name: str) -> str:
