@@ -114,6 +114,20 @@ def test_readme_names_the_docs_build_command():
     assert 'pip install -e ".[docs]"' in text and "mkdocs build --strict" in text
 
 
+def test_ci_builds_the_site_and_runs_the_browser_check_after_the_tests():
+    ci = (ROOT / ".ci" / "run").read_text()
+    steps = ["pytest -m slow", 'pip install -e ".[docs]"', "mkdocs build --strict",
+             "apt-get update", "apt-get install -y chromium", "bash tools/site_check.sh site_check",
+             "pytest -m site tests/test_docs_site.py"]
+    positions = [ci.find(step) for step in steps]
+    assert -1 not in positions, dict(zip(steps, positions))
+    assert positions == sorted(positions), dict(zip(steps, positions))
+    assert "set -euo pipefail" in ci
+    for script in (ROOT / ".ci" / "run", ROOT / "tools" / "site_check.sh"):
+        run = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+
+
 def test_transform_fences_doctests_and_keeps_their_text():
     doc = textwrap.dedent("""\
         Gradient.
