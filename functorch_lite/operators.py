@@ -23,6 +23,10 @@ over the directions with the weights, through the program. The Laplacian of an M
 then costs one pass carrying ``d + 2`` vectors, where the trace of ``jax.hessian`` runs
 ``d`` Hessian-vector products (each a forward and a reverse pass).
 
+The biharmonic is exact two ways: ``laplacian(laplacian(f))`` (the default; each
+Laplacian collapsed) or one fourth-order collapsed pass over the ``d²`` directions
+above (``method="taylor4"``).
+
 Stochastic estimators draw the directions instead: ``E[z^T H z] = tr H`` for Rademacher
 or standard Gaussian ``z`` (Hutchinson), ``E[D⁴f[z]⁴] = 3 Δ²f`` for Gaussian ``z``
 (Isserlis). The same propagation runs with ``k = num_samples`` directions;
@@ -445,27 +449,33 @@ def biharmonic_directions(dim: int, dtype: Any = jnp.float32):
     return jnp.asarray(np.array(rows).reshape(-1, dim), dtype), jnp.asarray(weights, dtype)
 
 
-BIHARMONIC_METHODS = ("exact", "nested", "stochastic")
+BIHARMONIC_METHODS = ("exact", "taylor4", "stochastic")
 
 
 def biharmonic(func: Callable, argnums: _args.Argnums = 0, *, method: str = "exact",
                num_samples: int | None = None, key: Any = None, return_std: bool = False) -> Callable:
-    r"""Biharmonic ``Δ²f = Σ_ij ∂_i² ∂_j² f`` by fourth-order collapsed Taylor mode.
+    r"""Biharmonic ``Δ²f = Σ_ij ∂_i² ∂_j² f`` by collapsed Taylor mode.
 
-    ``method="exact"``: one pass carrying the value, the first three Taylor coefficients
-    of each of the ``d²`` directions of :func:`biharmonic_directions` and ONE collapsed
-    fourth-order coefficient ``Σ_r w_r c_4(v_r)``; ``Δ²f = 24 Σ_r w_r c_4(v_r)``.
+    ``method="exact"`` (default): ``laplacian(laplacian(func))``, the collapsed
+    second-order pass (``d`` directions) run over the program of the inner collapsed
+    pass: about ``(d + 2)²`` vectors per layer.
 
-    ``method="nested"``: ``laplacian(laplacian(func))``, collapsed second-order Taylor
-    mode run over the program of the inner collapsed pass.
+    ``method="taylor4"``: ONE fourth-order collapsed pass carrying the value, the first
+    three Taylor coefficients of each of the ``d²`` directions of
+    :func:`biharmonic_directions` and one collapsed fourth-order coefficient
+    ``Σ_r w_r c_4(v_r)``; ``Δ²f = 24 Σ_r w_r c_4(v_r)``. About ``3d² + 1`` vectors per
+    layer: measured slower than ``"exact"`` (docs/benchmarks.md) but it compiles
+    faster, and it is the building block of the stochastic estimator.
 
     ``method="stochastic"``: ``E[D⁴f[z]⁴] = 3 Δ²f`` for standard Gaussian ``z``, so
-    ``(8/k) Σ_s c_4(z_s)`` over ``k = num_samples`` directions; ``return_std=True``
-    also returns its standard error.
+    ``(8/k) Σ_s c_4(z_s)`` over ``k = num_samples`` directions by the fourth-order
+    pass; ``return_std=True`` also returns its standard error.
 
     >>> import jax.numpy as jnp
     >>> x = jnp.array([1.0, 2.0, 3.0])
     >>> biharmonic(lambda x: jnp.sum(x ** 4))(x)       # Σ 24
+    Array(72., dtype=float32)
+    >>> biharmonic(lambda x: jnp.sum(x ** 4), method="taylor4")(x)
     Array(72., dtype=float32)
     """
     _args.check_callable(func, "biharmonic")
@@ -475,14 +485,14 @@ def biharmonic(func: Callable, argnums: _args.Argnums = 0, *, method: str = "exa
     _args.check_choice(method, BIHARMONIC_METHODS, f"biharmonic({name})", "method")
     k = _check_stochastic(f"biharmonic({name})", "stochastic" if method == "stochastic" else "exact",
                           num_samples, key, "gaussian", return_std)
-    inner = laplacian(func, argnums) if method == "nested" else None
-    outer = laplacian(inner, argnums) if method == "nested" else None
+    inner = laplacian(func, argnums) if method == "exact" else None
+    outer = laplacian(inner, argnums) if method == "exact" else None
 
     def impl(*args):
-        if method == "nested":
+        if method == "exact":
             return outer(*args)
         prob = _problem(func, args, argnums, where)
-        if method == "exact":
+        if method == "taylor4":
             V, w = biharmonic_directions(prob.dim, prob.dtype)
             return _unflatten(prob, [24 * t for t in _top(prob, V, w, 4, where)])
         Z = jax.random.normal(key, (k, prob.dim), dtype=prob.dtype)
@@ -492,8 +502,8 @@ def biharmonic(func: Callable, argnums: _args.Argnums = 0, *, method: str = "exa
         return _hessian_trace(lambda *a: _hessian_trace(func, a, argnums), args, argnums)
 
     texts = {
-        "exact": lambda d: f"1 pass carrying the value, 3 coefficients of each of {d * d} directions and 1 collapsed fourth-order coefficient",  # noqa: E501
-        "nested": lambda d: f"a collapsed Laplacian ({d} directions) of a collapsed Laplacian ({d} directions)",
+        "taylor4": lambda d: f"1 pass carrying the value, 3 coefficients of each of {d * d} directions and 1 collapsed fourth-order coefficient",  # noqa: E501
+        "exact": lambda d: f"a collapsed Laplacian ({d} directions) of a collapsed Laplacian ({d} directions)",
         "stochastic": lambda d: f"1 pass carrying the value, 3 coefficients of each of {k} Gaussian directions and {k if return_std else 1} fourth-order coefficient(s)",  # noqa: E501
     }
     return _Operator(f"biharmonic({name})", impl, _passes_fn(texts[method], argnums), reference,
