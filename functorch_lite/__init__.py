@@ -19,6 +19,7 @@ from .higher import (
 )
 from .operators import (
     OperatorCost as OperatorCost,
+    UnsupportedPrimitiveError as UnsupportedPrimitiveError,
     biharmonic as biharmonic,
     diff_operator as diff_operator,
     divergence as divergence,

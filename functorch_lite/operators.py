@@ -62,7 +62,7 @@ from . import _args
 from ._cost import analyse
 from ._jaxpr import stage
 from ._jaxpr.taylor import UnsupportedPrimitiveError, propagate
-from .higher import _check_key, hessian
+from .higher import _check_key
 
 __all__ = ["laplacian", "diff_operator", "biharmonic", "divergence", "OperatorCost",
            "UnsupportedPrimitiveError"]

@@ -21,14 +21,14 @@ from conftest import assert_tree_allclose
 
 def hess_trace(f, x):
     """Reference: trace of the full Hessian (of each output), raw JAX."""
-    H = jax.hessian(f)(x)
+    H = jax.jit(jax.hessian(f))(x)
     return jnp.trace(H, axis1=-2, axis2=-1)
 
 
 def fl_hess_trace(f, x):
     """Reference for functions with fl.nn layers (raw jax.hessian cannot run custom_vjp
     forward): this library's jacfwd(jacrev)."""
-    H = fl.jacfwd(fl.jacrev(f))(x)
+    H = jax.jit(fl.jacfwd(fl.jacrev(f)))(x)
     return jnp.trace(H, axis1=-2, axis2=-1)
 
 
@@ -67,7 +67,7 @@ def mlp_apply(params, x, act, norm=None):
 @pytest.mark.parametrize("d", [1, 3, 7])
 def test_laplacian_of_squared_norm_is_2d(x64, d):
     x = jnp.linspace(-1.0, 2.0, d)
-    got = fl.laplacian(lambda x: jnp.sum(x ** 2))(x)
+    got = jax.jit(fl.laplacian(lambda x: jnp.sum(x ** 2)))(x)
     assert got.dtype == jnp.float64
     np.testing.assert_allclose(got, 2 * d, rtol=1e-13)
 
@@ -83,7 +83,7 @@ def test_laplacian_of_vector_output_is_per_output(x64):
     x = jnp.array([0.3, -0.4, 1.1])
     f = lambda x: jnp.stack([jnp.sum(x ** 2), jnp.prod(jnp.sin(x)), x[0] * x[1] ** 3])  # noqa: E731
     expected = [6.0, -3 * np.prod(np.sin(np.asarray(x))), 6 * 0.3 * -0.4]
-    np.testing.assert_allclose(fl.laplacian(f)(x), expected, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(jax.jit(fl.laplacian(f))(x), expected, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("d", [1, 3, pytest.param(6, marks=pytest.mark.slow)])
@@ -120,18 +120,18 @@ def test_fokker_planck_operator_of_a_quadratic(x64):
     sigma = jax.random.normal(jax.random.fold_in(key, 1), (4, 2), jnp.float64)
     f = lambda x: x @ A @ x / 2 + b @ x  # noqa: E731
     x = jnp.array([0.1, 0.2, -0.3, 0.4])
-    np.testing.assert_allclose(fl.diff_operator(f, factor=sigma)(x), jnp.trace(sigma @ sigma.T @ A), rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(fl.diff_operator(f, factor=sigma))(x), jnp.trace(sigma @ sigma.T @ A), rtol=1e-12)
     C = jnp.array([[1.0, 2.0, 0, 0], [0.0, -1.0, 0.5, 0], [0, 0.5, 3.0, 0], [0, 0, 0, 0.0]])
     # only the symmetric part counts; C is indefinite
-    np.testing.assert_allclose(fl.diff_operator(f, C)(x), jnp.sum((C + C.T) / 2 * A), rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(fl.diff_operator(f, C))(x), jnp.sum((C + C.T) / 2 * A), rtol=1e-12)
 
 
 def test_divergence_of_linear_and_nonlinear_fields(x64):
     A = jnp.arange(9.0).reshape(3, 3)
     x = jnp.array([0.5, -1.0, 2.0])
-    np.testing.assert_allclose(fl.divergence(lambda x: A @ x)(x), jnp.trace(A), rtol=1e-13)
+    np.testing.assert_allclose(jax.jit(fl.divergence(lambda x: A @ x))(x), jnp.trace(A), rtol=1e-13)
     F = lambda x: jnp.sin(x) * jnp.roll(x, 1)  # noqa: E731
-    np.testing.assert_allclose(fl.divergence(F)(x), jnp.trace(jax.jacfwd(F)(x)), rtol=1e-13)
+    np.testing.assert_allclose(jax.jit(fl.divergence(F))(x), jnp.trace(jax.jacfwd(F)(x)), rtol=1e-13)
 
 
 # ------------------------------------------------------------ random MLPs vs jax.hessian
@@ -153,11 +153,12 @@ def test_operators_run_through_fl_nn_layers(x64, norm):
     x = jax.random.normal(jax.random.key(5), (4,), jnp.float64)
     np.testing.assert_allclose(jax.jit(fl.laplacian(f))(x), fl_hess_trace(f, x), rtol=1e-10, atol=1e-12)
     g = lambda x: fl.nn.linear(x, params[0][0], params[0][1])[:4] * fl.nn.l2_norm(x)  # noqa: E731
-    np.testing.assert_allclose(fl.divergence(g)(x), jnp.trace(fl.jacfwd(g)(x)), rtol=1e-11)
-    s = lambda x: f(x)[0]  # noqa: E731
+    np.testing.assert_allclose(jax.jit(fl.divergence(g))(x), jnp.trace(fl.jacfwd(g)(x)), rtol=1e-11)
+    small = init_mlp(jax.random.key(4), [2, 4, 1])
+    s = lambda x: mlp_apply(small, x, jnp.tanh, norm=norm)[0]  # noqa: E731
     # two different propagations (4th order; 2nd order over 2nd order) agree
-    bih = jax.jit(fl.biharmonic(s))(x)
-    np.testing.assert_allclose(bih, jax.jit(fl.biharmonic(s, method="taylor4"))(x), rtol=1e-8)
+    bih = jax.jit(fl.biharmonic(s))(x[:2])
+    np.testing.assert_allclose(bih, jax.jit(fl.biharmonic(s, method="taylor4"))(x[:2]), rtol=1e-8)
 
 
 @pytest.mark.slow
@@ -191,15 +192,15 @@ def test_pytree_and_tuple_argnums_count_every_element(x64):
         return f({"a": v[:2], "b": v[2:4].reshape(1, 2)}, v[4:], c)
 
     v = jnp.concatenate([p["a"], p["b"].ravel(), q])
-    np.testing.assert_allclose(fl.laplacian(f, argnums=(0, 1))(p, q, c), hess_trace(flat, v), rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(fl.laplacian(f, argnums=(0, 1)))(p, q, c), hess_trace(flat, v), rtol=1e-12)
     only_q = lambda q: f(p, q, c)  # noqa: E731
-    np.testing.assert_allclose(fl.laplacian(f, argnums=1)(p, q, c), hess_trace(only_q, q), rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(fl.laplacian(f, argnums=1))(p, q, c), hess_trace(only_q, q), rtol=1e-12)
 
 
 def test_laplacian_of_matrix_input_and_output_pytree(x64):
     X = jnp.array([[0.2, 0.3], [0.7, -0.1]])
     f = lambda X: {"det": jnp.linalg.det(X + 2 * jnp.eye(2)), "quad": jnp.sum(X ** 2)}  # noqa: E731
-    got = fl.laplacian(f)(X)
+    got = jax.jit(fl.laplacian(f))(X)
     g = lambda v: jnp.linalg.det(v.reshape(2, 2) + 2 * jnp.eye(2))  # noqa: E731
     np.testing.assert_allclose(got["det"], hess_trace(g, X.ravel()), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(got["quad"], 8.0)
@@ -211,9 +212,9 @@ def test_diff_operator_of_mlp_matches_hessian(x64):
     x = jnp.array([0.3, -0.2, 0.8])
     C = jnp.array([[2.0, 0.3, -0.5], [0.3, -1.0, 0.2], [-0.5, 0.2, 0.5]])
     H = jax.hessian(f)(x)
-    np.testing.assert_allclose(fl.diff_operator(f, C)(x), jnp.sum(C * H), rtol=1e-11)
+    np.testing.assert_allclose(jax.jit(fl.diff_operator(f, C))(x), jnp.sum(C * H), rtol=1e-11)
     sigma = jnp.array([[1.0, 0.0], [0.5, 2.0], [0.0, -1.0]])
-    np.testing.assert_allclose(fl.diff_operator(f, factor=sigma)(x), jnp.sum(sigma @ sigma.T * H), rtol=1e-11)
+    np.testing.assert_allclose(jax.jit(fl.diff_operator(f, factor=sigma))(x), jnp.sum(sigma @ sigma.T * H), rtol=1e-11)
 
 
 @pytest.mark.parametrize("method", ["exact", "taylor4"])
@@ -225,7 +226,7 @@ def test_biharmonic_of_mlp_matches_nested_hessians(x64, method):
     np.testing.assert_allclose(jax.jit(fl.biharmonic(f, method=method))(x), ref, rtol=1e-9)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(d=st.integers(1, 5), width=st.integers(1, 6), seed=st.integers(0, 2 ** 16),
        act=st.sampled_from(sorted(ACTIVATIONS)))
 def test_property_laplacian_equals_hessian_trace(d, width, seed, act):
@@ -255,7 +256,7 @@ def test_elementwise_and_structural_primitives(x64):
 def test_stop_gradient_blocks_the_coefficients(x64):
     f = lambda x: jnp.sum(jax.lax.stop_gradient(x ** 2) * x ** 2)  # noqa: E731
     x = jnp.array([1.0, 2.0])
-    np.testing.assert_allclose(fl.laplacian(f)(x), 2 * np.sum(np.asarray(x) ** 2), rtol=1e-13)
+    np.testing.assert_allclose(jax.jit(fl.laplacian(f))(x), 2 * np.sum(np.asarray(x) ** 2), rtol=1e-13)
 
 
 # ------------------------------------------------------------------- transforms compose
@@ -335,16 +336,19 @@ def test_stochastic_laplacian_mean_within_four_standard_errors(x64):
     params = init_mlp(jax.random.key(15), [6, 16, 1])
     f = lambda x: mlp_apply(params, x, jnp.tanh)[0]  # noqa: E731
     x = jax.random.normal(jax.random.key(16), (6,), jnp.float64)
-    exact = float(fl.laplacian(f)(x))
+    exact = float(jax.jit(fl.laplacian(f))(x))
+    keys = jax.random.split(jax.random.key(0), 5)
     for dist in ("rademacher", "gaussian"):
-        for seed in range(5):
-            est, se = fl.laplacian(f, method="stochastic", num_samples=64, key=jax.random.key(seed),
-                                   distribution=dist, return_std=True)(x)
-            assert se > 0
-            assert abs(float(est) - exact) < 4 * float(se), (dist, seed, est, se, exact)
-            plain = fl.laplacian(f, method="stochastic", num_samples=64, key=jax.random.key(seed),
-                                 distribution=dist)(x)
-            np.testing.assert_allclose(plain, est, rtol=1e-12)
+        def both(key, dist=dist):
+            est, se = fl.laplacian(f, method="stochastic", num_samples=64, key=key, distribution=dist,
+                                   return_std=True)(x)
+            plain = fl.laplacian(f, method="stochastic", num_samples=64, key=key, distribution=dist)(x)
+            return est, se, plain
+
+        est, se, plain = (np.asarray(a) for a in jax.jit(jax.vmap(both))(keys))
+        assert np.all(se > 0)
+        assert np.all(np.abs(est - exact) < 4 * se), (dist, est, se, exact)
+        np.testing.assert_allclose(plain, est, rtol=1e-12)
 
 
 def test_stochastic_standard_error_falls_as_one_over_sqrt_k(x64):
@@ -371,7 +375,7 @@ def test_stochastic_standard_error_falls_as_one_over_sqrt_k(x64):
 def test_rademacher_is_exact_for_a_diagonal_hessian(x64):
     f = lambda x: jnp.sum(jnp.sin(x))  # noqa: E731
     x = jnp.array([0.1, 0.7, 1.3])
-    est, se = fl.laplacian(f, method="stochastic", num_samples=4, key=jax.random.key(0), return_std=True)(x)
+    est, se = jax.jit(fl.laplacian(f, method="stochastic", num_samples=4, key=jax.random.key(0), return_std=True))(x)
     np.testing.assert_allclose(est, -np.sum(np.sin(np.asarray(x))), rtol=1e-12)
     np.testing.assert_allclose(se, 0.0, atol=1e-12)
 
@@ -389,11 +393,11 @@ def test_stochastic_diff_operator_biharmonic_and_divergence(x64):
         (fl.divergence(jnp.sin), lambda k: fl.divergence(jnp.sin, method="stochastic", num_samples=64,
                                                           key=k, distribution="gaussian", return_std=True)),
     ]
+    keys = jax.random.split(jax.random.key(0), 3)
     for exact_op, make in cases:
-        exact = float(exact_op(x))
-        for seed in range(3):
-            est, se = make(jax.random.key(seed))(x)
-            assert 0 < float(se) and abs(float(est) - exact) < 4 * float(se), (exact, est, se)
+        exact = float(jax.jit(exact_op)(x))
+        est, se = (np.asarray(a) for a in jax.jit(jax.vmap(lambda k, make=make: make(k)(x)))(keys))
+        assert np.all(se > 0) and np.all(np.abs(est - exact) < 4 * se), (exact, est, se)
 
 
 def test_stochastic_works_under_jit_with_a_traced_key():
@@ -407,7 +411,7 @@ def test_stochastic_works_under_jit_with_a_traced_key():
 # ------------------------------------------------------------------------------ explain
 
 def test_explain_reports_passes_and_fewer_flops_than_the_hessian():
-    params = init_mlp(jax.random.key(20), [16, 32, 32, 1], jnp.float32)
+    params = init_mlp(jax.random.key(20), [16, 32, 1], jnp.float32)
     f = lambda x: mlp_apply(params, x, jnp.tanh)[0]  # noqa: E731
     x = jnp.ones(16)
     cost = fl.laplacian(f).explain(x)

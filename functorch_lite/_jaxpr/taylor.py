@@ -51,11 +51,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import jax.extend.core as jcore
 from jax import lax
 
-from . import ClosedJaxpr, Jaxpr, Var, is_literal, primitive_name
+from . import ClosedJaxpr, Jaxpr, is_literal, primitive_name
 
 __all__ = ["TV", "propagate", "UnsupportedPrimitiveError", "SUPPORTED"]
 
@@ -284,14 +283,18 @@ def _weighted(ctx: _Ctx, x):
 
 
 def _mul_rule(ctx: _Ctx, eqn, ins: list[TV]) -> list[TV]:
-    shape = eqn.outvars[0].aval.shape
-    a, b = (_broadcast_tv(ctx, t, shape) for t in ins)
+    return [_mul(ctx, ins[0], ins[1], tuple(eqn.outvars[0].aval.shape))]
+
+
+def _mul(ctx: _Ctx, a: TV, b: TV, shape: tuple) -> TV:
+    """The product rule, operands broadcast to ``shape``."""
+    a, b = _broadcast_tv(ctx, a, shape), _broadcast_tv(ctx, b, shape)
     out_p = a.p * b.p
 
     def contract(x, y):
         return jnp.sum(_weighted(ctx, x) * (y if not ctx.top_batched else y[None]), axis=1 if ctx.top_batched else 0)
 
-    return [_bilinear(ctx, a, b, lambda x, y: x * y, contract, out_p)]
+    return _bilinear(ctx, a, b, lambda x, y: x * y, contract, out_p)
 
 
 def _dot_rule(ctx: _Ctx, eqn, ins: list[TV]) -> list[TV]:
@@ -368,13 +371,12 @@ def _two_live(ctx: _Ctx, eqn, ins: list[TV]) -> list[TV]:
     a, b = ins
     shape = eqn.outvars[0].aval.shape
     a, b = _broadcast_tv(ctx, a, shape), _broadcast_tv(ctx, b, shape)
-    fake = lambda prim, params=None: _Fake(prim, params or {}, eqn.outvars)  # noqa: E731
     if name == "div":  # a / b = a * (1 / b)
         rb = _unary(ctx, lambda y: 1 / y, b, 1 / b.p)
-        return _mul_rule(ctx, fake(lax.mul_p), [a, rb])
+        return [_mul(ctx, a, rb, tuple(shape))]
     if name == "pow":  # a ** b = exp(b log a)
         la = _unary(ctx, jnp.log, a, jnp.log(a.p))
-        e = _mul_rule(ctx, fake(lax.mul_p), [b, la])[0]
+        e = _mul(ctx, b, la, tuple(shape))
         return [_unary(ctx, jnp.exp, e, jnp.exp(e.p))]
     raise UnsupportedPrimitiveError(
         f"{ctx.where}: collapsed Taylor mode has no rule for primitive '{name}' with both "
@@ -405,35 +407,16 @@ def _reduce_prod_rule(ctx: _Ctx, eqn, ins: list[TV]) -> list[TV]:
             n += 1
         a = _map_linear(ctx, x, lambda v: v[..., : n // 2])
         b = _map_linear(ctx, x, lambda v: v[..., n // 2:])
-        x = _mul_rule(ctx, _Fake(lax.mul_p, {}, [_Aval(shape + (n // 2,))]), [a, b])[0]
+        x = _mul(ctx, a, b, shape + (n // 2,))
     return [_map_linear(ctx, x, lambda v: v[..., 0])]
 
 
 def _concat_last(ctx: _Ctx, x: TV, y: TV) -> TV:
-    """Concatenate along the last axis (y carries no coefficients)."""
-    def cat(c, b, n_lead):
-        if c is None:
-            return None
-        pad = [(0, 0)] * (c.ndim - 1) + [(0, 1)]
-        return jnp.pad(c, pad)
-    return TV(jnp.concatenate([x.p, y.p], axis=-1), [cat(c, True, 1) for c in x.lo],
-              cat(x.top, ctx.top_batched, int(ctx.top_batched)))
+    """Concatenate along the last axis (``y`` carries no coefficients: pad them with 0)."""
+    def cat(c):
+        return None if c is None else jnp.pad(c, [(0, 0)] * (c.ndim - 1) + [(0, 1)])
 
-
-@dataclasses.dataclass
-class _Aval:
-    shape: tuple
-
-    @property
-    def aval(self):
-        return self
-
-
-@dataclasses.dataclass
-class _Fake:
-    primitive: Any
-    params: dict
-    outvars: Any
+    return TV(jnp.concatenate([x.p, y.p], axis=-1), [cat(c) for c in x.lo], cat(x.top))
 
 
 def _zero_rule(ctx: _Ctx, eqn, ins: list[TV]) -> list[TV]:
