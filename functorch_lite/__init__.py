@@ -49,6 +49,7 @@ __all__ = [
     "hessian", "hvp", "vhp", "hessian_diag", "derivative", "taylor",
     # differential operators
     "laplacian", "diff_operator", "biharmonic", "divergence", "OperatorCost",
+    "UnsupportedPrimitiveError",
     # checking
     "check_grad", "GradCheckReport", "GradCheckError",
     # pictures
