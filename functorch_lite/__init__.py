@@ -41,4 +41,26 @@ from .transforms import (
 )
 from .viz import ComputationGraph as ComputationGraph, graph as graph
 
+# The public names: the documentation site has one reference entry per name (and per
+# public name of the nn and train modules); tests/test_docs_site.py checks it.
+__all__ = [
+    # torch.func transforms
+    "grad", "grad_and_value", "value_and_grad", "vjp", "jvp", "linearize", "vmap",
+    # Jacobians and accumulation
+    "jacrev", "jacfwd", "jacobian", "chain", "explain",
+    # higher order
+    "hessian", "hvp", "vhp", "hessian_diag", "derivative", "taylor",
+    # differential operators
+    "laplacian", "diff_operator", "biharmonic", "divergence", "OperatorCost",
+    "UnsupportedPrimitiveError",
+    # checking
+    "check_grad", "GradCheckReport", "GradCheckError",
+    # pictures
+    "graph", "ComputationGraph",
+    # caches
+    "clear_caches",
+    # modules
+    "nn", "train",
+]
+
 __version__ = "0.1.0"
