@@ -168,7 +168,7 @@ POOL = {
 }
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("float64", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", list(POOL))
 def test_pools_match_torch(dtype, name):
     torch = pytest.importorskip("torch")

@@ -50,7 +50,8 @@ def layer_cases(dtype=jnp.float64):
     return out
 
 
-NAMES = ["linear", "linear_1d_nobias", "layer_norm", "rms_norm", "l2_norm", "fused", "mlp"]
+NAMES = ["linear", "layer_norm", "mlp"] + [
+    pytest.param(n, marks=pytest.mark.slow) for n in ("linear_1d_nobias", "rms_norm", "l2_norm", "fused")]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -72,7 +73,8 @@ def test_every_raw_jax_transform(x64, name):
     assert_tree_allclose(got, want, rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["layer_norm", "conv", "max_pool"])
+@pytest.mark.parametrize("name", ["conv", pytest.param("layer_norm", marks=pytest.mark.slow),
+                                  pytest.param("max_pool", marks=pytest.mark.slow)])
 def test_equinox_filter_transforms(name):
     eqx = pytest.importorskip("equinox")
     if name == "conv":
