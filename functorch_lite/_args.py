@@ -202,7 +202,7 @@ def check_inexact_output(tree: Any, where: str, what: str = "the output", *,
         )
     for keypath, leaf in items:
         dtype = leaf_dtype(leaf)
-        if dtype is not None and not isinstance(leaf, ARRAY_TYPES):
+        if isinstance(leaf, numbers.Number) and not isinstance(leaf, ARRAY_TYPES):
             raise TypeError(
                 f"{where}: {_path(what, keypath)} is a Python {type(leaf).__name__}, not an "
                 "array, so it cannot depend on the inputs; return arrays computed from "
@@ -310,7 +310,7 @@ def check_scalar(out: Any, where: str, alternative: str = "vjp or jacrev", *,
             f"{type(out).__name__}. Return one scalar (with has_aux=True to also return "
             f"other values), or use {alternative}."
         )
-    if not isinstance(out, ARRAY_TYPES):
+    if isinstance(out, numbers.Number) and not isinstance(out, ARRAY_TYPES):
         raise TypeError(
             f"{where}: expected the function to return a scalar array, got a Python "
             f"{type(out).__name__}, which cannot depend on the inputs; return an array "
