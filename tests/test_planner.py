@@ -371,6 +371,11 @@ def test_bad_input_names_the_transform_and_argument():
         fl.jacobian(lambda v: v.astype(jnp.int32))(jnp.ones(3))
     with pytest.raises(TypeError, match=r"explain\(<lambda>\): the output\[1\] is int32"):
         fl.explain(lambda v: (v, v.astype(jnp.int32)), jnp.ones(3))
+    with pytest.raises(ValueError, match=r"jacobian\(<lambda>\)\(\*args\): the function returned "
+                                         r"no arrays"):
+        fl.jacobian(lambda v: None)(jnp.ones(3))
+    with pytest.raises(ValueError, match=r"explain\(<lambda>\): the function returned no arrays"):
+        fl.explain(lambda v: {}, jnp.ones(3))
 
 
 # ----------------------------------------------------------------------------- caching
