@@ -195,6 +195,9 @@ def test_autoencoder_as_one_function_is_mixed_and_exact(x64):
     plan = plan_of(f, x)
     assert plan.kind == "mixed" and plan.widths == [60, 3, 60], plan.describe()
     assert plan.cost < min(plan.costs["fwd"], plan.costs["rev"]) / 5
+    report = fl.explain(f, x, xla=False)
+    assert report.plan is plan                       # explain shows the plan that runs
+    assert report.chosen == "plan" and "<= cut" in str(report)
     want = jax.jacrev(f)(x)
     np.testing.assert_allclose(fl.jacobian(f)(x), want, **TIGHT)
     np.testing.assert_allclose(jax.jit(fl.jacobian(f))(x), want, **TIGHT)
