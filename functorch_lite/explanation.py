@@ -21,7 +21,7 @@ import jax
 from . import _args, _cost
 from ._planner.plans import JacobianPlan
 from .accumulation import Chain, _describe
-from .jacobians import BY_MODE, jacobian, split_dynamic, tree_size
+from .jacobians import split_dynamic, tree_size
 
 __all__ = ["explain", "Report", "Candidate", "StageInfo"]
 
