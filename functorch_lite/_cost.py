@@ -1,7 +1,9 @@
 """What a compiled program costs: XLA's own analysis, and a short interleaved timing.
 
-Used by the planners of :func:`functorch_lite.jacobian` (which mode) and
-:func:`functorch_lite.chain` (which bracketing), and by :func:`functorch_lite.explain`.
+The planner decides from a static count on the program (:mod:`functorch_lite._planner`),
+not from here. :func:`functorch_lite.explain` reports XLA's figures for the compiled
+candidates (:func:`analyse`), and :func:`race` times them only when the user asked for
+``calibrate=True``.
 
 - :func:`analyse` lowers and compiles a function for abstract inputs and reads
   ``cost_analysis()`` (FLOPs, bytes accessed) and ``memory_analysis()`` (planned temp,

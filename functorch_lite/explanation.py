@@ -21,7 +21,7 @@ import jax
 from . import _args, _cost
 from ._planner.plans import JacobianPlan
 from .accumulation import Chain, _describe
-from .jacobians import BY_MODE, jacobian, split_dynamic, tree_size
+from .jacobians import split_dynamic, tree_size
 
 __all__ = ["explain", "Report", "Candidate", "StageInfo"]
 
@@ -292,8 +292,10 @@ def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, calibrate: b
                     candidates=[], chosen="", source=plan.source, reason="", plan=plan,
                     notes=list(plan.reasons))
     labels: dict[int, str] = {}
-    if isinstance(func, Chain):
-        ends = func.stage_positions(args[0])
+    ends = func.stage_positions(args[0]) if isinstance(func, Chain) else []
+    if ends and ends[-1] != len(plan.profile) - 1:
+        ends = []  # the stages traced apart do not add up to the composed program
+    if ends:
         for k, end in enumerate(ends[:-1], start=1):
             labels[end] = f"after stage {k} ({func.names[k - 1]})"
     report.cuts = [dataclasses.replace(c, label=labels.get(c.position, c.label))
@@ -347,8 +349,7 @@ def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, calibrate: b
         report.stages = _stage_rows(plan, traced.info, bounds, stage_names)
         report.bracketing = plan.bracketing()
         report.steps = plan.describe_steps()
-    if isinstance(func, Chain):
-        ends = func.stage_positions(args[0])
+    if ends:
         bounds = [0] + ends
         report.stages = _stage_rows(plan, traced.info, bounds, list(func.names))
     return report

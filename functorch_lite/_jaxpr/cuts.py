@@ -71,6 +71,24 @@ _REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod"
                          "cumlogsumexp", "cummin"})
 
 
+# Primitives that never hold a sub-program (skips a scan of their parameters).
+_PLAIN = _MOVES | _LINEAR | _REDUCTIONS | frozenset({
+    "tanh", "exp", "log", "sin", "cos", "tan", "logistic", "sqrt", "rsqrt", "pow",
+    "integer_pow", "div", "max", "min", "abs", "sign", "exp2", "log1p", "expm1", "erf",
+    "erf_inv", "square", "atan2", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
+    "atanh", "gt", "lt", "ge", "le", "eq", "ne", "and", "or", "not", "xor", "floor", "ceil",
+    "round", "is_finite", "nextafter", "rem", "clamp", "cbrt", "select_and_scatter_add",
+    "reduce_precision", "argsort", "sort", "top_k", "random_bits", "random_seed",
+    "random_wrap", "random_unwrap", "threefry2x32", "shift_left", "shift_right_logical",
+    "shift_right_arithmetic", "population_count", "dot_general", "conv_general_dilated",
+})
+_INEXACT: dict = {}
+
+
+def _subs(eqn: Any) -> list:
+    return [] if primitive_name(eqn) in _PLAIN else sub_jaxprs(eqn)
+
+
 class Lit:
     """A literal operand (an inline constant) of a node."""
 
@@ -188,7 +206,10 @@ def flatten(closed: ClosedJaxpr) -> Program:
 
 
 def _inexact(dtype: np.dtype) -> bool:
-    return np.issubdtype(dtype, np.inexact)
+    known = _INEXACT.get(dtype)
+    if known is None:
+        known = _INEXACT[dtype] = bool(np.issubdtype(dtype, np.inexact))
+    return known
 
 
 def _aval_size(a: Any) -> int:
@@ -213,7 +234,7 @@ def _eqn_flops(eqn: Any) -> float:
         spec = eqn.params["dimension_numbers"]
         out_feat = rhs[spec.rhs_spec[0]] if spec is not None else rhs[0]
         return 2.0 * out * math.prod(rhs) / max(out_feat, 1)
-    subs = sub_jaxprs(eqn)
+    subs = _subs(eqn)
     if subs:
         inner = [_jaxpr_flops(getattr(s, "jaxpr", s)) for s in subs]
         if name == "scan":
@@ -237,7 +258,7 @@ def _tangent_flops(eqn: Any, primal: float, active_ins: int, out_size: int) -> f
         return primal * active_ins
     if name in _MOVES:
         return float(out_size)
-    if sub_jaxprs(eqn):
+    if _subs(eqn):
         return primal + out_size
     if name in _REDUCTIONS:
         return primal
@@ -275,7 +296,7 @@ class Analysis:
 
 def _nested_names(eqn: Any) -> set[str]:
     found = set()
-    for sub in sub_jaxprs(eqn):
+    for sub in _subs(eqn):
         for e in getattr(sub, "jaxpr", sub).eqns:
             found.add(primitive_name(e))
             found |= _nested_names(e)

@@ -97,6 +97,10 @@ def trace(func: Callable, args: tuple, kwargs: dict, argnums: Any, has_aux: bool
         return o_leaves + a_leaves
 
     closed, shapes = jax.make_jaxpr(flat, return_shape=True)(*leaves)
+    if store["n_out"] == 0:
+        raise ValueError(f"{where}: the function returned no arrays (None or an empty "
+                         "pytree), so there is nothing to differentiate; return the "
+                         "floating-point values whose Jacobian you want.")
     prog = _cuts.flatten(closed)
     info = _cuts.analyse(prog, store["n_out"])
     return Traced(prog, info, store["n_out"], in_tree, store["out_tree"], store["aux_tree"],
@@ -125,7 +129,7 @@ def _complex(prog: _cuts.Program) -> bool:
     return any(np.issubdtype(d, np.complexfloating) for d in prog.dtypes)
 
 
-def _decide(func, traced: Traced, args, kwargs, argnums, has_aux) -> JacobianPlan:
+def _decide(func, traced: Traced, args, kwargs, argnums, has_aux, where) -> JacobianPlan:
     info = traced.info
     unsupported = {}
     for mode, doubtful in (("fwd", info.no_forward), ("rev", info.no_reverse)):
@@ -134,7 +138,7 @@ def _decide(func, traced: Traced, args, kwargs, argnums, has_aux) -> JacobianPla
             if reason is not None:
                 unsupported[mode] = reason
     if len(unsupported) == 2:
-        raise TypeError(f"jacobian({_args.func_name(func)})(*args): neither forward nor "
+        raise TypeError(f"{where}: neither forward nor "
                         f"reverse mode can differentiate this function: fwd: "
                         f"{unsupported['fwd']}; rev: {unsupported['rev']}")
     allow, why = True, ""
@@ -168,7 +172,7 @@ def plan_jacobian(func: Callable, args: tuple, kwargs: dict | None = None,
         traced = trace(func, args, kwargs, argnums, has_aux, where)
     if calibrate:
         _check_no_closed_tracers(traced, where)
-    plan = _decide(func, traced, args, kwargs, argnums, has_aux)
+    plan = _decide(func, traced, args, kwargs, argnums, has_aux, where)
     if calibrate:
         plan = _calibrated(plan, func, args, kwargs, argnums, has_aux, chunk_size, where)
     if key is not None:
@@ -188,7 +192,7 @@ def run_jacobian(plan: JacobianPlan, traced: Traced | None, func: Callable, args
     if traced is None:
         traced = trace(func, args, kwargs, argnums, has_aux, where)
     if not _fits(plan, traced):  # the function's program changed since it was planned
-        plan = _decide(func, traced, args, kwargs, argnums, has_aux)
+        plan = _decide(func, traced, args, kwargs, argnums, has_aux, where)
         if plan.kind != "mixed":
             return run_jacobian(plan, traced, func, args, kwargs, argnums, has_aux=has_aux,
                                 chunk_size=chunk_size, layout=layout, where=where)
