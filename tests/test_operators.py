@@ -496,3 +496,12 @@ def test_operator_names_and_docs():
     assert lap.__name__ == "laplacian(energy)" and "Laplacian of energy" in lap.__doc__
     assert repr(fl.divergence(jnp.sin)) == "<divergence(sin)>"
     assert_tree_allclose(lap(jnp.ones(2)), jnp.float32(4.0))
+
+
+def test_laplacian_of_a_gradient_and_gradient_of_a_laplacian(x64):
+    """The interpreter reads reverse-mode programs too: Δ(∇f) = ∇(Δf)."""
+    f = lambda x: jnp.sum(jnp.tanh(x) ** 3) * x[0]  # noqa: E731
+    x = jnp.array([0.3, 0.6, 0.9])
+    ref = jnp.trace(jax.jacfwd(jax.hessian(f))(x), axis1=1, axis2=2)
+    np.testing.assert_allclose(jax.jit(fl.laplacian(jax.grad(f)))(x), ref, rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(jax.grad(fl.laplacian(f)))(x), ref, rtol=1e-12)
