@@ -14,6 +14,7 @@ from .explanation import explain as explain
 from .check import GradCheckError as GradCheckError, GradCheckReport as GradCheckReport, check_grad as check_grad
 from .higher import (
     hessian as hessian,
+    NestingFallbackWarning as NestingFallbackWarning,
     hessian_diag as hessian_diag,
     hvp as hvp,
     vhp as vhp,
@@ -46,10 +47,14 @@ from .viz import ComputationGraph as ComputationGraph, graph as graph
 __all__ = [
     # torch.func transforms
     "grad", "grad_and_value", "value_and_grad", "vjp", "jvp", "linearize", "vmap",
+    # porting helpers
+    "functional_call", "stack_module_state",
     # Jacobians and accumulation
     "jacrev", "jacfwd", "jacobian", "chain", "explain",
     # higher order
-    "hessian", "hvp", "vhp", "hessian_diag", "derivative", "taylor",
+    "hessian", "hvp", "vhp", "hessian_diag", "derivative", "taylor", "NestingFallbackWarning",
+    # sparse Jacobians and Hessians
+    "sparsity", "Pattern", "SparsityWarning",
     # differential operators
     "laplacian", "diff_operator", "biharmonic", "divergence", "OperatorCost",
     "UnsupportedPrimitiveError",
