@@ -124,6 +124,7 @@ def _kill_then_resume(tmp_path, reference, fault):
     return ckpt
 
 
+@pytest.mark.slow  # test_train_checkpoint's random SIGKILL covers writes in the default run
 def test_kill_while_writing_a_checkpoint_resumes_bitwise(tmp_path, reference):
     ckpt = _kill_then_resume(tmp_path, reference, "write")
     assert glob.glob(str(ckpt / "*.orbax-checkpoint-tmp*")), "the kill did not land inside a write"
@@ -326,7 +327,8 @@ CHANGES = {
 }
 
 
-@pytest.mark.parametrize("change", CHANGES)
+@pytest.mark.parametrize("change", [pytest.param(c, marks=() if c in ("learning rate", "loss_fn") else pytest.mark.slow)
+                                    for c in CHANGES])
 def test_changed_settings_are_refused_unless_forced(change, tmp_path):
     ckpt = tmp_path / "ckpt"
     train.fit(loss, params0(), optax.adam(1e-2), data0(), steps=4, checkpoint_dir=ckpt, **KW)
