@@ -245,7 +245,8 @@ QUICK = {"byte flip in array data", "flipped digit in loss history", "missing me
 # unraisable at some later collection): their noise, not a failure of what is tested.
 # They can surface in the teardown of a later test, so the whole module filters them.
 orbax_noise = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-pytestmark = orbax_noise
+pytestmark = [orbax_noise,
+              pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")]
 
 
 @orbax_noise
