@@ -34,7 +34,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # fault "write": SIGKILL itself as soon as a checkpoint's temporary directory appears
 # (orbax writes there, then renames), "delete": SIGKILL itself in the middle of orbax's
 # deletion of an old step (once a file that every checkpoint has, not one of the
-# content-addressed data files, is unlinked), "none": run to the end.
+# content-addressed data files, is unlinked), "slow": wait 3 s before each save, "none":
+# run to the end.
 SCRIPT = textwrap.dedent("""
     import os, signal, sys, threading, time
     import jax, jax.numpy as jnp, numpy as np, optax
@@ -61,6 +62,14 @@ SCRIPT = textwrap.dedent("""
             if not all(c in "0123456789abcdef" for c in name) and not name.startswith(".fit"):
                 os.kill(os.getpid(), signal.SIGKILL)
         os.unlink = unlink
+
+    if fault == "slow":  # hold the directory long enough for a second run to meet it
+        from functorch_lite.train import _checkpoint
+        real_save = _checkpoint.Checkpoints.save
+        def save(self, *args, **kwargs):
+            time.sleep(3.0)
+            return real_save(self, *args, **kwargs)
+        _checkpoint.Checkpoints.save = save
 
     def loss(params, batch):
         x, y = batch
@@ -115,6 +124,7 @@ def _kill_then_resume(tmp_path, reference, fault):
     return ckpt
 
 
+@pytest.mark.slow  # test_train_checkpoint's random SIGKILL covers writes in the default run
 def test_kill_while_writing_a_checkpoint_resumes_bitwise(tmp_path, reference):
     ckpt = _kill_then_resume(tmp_path, reference, "write")
     assert glob.glob(str(ckpt / "*.orbax-checkpoint-tmp*")), "the kill did not land inside a write"
@@ -143,7 +153,7 @@ def test_two_concurrent_runs_on_one_directory(tmp_path, reference):
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     ckpt = tmp_path / "ckpt"
-    first = subprocess.Popen([sys.executable, str(script), str(tmp_path / "a.npz"), str(ckpt), "10", "none"], env=env,
+    first = subprocess.Popen([sys.executable, str(script), str(tmp_path / "a.npz"), str(ckpt), "10", "slow"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         import time
@@ -235,7 +245,8 @@ QUICK = {"byte flip in array data", "flipped digit in loss history", "missing me
 # unraisable at some later collection): their noise, not a failure of what is tested.
 # They can surface in the teardown of a later test, so the whole module filters them.
 orbax_noise = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-pytestmark = orbax_noise
+pytestmark = [orbax_noise,
+              pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")]
 
 
 @orbax_noise
@@ -317,7 +328,8 @@ CHANGES = {
 }
 
 
-@pytest.mark.parametrize("change", CHANGES)
+@pytest.mark.parametrize("change", [pytest.param(c, marks=() if c in ("learning rate", "loss_fn") else pytest.mark.slow)
+                                    for c in CHANGES])
 def test_changed_settings_are_refused_unless_forced(change, tmp_path):
     ckpt = tmp_path / "ckpt"
     train.fit(loss, params0(), optax.adam(1e-2), data0(), steps=4, checkpoint_dir=ckpt, **KW)

@@ -181,6 +181,10 @@ def test_optimizers_needing_the_loss_value():
     # the plateau detector saw every step's loss through value=
     np.testing.assert_allclose(float(r3.opt_state[1].best_value), r3.history["loss"].min(), rtol=1e-6)
     assert r3.history["loss"][-1] < r3.history["loss"][0]
+    # lbfgs's state holds one array twice; train_step donates, so it copies the duplicate
+    lbfgs = optax.lbfgs()
+    p, s, m = train.train_step(loss, lbfgs)(jnp.zeros(3), lbfgs.init(jnp.zeros(3)), (jnp.asarray(x), jnp.asarray(y)))
+    assert float(m["loss"]) > 0 and np.isfinite(np.asarray(p)).all()
     step = train.train_step(loss, plateau)
     p, s, m = step(jnp.zeros(3), plateau.init(jnp.zeros(3)), (jnp.asarray(x), jnp.asarray(y)))
     np.testing.assert_allclose(float(s[1].best_value), float(m["loss"]), rtol=1e-6)

@@ -83,8 +83,9 @@ def _release_files() -> None:
     where their ResourceWarnings would surface far from the cause."""
     import gc
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # their unclosed files and never-awaited coroutines
         warnings.simplefilter("ignore", ResourceWarning)
+        warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
         gc.collect()
 
 

@@ -69,11 +69,14 @@ def _value(x: Any) -> str | None:
     if isinstance(x, np.dtype) or (isinstance(x, type) and issubclass(x, np.generic)):
         return f"dtype {np.dtype(x)}"
     if isinstance(x, (np.ndarray, np.generic, jax.Array)) and not isinstance(x, jax.core.Tracer):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x = jax.random.key_data(x)
-        if np.size(x) <= _SMALL:
-            return repr(np.asarray(x).tolist()) + f" {np.asarray(x).dtype}"
-        return f"array{tuple(np.shape(x))} {np.asarray(x).dtype} sha256:{array_digest(x)}"
+        try:
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+                x = jax.random.key_data(x)
+            if np.size(x) <= _SMALL:
+                return repr(np.asarray(x).tolist()) + f" {np.asarray(x).dtype}"
+            return f"array{tuple(np.shape(x))} {np.asarray(x).dtype} sha256:{array_digest(x)}"
+        except Exception:  # a deleted (donated) or not fully addressable array
+            return f"array{tuple(np.shape(x))} {x.dtype} (unreadable)"
     return None
 
 

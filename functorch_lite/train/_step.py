@@ -271,7 +271,28 @@ def train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, ha
         check_opt_state(optimizer, params, opt_state, f"{where}(params, opt_state, batch)")
         return update(params, opt_state, batch)
 
-    step.__name__ = f"train_step({_args.func_name(loss_fn)})"
-    step.__qualname__ = step.__name__
-    step.__doc__ = train_step.__doc__
-    return jax.jit(step, donate_argnums=(0, 1))
+    compiled = jax.jit(step, donate_argnums=(0, 1))
+
+    def call(params, opt_state, batch):
+        return compiled(params, _distinct_buffers(params, opt_state), batch)
+
+    call.__name__ = f"train_step({_args.func_name(loss_fn)})"
+    call.__qualname__ = call.__name__
+    call.__doc__ = train_step.__doc__
+    call.lower = compiled.lower
+    return call
+
+
+def _distinct_buffers(params: Any, opt_state: Any) -> Any:
+    """``opt_state`` with a copy of each array that is already a leaf of ``params`` or an
+    earlier leaf of ``opt_state``: a buffer cannot be donated twice (``optax.lbfgs().init``
+    puts one array in two places). No copy, and no device work, when all are distinct."""
+    seen = {id(x) for x in jax.tree_util.tree_leaves(params)}
+    leaves, tree = jax.tree_util.tree_flatten(opt_state)
+    out = []
+    for x in leaves:
+        if isinstance(x, jax.Array) and id(x) in seen:
+            x = jnp.copy(x)
+        seen.add(id(x))
+        out.append(x)
+    return jax.tree_util.tree_unflatten(tree, out)
