@@ -165,7 +165,7 @@ def _jacobian_transform(func, argnums, has_aux, chunk_size, layout, transform, e
     def jac_f(*args, **kwargs):
         if mesh is not None:
             return _mesh.jacobian(func, args, kwargs, argnums=argnums, has_aux=has_aux,
-                                  mode="rev" if transform == "jacrev" else "fwd",
+                                  mode="rev" if engine is _jacrev_engine else "fwd",
                                   chunk_size=chunk_size, layout=layout, mesh=mesh,
                                   mesh_axis=mesh_axis, gather=gather, transform=transform)
         where = f"{transform}({name})(*args)"
@@ -294,12 +294,13 @@ _ENGINES = {"fwd": ("jacfwd", _jacfwd_engine), "rev": ("jacrev", _jacrev_engine)
 def pure_mode(mode: str, func: Callable, argnums: _args.Argnums = 0, *,
               transform: str | None = None, has_aux: bool = False,
               chunk_size: int | None = None, layout: str = "numerator",
-              holomorphic: bool = False) -> Callable:
+              holomorphic: bool = False, mesh: Any = None, mesh_axis: str | None = None,
+              gather: bool = False) -> Callable:
     """``jacfwd``/``jacrev`` (``mode`` ``"fwd"``/``"rev"``) whose messages name
     ``transform`` (e.g. ``"jacobian"``, ``"hessian"``: the transform the user called)."""
     default, engine = _ENGINES[mode]
     return _jacobian_transform(func, argnums, has_aux, chunk_size, layout,
-                               transform or default, engine, holomorphic)
+                               transform or default, engine, holomorphic, mesh, mesh_axis, gather)
 
 
 # --------------------------------------------------------------------------------------

@@ -374,10 +374,10 @@ def test_bad_input_names_the_transform_and_argument():
         fl.jacobian(lambda v: v.astype(jnp.int32))(jnp.ones(3))
     with pytest.raises(TypeError, match=r"explain\(<lambda>\): the output\[1\] is int32"):
         fl.explain(lambda v: (v, v.astype(jnp.int32)), jnp.ones(3))
-    with pytest.raises(ValueError, match=r"jacobian\(<lambda>\)\(\*args\): the function returned "
-                                         r"no arrays"):
+    with pytest.raises(ValueError, match=r"jacobian\(<lambda>\)\(\*args\): expected f to return "
+                                         r"at least one array, got None"):
         fl.jacobian(lambda v: None)(jnp.ones(3))
-    with pytest.raises(ValueError, match=r"explain\(<lambda>\): the function returned no arrays"):
+    with pytest.raises(ValueError, match=r"explain\(<lambda>\): expected f to return at least one array, got a dict"):
         fl.explain(lambda v: {}, jnp.ones(3))
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from .. import _args, _caches, _cost
 from .._jaxpr import cuts as _cuts
 from .._mode import in_forward_mode, in_taylor_mode
-from ..jacobians import BY_MODE, _closed_over, split_dynamic, to_layout
+from ..jacobians import BY_MODE, _closed_over, pure_mode, split_dynamic, to_layout
 from .model import decide
 from .plans import HessianPlan, JacobianPlan
 from .run import matrix_to_tree, run_mixed
@@ -295,7 +295,7 @@ def plan_hessian(func: Callable, args: tuple, kwargs: dict | None = None,
     first_error: Exception | None = None
     inner_failures = 0
     for inner in ("rev", "fwd"):
-        inner_f = BY_MODE[inner](func, argnums)
+        inner_f = pure_mode(inner, func, argnums, transform="hessian")
         try:
             traced = trace(inner_f, args, kwargs, argnums, False, where)
         except Exception as exc:  # noqa: BLE001 - this inner mode cannot run
