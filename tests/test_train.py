@@ -276,3 +276,15 @@ def test_unhashable_optimizer_still_works(data):
     a = train.fit(mse, params0(), Opt(), data, steps=3, batch_size=16, progress=False)
     b = train.fit(mse, params0(), optax.sgd(0.1), data, steps=3, batch_size=16, progress=False)
     assert_tree_allclose(a.params, b.params, rtol=1e-6, atol=1e-7)
+
+
+def test_fit_returns_params_in_the_callers_dict_order():
+    # JAX sorts dict keys; torch keeps the caller's order: fit's params keep it too
+    import optax
+    from functorch_lite import train
+
+    params = {"w": jnp.ones(2), "b": jnp.zeros(())}
+    x, y = jnp.ones((4, 2)), jnp.ones(4)
+    loss = lambda p, batch: jnp.mean((batch[0] @ p["w"] + p["b"] - batch[1]) ** 2)
+    result = train.fit(loss, params, optax.sgd(0.1), (x, y), steps=2, progress=False)
+    assert list(result.params) == ["w", "b"]

@@ -202,6 +202,7 @@ def fit(
         )
     _args.check_differentiable(params, where, "params")
 
+    order = _args.order_of(params)  # dicts come back in the caller's key order, as torch's
     placement = Placement(mesh, data_axis, where)
     key = _as_key(key, where)
     source = make_source(data, batch_size, accumulate, placement, where)
@@ -238,7 +239,7 @@ def fit(
     finally:
         if ckpt is not None:
             ckpt.close()
-    return result
+    return dataclasses.replace(result, params=_args.reorder(order, result.params))
 
 
 # The host looks at the losses of dispatched chunks (all at once: one transfer, one check)
