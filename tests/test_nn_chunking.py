@@ -73,6 +73,7 @@ def load_example(name):
     return module
 
 
+@pytest.mark.slow  # long: CI's slow step runs it
 def test_per_sample_cnn_chunked_equals_unchunked():
     ex = load_example("per_sample_cnn")
 

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import assert_tree_allclose
 from hypothesis import given, settings, strategies as st
 
@@ -43,6 +44,7 @@ def scalar(tree):
     return smooth(tree)["scalar"]
 
 
+@pytest.mark.slow  # long: CI's slow step runs it
 @SETTINGS
 @given(data=st.data())
 def test_jacobians_agree_across_modes_and_chunks(data):
@@ -91,6 +93,7 @@ def test_vmap_chunked_equals_jax_vmap(batch, chunk, width, axis):
 @SETTINGS
 @given(n=st.integers(1, 5), mode=st.sampled_from(["fwd-over-rev", "rev-over-rev", "rev-over-fwd", "fwd-over-fwd"]),
        chunk=st.sampled_from([None, 1, 3]))
+@pytest.mark.slow  # long: CI's slow step runs it
 def test_hessian_is_symmetric_and_matches_jax(n, mode, chunk):
     with jax.enable_x64(True):
         x = jnp.linspace(-1.0, 1.0, n, dtype=jnp.float64) + 0.3
@@ -121,6 +124,7 @@ def _key_orders(tree):
     return []
 
 
+@pytest.mark.slow  # long: CI's slow step runs it
 @settings(max_examples=5, deadline=None, derandomize=True)
 @given(ordered_dicts())
 def test_dict_order_kept_by_every_transform(p):

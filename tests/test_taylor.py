@@ -323,6 +323,7 @@ def _sin_derivative(k, x):
     return [np.sin, np.cos, lambda t: -np.sin(t), lambda t: -np.cos(t)][k % 4](x)
 
 
+@pytest.mark.slow  # long: CI's slow step runs it
 @pytest.mark.parametrize("k", [34, 35])
 def test_high_orders_float32_do_not_underflow(k):
     """c_34 of sin is ~1e-39 (below float32's normal range) and 34! is above its largest:
@@ -332,6 +333,7 @@ def test_high_orders_float32_do_not_underflow(k):
     np.testing.assert_allclose(got, _sin_derivative(k, 0.3), rtol=1e-4)
 
 
+@pytest.mark.slow  # long: CI's slow step runs it
 def test_high_order_float64_against_closed_forms(x64):
     np.testing.assert_allclose(fl.derivative(jnp.sin, order=50)(0.3), _sin_derivative(50, 0.3), rtol=1e-10)
     # 1/(1-x): f^(k)(x) = k! / (1-x)^(k+1), far beyond float32 and exactly representable scale

@@ -62,6 +62,7 @@ def _steps(path):
     return sorted(int(p) for p in os.listdir(path) if p.isdigit()) if os.path.isdir(path) else []
 
 
+@pytest.mark.slow  # long: CI's slow step runs it
 def test_sigkill_at_any_moment_then_resume_is_bitwise_equal(tmp_path):
     script = tmp_path / "train_script.py"
     script.write_text(SCRIPT)

@@ -166,6 +166,7 @@ def test_resume_must_be_bool_or_force():
         fit(loss, W, optax.sgd(0.1), (X, Y), resume="yes")
 
 
+@pytest.mark.slow  # long: CI's slow step runs it
 def test_optimizers_needing_the_loss_value():
     """reduce_on_plateau needs value=, lbfgs value=, grad= and value_fn=: fit passes them."""
     rng = np.random.RandomState(0)
