@@ -165,6 +165,13 @@ def clear_caches() -> None:
 
     Compiled programs that ``jax.jit`` holds are JAX's own; ``jax.clear_caches()``
     drops those.
+
+    >>> import jax.numpy as jnp
+    >>> import functorch_lite as fl
+    >>> _ = fl.jacobian(jnp.sin)(jnp.ones(2))      # plans a Jacobian: a cache entry
+    >>> clear_caches()
+    >>> sum(entries for entries, _ in sizes().values())
+    0
     """
     with _registry_lock:
         caches = list(_registry.values())

@@ -49,14 +49,23 @@ def _modes() -> tuple[bool, bool]:
 
 def in_forward_mode() -> bool:
     """True while one of this library's forward-mode transforms is tracing (informative
-    only: the layers do not depend on it)."""
+    only: the layers do not depend on it).
+
+    >>> in_forward_mode()
+    False
+    """
     return getattr(_state, "depth", 0) > 0
 
 
 @contextlib.contextmanager
 def forward_mode() -> Iterator[None]:
     """A no-op kept for compatibility (re-entrant): the layers work in forward mode
-    without it. It only makes :func:`in_forward_mode` true inside."""
+    without it. It only makes :func:`in_forward_mode` true inside.
+
+    >>> with forward_mode():
+    ...     in_forward_mode()
+    True
+    """
     _state.depth = getattr(_state, "depth", 0) + 1
     try:
         with _jit_key(_modes()):

@@ -298,6 +298,11 @@ class ComputationGraph:
       summary: :class:`GraphSummary` of the full graph.
       jaxprs: the ``ClosedJaxpr`` s it was read from: ``primal`` and ``forward`` +
         ``backward`` (reverse mode) or ``jvp`` (forward mode).
+
+    >>> import jax.numpy as jnp
+    >>> g = graph(lambda x: jnp.sin(x) * 2.0, jnp.ones(3))
+    >>> isinstance(g, ComputationGraph), g.mode
+    (True, 'rev')
     """
 
     name: str

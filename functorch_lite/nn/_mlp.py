@@ -28,7 +28,14 @@ NORMS = (None, "layer", "rms")
 
 
 class Block(NamedTuple):
-    """A pure-functional layer: ``params = init(key)``, ``y = apply(params, x)``."""
+    """A pure-functional layer: ``params = init(key)``, ``y = apply(params, x)``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from functorch_lite import nn
+    >>> init, apply = block = nn.mlp([3, 4, 1])
+    >>> isinstance(block, nn.Block), apply(init(jax.random.key(0)), jnp.ones((2, 3))).shape
+    (True, (2, 1))
+    """
 
     init: Callable[[jax.Array], Any]
     apply: Callable[[Any, jax.Array], jax.Array]

@@ -7,6 +7,14 @@
 - :func:`plot_history`: the loss curve as a PNG (needs matplotlib, the ``plot`` extra).
 
 See docs/train.md.
+
+>>> import jax.numpy as jnp, optax
+>>> from functorch_lite import train
+>>> loss = lambda w, batch: jnp.mean((batch[0] @ w - batch[1]) ** 2)   # (xw - y)^2
+>>> result = train.fit(loss, jnp.zeros(2), optax.sgd(0.1), (jnp.ones((4, 2)), jnp.ones(4)),
+...                    steps=3, progress=False)
+>>> result.step
+3
 """
 
 from ._fit import FitResult as FitResult, fit as fit

@@ -45,6 +45,13 @@ class FitResult:
       opt_state: the optimizer state after the last step.
       step: the number of optimizer steps taken in all (counting those of a resumed run).
       history: ``{"step": ints, "loss": floats}``, one entry per step; ``loss[t]`` is the loss at the parameters *before* update ``t``.
+
+    >>> import jax.numpy as jnp, optax
+    >>> loss = lambda w, batch: jnp.mean((batch[0] @ w - batch[1]) ** 2)
+    >>> result = fit(loss, jnp.zeros(2), optax.sgd(0.1), (jnp.ones((4, 2)), jnp.ones(4)),
+    ...              steps=3, progress=False)
+    >>> isinstance(result, FitResult), result.step, result.history["loss"].shape
+    (True, 3, (3,))
     """
 
     params: Any

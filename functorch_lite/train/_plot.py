@@ -21,6 +21,11 @@ def plot_history(history: Any, path: str | os.PathLike | None = None, *, log_sca
 
     Returns:
       The ``matplotlib.figure.Figure`` (made without pyplot, so no window opens).
+
+    >>> import numpy as np
+    >>> fig = plot_history({"step": np.arange(3), "loss": np.array([1.0, 0.5, 0.25])})
+    >>> type(fig).__name__
+    'Figure'
     """
     where = "plot_history(history)"
     history = getattr(history, "history", history)

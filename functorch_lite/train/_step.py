@@ -257,6 +257,14 @@ def train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, ha
       has_aux: ``loss_fn`` returns ``(loss, aux)``.
       accumulate: split each batch into this many micro-batches and average their
         gradients (see the module docstring).
+
+    >>> import jax.numpy as jnp, optax
+    >>> loss = lambda w, batch: jnp.mean((batch[0] @ w - batch[1]) ** 2)
+    >>> step = train_step(loss, optax.sgd(0.1))
+    >>> w, opt_state = jnp.zeros(2), optax.sgd(0.1).init(jnp.zeros(2))
+    >>> w, opt_state, metrics = step(w, opt_state, (jnp.ones((4, 2)), jnp.ones(4)))
+    >>> float(metrics["loss"]), w                 # w - 0.1 * 2 (xw - y) x = 0.2
+    (1.0, Array([0.2, 0.2], dtype=float32))
     """
     where = f"train_step({_args.func_name(loss_fn)}, optimizer)"
     check_loss_fn(loss_fn, "train_step(loss_fn, optimizer)")
