@@ -60,7 +60,17 @@ __all__ = ["TV", "propagate", "UnsupportedPrimitiveError", "SUPPORTED"]
 
 
 class UnsupportedPrimitiveError(NotImplementedError):
-    """Collapsed Taylor mode has no rule for a primitive the inputs reach."""
+    """Collapsed Taylor mode has no rule for a primitive the inputs reach (control flow:
+    ``cond``, ``while``, ``scan``); the message names it.
+
+    >>> import jax, jax.numpy as jnp
+    >>> import functorch_lite as fl
+    >>> try:
+    ...     fl.laplacian(lambda x: jax.lax.cond(x[0] > 0, jnp.sum, jnp.prod, x))(jnp.ones(3))
+    ... except UnsupportedPrimitiveError as e:
+    ...     print("cond" in str(e))
+    True
+    """
 
 
 @dataclasses.dataclass
