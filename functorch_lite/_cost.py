@@ -90,6 +90,19 @@ def lowered_flops(func: Callable, *abstract_args: Any) -> float:
     return float(cost.get("flops", math.nan))
 
 
+def format_number(v: float | None) -> str:
+    """A cost for a table: three significant digits, ``'-'`` for none, ``'n/a'`` for inf.
+
+    >>> format_number(12345.0), format_number(float("inf")), format_number(None)
+    ('1.23e+04', 'n/a', '-')
+    """
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if math.isinf(v):
+        return "n/a"
+    return f"{v:.3g}"
+
+
 def format_bytes(n: float, sep: str = "") -> str:
     """``'512B'``, ``'1.5KiB'``, ``'16.0MiB'``, ``'2.0GiB'`` (``sep`` between number and unit).
 

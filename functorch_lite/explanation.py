@@ -19,6 +19,7 @@ from typing import Any
 import jax
 
 from . import _args, _cost
+from ._cost import format_number as _num
 from ._planner.plans import JacobianPlan
 from .accumulation import Chain, _describe
 from .jacobians import split_dynamic, tree_size
@@ -190,13 +191,6 @@ class Report:
         fig.savefig(path, dpi=110)
         return path
 
-
-def _num(v: float) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if math.isinf(v):
-        return "n/a"
-    return f"{v:.3g}"
 
 
 def _bytes(v: float) -> str:

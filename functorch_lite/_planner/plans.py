@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from .._cost import format_number as _num
 from .chain import Plan as ChainPlan
 
 __all__ = ["JacobianPlan", "HessianPlan", "Cut"]
@@ -166,10 +167,3 @@ class HessianPlan:
             text += f"; {m} cannot run: {reason}"
         return text + ")"
 
-
-def _num(v: float) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if math.isinf(v):
-        return "n/a"
-    return f"{v:.3g}"
