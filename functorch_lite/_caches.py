@@ -30,12 +30,8 @@ _registry: dict[str, "LRUCache | WeakCache"] = {}
 _registry_lock = threading.Lock()
 
 
-class LRUCache:
-    """A bounded, thread-safe mapping from hashable keys to values (LRU eviction).
-
-    Keys must not hold user functions or arrays strongly: key on what determines the
-    value (a jaxpr's text, shapes, dtypes, options), or use :class:`WeakCache`.
-    """
+class _Bounded:
+    """A bounded, thread-safe ordered mapping: the storage both caches share."""
 
     def __init__(self, name: str, maxsize: int):
         if maxsize < 1:
@@ -44,7 +40,7 @@ class LRUCache:
         self._data: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, default: Any = None) -> Any:
+    def _get(self, key: Hashable, default: Any) -> Any:
         with self._lock:
             value = self._data.get(key, _MISSING)
             if value is _MISSING:
@@ -52,19 +48,12 @@ class LRUCache:
             self._data.move_to_end(key)
             return value
 
-    def put(self, key: Hashable, value: Any) -> None:
+    def _put(self, key: Hashable, value: Any) -> None:
         with self._lock:
             self._data[key] = value
             self._data.move_to_end(key)
             while len(self._data) > self.maxsize:
                 self._data.popitem(last=False)
-
-    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        value = self.get(key, _MISSING)
-        if value is _MISSING:
-            value = compute()
-            self.put(key, value)
-        return value
 
     def clear(self) -> None:
         with self._lock:
@@ -74,23 +63,37 @@ class LRUCache:
         return len(self._data)
 
     def __repr__(self) -> str:
-        return f"LRUCache({self.name!r}, {len(self)}/{self.maxsize})"
+        return f"{type(self).__name__}({self.name!r}, {len(self)}/{self.maxsize})"
 
 
-class WeakCache:
+class LRUCache(_Bounded):
+    """A bounded, thread-safe mapping from hashable keys to values (LRU eviction).
+
+    Keys must not hold user functions or arrays strongly: key on what determines the
+    value (a jaxpr's text, shapes, dtypes, options), or use :class:`WeakCache`.
+    """
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        return self._get(key, default)
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self._put(key, value)
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        value = self._get(key, _MISSING)
+        if value is _MISSING:
+            value = compute()
+            self._put(key, value)
+        return value
+
+
+class WeakCache(_Bounded):
     """A bounded cache keyed on a user callable (weakly) plus a hashable sub-key.
 
     ``get(func, key)`` / ``put(func, key, value)``. When ``func`` is garbage-collected
     its entries go with it; at most ``maxsize`` (callable, key) entries live at once.
     A callable that cannot be weakly referenced is simply not cached.
     """
-
-    def __init__(self, name: str, maxsize: int):
-        if maxsize < 1:
-            raise ValueError(f"cache {name!r}: maxsize must be >= 1, got {maxsize}")
-        self.name, self.maxsize = name, maxsize
-        self._data: collections.OrderedDict = collections.OrderedDict()
-        self._lock = threading.Lock()
 
     def _ref(self, func: Callable) -> "weakref.ref | None":
         try:
@@ -105,24 +108,12 @@ class WeakCache:
 
     def get(self, func: Callable, key: Hashable = None, default: Any = None) -> Any:
         ref = self._ref(func)
-        if ref is None:
-            return default
-        with self._lock:
-            value = self._data.get((ref, key), _MISSING)
-            if value is _MISSING:
-                return default
-            self._data.move_to_end((ref, key))
-            return value
+        return default if ref is None else self._get((ref, key), default)
 
     def put(self, func: Callable, key: Hashable, value: Any) -> None:
         ref = self._ref(func)
-        if ref is None:
-            return
-        with self._lock:
-            self._data[(ref, key)] = value
-            self._data.move_to_end((ref, key))
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
+        if ref is not None:
+            self._put((ref, key), value)
 
     def get_or_compute(self, func: Callable, key: Hashable, compute: Callable[[], Any]) -> Any:
         value = self.get(func, key, _MISSING)
@@ -130,16 +121,6 @@ class WeakCache:
             value = compute()
             self.put(func, key, value)
         return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __repr__(self) -> str:
-        return f"WeakCache({self.name!r}, {len(self)}/{self.maxsize})"
 
 
 def _register(cache):
