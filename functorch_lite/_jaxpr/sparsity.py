@@ -191,6 +191,28 @@ def _window_matrix(out_n, in_n, window, stride, pad_lo, base_dil, win_dil):
     return _selection(rows, (p // base_dil)[ok], (out_n, in_n))
 
 
+def _structure(e, perm, shape3):
+    """The zero pattern of a known operand, in canonical order (``None``: traced, so
+    every entry may be nonzero)."""
+    if _known(e):
+        return np.transpose(e.val != 0, perm).reshape(shape3)
+    return None
+
+
+def _contract(dep, other, B, M, K, N):
+    """Dependencies of ``out[b, m, n] = sum_k x[b, m, k] y[b, k, n]`` through ``x``
+    (``dep``: rows in ``(b, m, k)`` order), given ``y``'s zero pattern ``other`` (``None``:
+    dense); rows of the result in ``(b, m, n)`` order."""
+    if other is None:
+        red = _selection(np.repeat(np.arange(B * M), K), np.arange(B * M * K), (B * M, B * M * K))
+        return _rows(_apply(red, dep), np.repeat(np.arange(B * M), N))
+    b, k, nn = np.nonzero(other)
+    m = np.arange(M)[:, None]
+    rows = ((b * M + m) * N + nn).ravel()
+    cols = ((b * M + m) * K + k).ravel()
+    return _apply(_selection(rows, cols, (B * M * N, B * M * K)), dep)
+
+
 def _kron_all(mats):
     out = sp.csr_matrix(np.ones((1, 1), np.float32))
     for m in mats:
@@ -294,167 +316,14 @@ class _Propagator:
             return None
 
     def rule(self, eqn, ins, shapes) -> list:
+        """Dependency matrices of the outputs of one equation: its rule in :data:`_RULES`
+        (``scatter*``: :meth:`_scatter`), else dense with the primitive named."""
         name = primitive_name(eqn)
-        p = eqn.params
-        size = math.prod(shapes[0])
-        n = self.n
-        deps = [e.dep for e in ins]
-
-        if name in _ZERO_DERIVATIVE or name in _VALUE_ONLY:
-            if not self.structural:
-                return [None]
-            return [_union([_bcast(e.dep, e.shape, shapes[0]) for e in ins], size, n)]
-        if name == "mul":
-            rows = []
-            for k, e in enumerate(ins):
-                other = ins[1 - k]
-                d = e.dep
-                d = _bcast(d, e.shape, shapes[0])
-                if d is not None and _known(other):
-                    mask = np.broadcast_to(other.val != 0, shapes[0]).ravel()
-                    d = _bin(sp.diags(mask.astype(np.float32)) @ d)
-                rows.append(d)
-            return [_union(rows, size, n)]
-        if name == "select_n":
-            pred, cases = ins[0], ins[1:]
-            if _known(pred):
-                which = np.broadcast_to(pred.val.astype(np.int64), shapes[0]).ravel()
-                out = None
-                for c, e in enumerate(cases):
-                    d = _bcast(e.dep, e.shape, shapes[0])
-                    if d is None:
-                        continue
-                    part = _bin(sp.diags((which == c).astype(np.float32)) @ d)
-                    out = part if out is None else (part if part is None else out + part)
-                return [_bin(out)]
-            return [_union([_bcast(e.dep, e.shape, shapes[0]) for e in cases], size, n)]
-        if name in _ELEMENTWISE:
-            return [_union([_bcast(e.dep, e.shape, shapes[0]) for e in ins], size, n)]
-        if name in _IDENTITY_MULTI:
-            return deps[:len(shapes)]
-        if name in _CALLS:
-            return self._call(eqn, ins)
-        if name == "cond":
-            return self._cond(eqn, ins, shapes)
-        if name == "scan":
-            return self._scan(eqn, ins, shapes)
-        if name == "while":
-            return self._while(eqn, ins, shapes)
-
-        x = ins[0]
-        if name in ("reshape", "squeeze", "expand_dims"):
-            if name == "reshape" and p.get("dimensions") is not None:
-                idx = _iota(x.shape).transpose(p["dimensions"]).ravel()
-                return [_rows(x.dep, idx)]
-            return [x.dep]
-        if name == "broadcast_in_dim":
-            view = [1] * len(shapes[0])
-            for i, d in enumerate(p["broadcast_dimensions"]):
-                view[d] = x.shape[i]
-            idx = np.broadcast_to(_iota(x.shape).reshape(view), shapes[0])
-            return [_rows(x.dep, idx)]
-        if name == "transpose":
-            return [_rows(x.dep, _iota(x.shape).transpose(p["permutation"]))]
-        if name == "rev":
-            return [_rows(x.dep, np.flip(_iota(x.shape), p["dimensions"]))]
-        if name == "slice":
-            strides = p["strides"] or (1,) * len(x.shape)
-            sl = tuple(slice(a, b, s) for a, b, s in zip(p["start_indices"], p["limit_indices"], strides))
-            return [_rows(x.dep, _iota(x.shape)[sl])]
-        if name == "concatenate":
-            axis, offset, pieces, stacked = p["dimension"], 0, [], []
-            for e in ins:
-                pieces.append(_iota(e.shape) + offset)
-                stacked.append(e.dep if e.dep is not None else sp.csr_matrix((e.size, n), dtype=np.float32))
-                offset += e.size
-            return [_rows(_bin(sp.vstack(stacked, format="csr")), np.concatenate(pieces, axis))]
-        if name == "split":
-            axis, start, outs = p["axis"], 0, []
-            for s in p["sizes"]:
-                sl = [slice(None)] * len(x.shape)
-                sl[axis] = slice(start, start + int(s))
-                outs.append(_rows(x.dep, _iota(x.shape)[tuple(sl)]))
-                start += int(s)
-            return outs
-        if name == "pad":
-            maps = []
-            for (lo, hi, interior), length, out_len in zip(p["padding_config"], x.shape, shapes[0]):
-                pos = np.arange(out_len) - lo
-                step = interior + 1
-                src = np.where((pos >= 0) & (pos % step == 0), pos // step, -1)
-                maps.append(np.where(src < length, src, -1))
-            idx = _separable(x.shape, maps)
-            out = _rows(x.dep, idx)
-            if ins[1].dep is not None:
-                fill = _rows(ins[1].dep, np.where(idx.ravel() < 0, 0, -1))
-                out = _union([out, fill], size, n)
-            return [out]
-        if name == "dynamic_slice":
-            starts = ins[1:]
-            if all(_known(s) for s in starts):
-                maps = []
-                for s, length, k in zip(starts, x.shape, p["slice_sizes"]):
-                    st = int(np.clip(int(s.val), 0, length - k))
-                    maps.append(np.arange(st, st + k))
-                return [_rows(x.dep, _separable(x.shape, maps))]
-            return [_dense([x.dep], size, n)]
-        if name == "dynamic_update_slice":
-            upd, starts = ins[1], ins[2:]
-            if all(_known(s) for s in starts):
-                region = []
-                for s, length, k in zip(starts, x.shape, upd.shape):
-                    st = int(np.clip(int(s.val), 0, length - k))
-                    region.append(slice(st, st + k))
-                keep = _iota(x.shape)
-                keep[tuple(region)] = -1
-                place = np.full(x.shape, -1, np.int64)
-                place[tuple(region)] = _iota(upd.shape)
-                return [_union([_rows(x.dep, keep), _rows(upd.dep, place)], size, n)]
-            return [_union([x.dep, _dense([upd.dep], size, n)], size, n)]
-        if name == "gather":
-            idx_e = ins[1]
-            if _known(idx_e):
-                ids = self._gather_ids(x.shape, idx_e.val, p)
-                if ids is not None:
-                    return [_rows(x.dep, ids - 1)]
-            return [_dense([x.dep], size, n)]
-        if name.startswith("scatter"):
-            return [self._scatter(name, ins, p, size)]
-        if name == "dot_general":
-            return [self._dot_general(ins, p, shapes[0])]
-        if name in _REDUCTIONS:
-            out_shape = tuple(1 if i in p["axes"] else s for i, s in enumerate(x.shape))
-            out_ids = np.broadcast_to(_iota(out_shape), x.shape)
-            m = _selection(out_ids, _iota(x.shape), (size, x.size))
-            return [_apply(m, x.dep)]
-        if name in _CUMULATIVE:
-            axis, length = p["axis"], x.shape[p["axis"]]
-            tri = np.tril(np.ones((length, length), np.float32))
-            tri = tri.T if p.get("reverse") else tri
-            m = _kron_all([sp.identity(math.prod(x.shape[:axis]), np.float32, "csr"),
-                           sp.csr_matrix(tri),
-                           sp.identity(math.prod(x.shape[axis + 1:]), np.float32, "csr")])
-            return [_apply(m, x.dep)]
-        if name == "sort":
-            axis = p["dimension"]
-            shape = ins[0].shape
-            length = shape[axis]
-            m = _kron_all([sp.identity(math.prod(shape[:axis]), np.float32, "csr"),
-                           sp.csr_matrix(np.ones((length, length), np.float32)),
-                           sp.identity(math.prod(shape[axis + 1:]), np.float32, "csr")])
-            return [_apply(m, e.dep) for e in ins]
-        if name == "top_k":
-            length, k = x.shape[-1], shapes[0][-1]
-            m = sp.kron(sp.identity(math.prod(x.shape[:-1]), np.float32, "csr"),
-                        sp.csr_matrix(np.ones((k, length), np.float32)), format="csr")
-            return [_apply(m, x.dep), None]
-        if name in _REDUCE_WINDOW:
-            return self._reduce_window(name, eqn, ins, shapes)
-        if name == "conv_general_dilated":
-            return [self._conv(ins, p, shapes[0])]
-
-        self.unknown.add(name)
-        return [_dense(deps, math.prod(s), n) for s in shapes]
+        fn = _RULES.get(name) or (_rule_scatter if name.startswith("scatter") else None)
+        if fn is None:
+            self.unknown.add(name)
+            return [_dense([e.dep for e in ins], math.prod(s), self.n) for s in shapes]
+        return fn(self, eqn, ins, shapes)
 
     # -- index maps -------------------------------------------------------------------
 
@@ -516,6 +385,8 @@ class _Propagator:
     # -- contractions -----------------------------------------------------------------
 
     def _dot_general(self, ins, p, out_shape):
+        """``out[b, m, n] = sum_k lhs[b, m, k] rhs[b, k, n]`` (canonical order): the lhs
+        part directly, the rhs part as the lhs part of ``out^T = rhs^T lhs^T``."""
         (lc, rc), (lb, rb) = p["dimension_numbers"]
         lhs, rhs = ins
         lf = [d for d in range(len(lhs.shape)) if d not in lc and d not in lb]
@@ -524,47 +395,15 @@ class _Propagator:
         M = math.prod(lhs.shape[d] for d in lf)
         K = math.prod(lhs.shape[d] for d in lc)
         N = math.prod(rhs.shape[d] for d in rf)
-        lperm, rperm = list(lb) + lf + list(lc), list(rb) + list(rc) + rf
-        size = B * M * N
-
-        def structure(e, perm, shape3):
-            if _known(e):
-                return np.transpose(e.val != 0, perm).reshape(shape3)
-            return None                                  # all potentially nonzero
-
         out = []
-        # lhs part: out[b,m,n] <- lhs[b,m,k] where rhs[b,k,n] != 0
         if lhs.dep is not None:
-            dl = _rows(lhs.dep, _iota(lhs.shape).transpose(lperm))   # rows (b, m, k)
-            r = structure(rhs, rperm, (B, K, N))
-            if r is None:
-                red = _selection(np.repeat(np.arange(B * M), K), np.arange(B * M * K), (B * M, B * M * K))
-                out.append(_rows(_apply(red, dl), np.repeat(np.arange(B * M), N)))
-            else:
-                b, k, nn = np.nonzero(r)
-                m = np.arange(M)[:, None]
-                rows = ((b * M + m) * N + nn).ravel()
-                cols = ((b * M + m) * K + k).ravel()
-                out.append(_apply(_selection(rows, cols, (size, B * M * K)), dl))
-        # rhs part: out[b,m,n] <- rhs[b,k,n] where lhs[b,m,k] != 0
+            dl = _rows(lhs.dep, _iota(lhs.shape).transpose(list(lb) + lf + list(lc)))   # (b, m, k)
+            out.append(_contract(dl, _structure(rhs, list(rb) + list(rc) + rf, (B, K, N)), B, M, K, N))
         if rhs.dep is not None:
-            dr = _rows(rhs.dep, _iota(rhs.shape).transpose(rperm))   # rows (b, k, n)
-            lstruct = structure(lhs, lperm, (B, M, K))
-            if lstruct is None:
-                bb = np.repeat(np.arange(B), K * N)
-                nn = np.tile(np.arange(N), B * K)
-                red = _selection(bb * N + nn, np.arange(B * K * N), (B * N, B * K * N))
-                reduced = _apply(red, dr)                          # rows (b, n)
-                ob = np.arange(size) // (M * N)
-                on = np.arange(size) % N
-                out.append(_rows(reduced, ob * N + on))
-            else:
-                b, m, k = np.nonzero(lstruct)
-                nn = np.arange(N)[:, None]
-                rows = ((b * M + m) * N + nn).ravel()
-                cols = ((b * K + k) * N + nn).ravel()
-                out.append(_apply(_selection(rows, cols, (size, B * K * N)), dr))
-        return _union(out, size, self.n)
+            dr = _rows(rhs.dep, _iota(rhs.shape).transpose(list(rb) + rf + list(rc)))   # (b, n, k)
+            part = _contract(dr, _structure(lhs, list(lb) + list(lc) + lf, (B, K, M)), B, N, K, M)
+            out.append(_rows(part, _iota((B, N, M)).transpose(0, 2, 1)))             # to (b, m, n)
+        return _union(out, B * M * N, self.n)
 
     def _conv(self, ins, p, out_shape):
         lhs, rhs = ins
@@ -712,6 +551,238 @@ class _Propagator:
                 return [c.dep for c in carry]
             carry = new
         return [_dense([e.dep for e in ins], math.prod(s), n) for s in shapes]
+
+
+# ----------------------------------------------------------------------------- the rules
+#
+# One function per primitive (or family): ``rule(prop, eqn, ins, shapes) -> list`` of the
+# outputs' dependency matrices (``None``: no dependency), ``ins`` the operands' entries.
+
+
+def _size(shapes):
+    return math.prod(shapes[0])
+
+
+def _elementwise(prop, eqn, ins, shapes):
+    return [_union([_bcast(e.dep, e.shape, shapes[0]) for e in ins], _size(shapes), prop.n)]
+
+
+def _value_only(prop, eqn, ins, shapes):
+    """Zero derivative: no dependency, except inside a custom rule (``prop.structural``)."""
+    return _elementwise(prop, eqn, ins, shapes) if prop.structural else [None]
+
+
+def _rule_mul(prop, eqn, ins, shapes):
+    """Elementwise, and a known constant factor drops the rows where it is zero."""
+    rows = []
+    for k, e in enumerate(ins):
+        other = ins[1 - k]
+        d = _bcast(e.dep, e.shape, shapes[0])
+        if d is not None and _known(other):
+            mask = np.broadcast_to(other.val != 0, shapes[0]).ravel()
+            d = _bin(sp.diags(mask.astype(np.float32)) @ d)
+        rows.append(d)
+    return [_union(rows, _size(shapes), prop.n)]
+
+
+def _rule_select_n(prop, eqn, ins, shapes):
+    """The case each element takes when the predicate is known, else their union."""
+    pred, cases = ins[0], ins[1:]
+    if not _known(pred):
+        return [_union([_bcast(e.dep, e.shape, shapes[0]) for e in cases], _size(shapes), prop.n)]
+    which = np.broadcast_to(pred.val.astype(np.int64), shapes[0]).ravel()
+    out = None
+    for c, e in enumerate(cases):
+        d = _bcast(e.dep, e.shape, shapes[0])
+        if d is None:
+            continue
+        part = _bin(sp.diags((which == c).astype(np.float32)) @ d)
+        out = part if out is None else (part if part is None else out + part)
+    return [_bin(out)]
+
+
+def _identity_multi(prop, eqn, ins, shapes):
+    return [e.dep for e in ins][:len(shapes)]
+
+
+def _rule_reshape(prop, eqn, ins, shapes):
+    x, dims = ins[0], eqn.params.get("dimensions")
+    if primitive_name(eqn) == "reshape" and dims is not None:
+        return [_rows(x.dep, _iota(x.shape).transpose(dims).ravel())]
+    return [x.dep]
+
+
+def _rule_broadcast_in_dim(prop, eqn, ins, shapes):
+    x = ins[0]
+    view = [1] * len(shapes[0])
+    for i, d in enumerate(eqn.params["broadcast_dimensions"]):
+        view[d] = x.shape[i]
+    return [_rows(x.dep, np.broadcast_to(_iota(x.shape).reshape(view), shapes[0]))]
+
+
+def _rule_transpose(prop, eqn, ins, shapes):
+    return [_rows(ins[0].dep, _iota(ins[0].shape).transpose(eqn.params["permutation"]))]
+
+
+def _rule_rev(prop, eqn, ins, shapes):
+    return [_rows(ins[0].dep, np.flip(_iota(ins[0].shape), eqn.params["dimensions"]))]
+
+
+def _rule_slice(prop, eqn, ins, shapes):
+    x, p = ins[0], eqn.params
+    strides = p["strides"] or (1,) * len(x.shape)
+    sl = tuple(slice(a, b, s) for a, b, s in zip(p["start_indices"], p["limit_indices"], strides))
+    return [_rows(x.dep, _iota(x.shape)[sl])]
+
+
+def _rule_concatenate(prop, eqn, ins, shapes):
+    offset, pieces, stacked = 0, [], []
+    for e in ins:
+        pieces.append(_iota(e.shape) + offset)
+        stacked.append(e.dep if e.dep is not None else sp.csr_matrix((e.size, prop.n), dtype=np.float32))
+        offset += e.size
+    return [_rows(_bin(sp.vstack(stacked, format="csr")), np.concatenate(pieces, eqn.params["dimension"]))]
+
+
+def _rule_split(prop, eqn, ins, shapes):
+    x, axis, start, outs = ins[0], eqn.params["axis"], 0, []
+    for s in eqn.params["sizes"]:
+        sl = [slice(None)] * len(x.shape)
+        sl[axis] = slice(start, start + int(s))
+        outs.append(_rows(x.dep, _iota(x.shape)[tuple(sl)]))
+        start += int(s)
+    return outs
+
+
+def _rule_pad(prop, eqn, ins, shapes):
+    x, maps = ins[0], []
+    for (lo, hi, interior), length, out_len in zip(eqn.params["padding_config"], x.shape, shapes[0]):
+        pos = np.arange(out_len) - lo
+        src = np.where((pos >= 0) & (pos % (interior + 1) == 0), pos // (interior + 1), -1)
+        maps.append(np.where(src < length, src, -1))
+    idx = _separable(x.shape, maps)
+    out = _rows(x.dep, idx)
+    if ins[1].dep is not None:                 # a traced padding value fills the rest
+        out = _union([out, _rows(ins[1].dep, np.where(idx.ravel() < 0, 0, -1))], _size(shapes), prop.n)
+    return [out]
+
+
+def _rule_dynamic_slice(prop, eqn, ins, shapes):
+    x, starts = ins[0], ins[1:]
+    if not all(_known(s) for s in starts):
+        return [_dense([x.dep], _size(shapes), prop.n)]
+    maps = []
+    for s, length, k in zip(starts, x.shape, eqn.params["slice_sizes"]):
+        st = int(np.clip(int(s.val), 0, length - k))
+        maps.append(np.arange(st, st + k))
+    return [_rows(x.dep, _separable(x.shape, maps))]
+
+
+def _rule_dynamic_update_slice(prop, eqn, ins, shapes):
+    x, upd, starts = ins[0], ins[1], ins[2:]
+    size = _size(shapes)
+    if not all(_known(s) for s in starts):
+        return [_union([x.dep, _dense([upd.dep], size, prop.n)], size, prop.n)]
+    region = []
+    for s, length, k in zip(starts, x.shape, upd.shape):
+        st = int(np.clip(int(s.val), 0, length - k))
+        region.append(slice(st, st + k))
+    keep = _iota(x.shape)
+    keep[tuple(region)] = -1
+    place = np.full(x.shape, -1, np.int64)
+    place[tuple(region)] = _iota(upd.shape)
+    return [_union([_rows(x.dep, keep), _rows(upd.dep, place)], size, prop.n)]
+
+
+def _rule_gather(prop, eqn, ins, shapes):
+    x, idx_e = ins[0], ins[1]
+    if _known(idx_e):
+        ids = prop._gather_ids(x.shape, idx_e.val, eqn.params)
+        if ids is not None:
+            return [_rows(x.dep, ids - 1)]
+    return [_dense([x.dep], _size(shapes), prop.n)]
+
+
+def _rule_scatter(prop, eqn, ins, shapes):
+    return [prop._scatter(primitive_name(eqn), ins, eqn.params, _size(shapes))]
+
+
+def _rule_dot_general(prop, eqn, ins, shapes):
+    return [prop._dot_general(ins, eqn.params, shapes[0])]
+
+
+def _rule_conv(prop, eqn, ins, shapes):
+    return [prop._conv(ins, eqn.params, shapes[0])]
+
+
+def _rule_reduction(prop, eqn, ins, shapes):
+    x = ins[0]
+    out_shape = tuple(1 if i in eqn.params["axes"] else s for i, s in enumerate(x.shape))
+    out_ids = np.broadcast_to(_iota(out_shape), x.shape)
+    return [_apply(_selection(out_ids, _iota(x.shape), (_size(shapes), x.size)), x.dep)]
+
+
+def _along_axis(shape, axis, block):
+    """Structural matrix of an op mixing elements along ``axis`` by ``block`` (length x
+    length) and acting alone on every other index."""
+    return _kron_all([sp.identity(math.prod(shape[:axis]), np.float32, "csr"), sp.csr_matrix(block),
+                      sp.identity(math.prod(shape[axis + 1:]), np.float32, "csr")])
+
+
+def _rule_cumulative(prop, eqn, ins, shapes):
+    x, axis = ins[0], eqn.params["axis"]
+    tri = np.tril(np.ones((x.shape[axis], x.shape[axis]), np.float32))
+    return [_apply(_along_axis(x.shape, axis, tri.T if eqn.params.get("reverse") else tri), x.dep)]
+
+
+def _rule_sort(prop, eqn, ins, shapes):
+    shape, axis = ins[0].shape, eqn.params["dimension"]
+    m = _along_axis(shape, axis, np.ones((shape[axis], shape[axis]), np.float32))
+    return [_apply(m, e.dep) for e in ins]
+
+
+def _rule_top_k(prop, eqn, ins, shapes):
+    x, k = ins[0], shapes[0][-1]
+    m = _along_axis(x.shape[:-1] + (k,), len(x.shape) - 1, np.ones((k, x.shape[-1]), np.float32))
+    return [_apply(m, x.dep), None]
+
+
+def _method(name):
+    return lambda prop, eqn, ins, shapes: getattr(prop, name)(eqn, ins, shapes)
+
+
+def _rule_reduce_window(prop, eqn, ins, shapes):
+    return prop._reduce_window(primitive_name(eqn), eqn, ins, shapes)
+
+
+def _rule_call(prop, eqn, ins, shapes):
+    return prop._call(eqn, ins)
+
+
+def _table() -> dict:
+    """Primitive name -> rule; the first family that names a primitive wins."""
+    table: dict = {}
+    families = [
+        (_ZERO_DERIVATIVE | _VALUE_ONLY, _value_only),
+        ({"mul"}, _rule_mul), ({"select_n"}, _rule_select_n), (_ELEMENTWISE, _elementwise),
+        (_IDENTITY_MULTI, _identity_multi), (_CALLS, _rule_call),
+        ({"cond"}, _method("_cond")), ({"scan"}, _method("_scan")), ({"while"}, _method("_while")),
+        ({"reshape", "squeeze", "expand_dims"}, _rule_reshape),
+        ({"broadcast_in_dim"}, _rule_broadcast_in_dim), ({"transpose"}, _rule_transpose),
+        ({"rev"}, _rule_rev), ({"slice"}, _rule_slice), ({"concatenate"}, _rule_concatenate),
+        ({"split"}, _rule_split), ({"pad"}, _rule_pad), ({"dynamic_slice"}, _rule_dynamic_slice),
+        ({"dynamic_update_slice"}, _rule_dynamic_update_slice), ({"gather"}, _rule_gather),
+        ({"dot_general"}, _rule_dot_general), (_REDUCTIONS, _rule_reduction),
+        (_CUMULATIVE, _rule_cumulative), ({"sort"}, _rule_sort), ({"top_k"}, _rule_top_k),
+        (_REDUCE_WINDOW, _rule_reduce_window), ({"conv_general_dilated"}, _rule_conv),
+    ]
+    for names, fn in families:
+        for name in names:
+            table.setdefault(name, fn)
+    return table
+
+
+_RULES = _table()
 
 
 def _numpy_gather_ids(operand_shape, indices, p):

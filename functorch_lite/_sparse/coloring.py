@@ -168,19 +168,11 @@ def _split_rows(P: sp.csr_matrix, rows: np.ndarray) -> Bicoloring:
 
 
 def _split_cols(P: sp.csr_matrix, cols: np.ndarray) -> Bicoloring:
-    m, n = P.shape
-    in_c = np.zeros(n, bool)
+    """The column split: the row split of ``P^T`` with the roles of JVPs and VJPs swapped."""
+    t = _split_rows(sp.csr_matrix(P.T), cols)
+    in_c = np.zeros(P.shape[1], bool)
     in_c[cols] = True
-    col_colors = np.full(n, -1, np.int64)
-    if in_c.any():
-        col_colors[np.flatnonzero(in_c)] = column_coloring(P[:, np.flatnonzero(in_c)])
-    rest = sp.csr_matrix(sp.csr_matrix(P, dtype=np.float32) @ sp.diags((~in_c).astype(np.float32)))
-    rest.eliminate_zeros()
-    row_colors = np.full(m, -1, np.int64)
-    used = np.flatnonzero(np.diff(rest.indptr) > 0)
-    if used.size:
-        row_colors[used] = row_coloring(rest[used])
-    return Bicoloring(row_colors, col_colors, in_c[P.indices], "columns")
+    return Bicoloring(t.col_colors, t.row_colors, in_c[P.indices], "columns")
 
 
 def _split_bound(P: sp.csr_matrix, chosen: np.ndarray, by_rows: bool) -> int:

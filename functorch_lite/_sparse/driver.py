@@ -28,11 +28,11 @@ import numpy as np
 import scipy.sparse as sp
 from jax.experimental import sparse as jsparse
 from jax.flatten_util import ravel_pytree
+from jax.sharding import NamedSharding, PartitionSpec
 
-from .. import _args, _caches
+from .. import _args, _caches, _mesh
 from .._jaxpr import stage
 from .._jaxpr.sparsity import jacobian_pattern
-from .._mode import forward_mode
 from . import coloring as _coloring
 from .pattern import Pattern, Plan, as_pattern
 
@@ -101,13 +101,44 @@ def _seeds(colors: np.ndarray, dtype) -> np.ndarray:
     return seeds
 
 
-def _batched(fn: Callable, seeds: np.ndarray, chunk_size: int | None) -> jax.Array:
-    seeds = jnp.asarray(seeds)
-    if seeds.shape[0] == 0:
-        return None
-    if chunk_size is None or chunk_size >= seeds.shape[0]:
-        return jax.vmap(fn)(seeds)
-    return jax.lax.map(fn, seeds, batch_size=chunk_size)
+def _jvp_row(fn: Callable) -> Callable:
+    """``setup(x) -> (s -> J(x) s)``: the JVPs of ``fn`` at ``x``."""
+    return lambda x: (lambda s: jax.jvp(fn, (x,), (s,))[1])
+
+
+def _vjp_row(fn: Callable) -> Callable:
+    """``setup(x) -> (w -> w^T J(x))``: one stored forward pass, then VJPs."""
+    def setup(x):
+        pullback = jax.vjp(fn, x)[1]
+        return lambda w: pullback(w)[0]
+    return setup
+
+
+def _products(setup: Callable, flat: jax.Array, colors: np.ndarray, dtype, chunk_size: int | None,
+              split: tuple | None, where: str) -> jax.Array:
+    """``row(s_k)`` for the seed ``s_k`` of each color ``k``, stacked ``(colors, ...)``.
+
+    ``setup(flat)`` builds ``row`` once (a forward pass, a linearization). The seeds run
+    vectorised (``vmap``), or ``chunk_size`` at a time (``lax.map``); with ``split =
+    (mesh, axis)`` the colors are divided over the mesh's devices
+    (:func:`functorch_lite._mesh.sharded_basis_map`: each device sets up ``row`` itself
+    and runs its share, ``chunk_size`` at a time; a padding color past the last seeds
+    nothing, a zero row, dropped).
+    """
+    if split is None:
+        row = setup(flat)
+        seeds = jnp.asarray(_seeds(colors, dtype))
+        if chunk_size is None or chunk_size >= seeds.shape[0]:
+            return jax.vmap(row)(seeds)
+        return jax.lax.map(row, seeds, batch_size=chunk_size)
+    ids = np.asarray(colors, np.int32)
+
+    def make_row(x):
+        row = setup(x)
+        return lambda i: row((jnp.asarray(ids) == i).astype(dtype))
+
+    return _mesh.sharded_basis_map(make_row, _coloring.ncolors(colors), mesh=split[0], axis=split[1],
+                                   chunk_size=chunk_size, operands=(flat,), where=where)
 
 
 def decompression(pattern: Pattern, plan: Plan) -> tuple:
@@ -137,23 +168,22 @@ def decompression(pattern: Pattern, plan: Plan) -> tuple:
 
 
 def _compressed_values(fo: Callable, flat: jax.Array, pattern: Pattern, plan: Plan,
-                       chunk_size: int | None) -> jax.Array:
-    """The pattern's nonzero values (row-major order) of the Jacobian of ``fo`` at ``flat``."""
+                       chunk_size: int | None, out_dtype=None, split: tuple | None = None,
+                       where: str = "jacobian(sparse=True)") -> jax.Array:
+    """The pattern's nonzero values (row-major order) of the Jacobian of ``fo`` at
+    ``flat``: the JVP products ``B`` and VJP products ``W`` (both when bicolored), then
+    one gather with static indices from their concatenation."""
     dtype = np.dtype(flat.dtype)
     fwd_idx, rev_idx, from_fwd = decompression(pattern, plan)
     if pattern.nnz == 0:
         return jnp.zeros(0, dtype)
     products = []
     if plan.n_jvp:
-        def jvp(s):
-            return jax.jvp(fo, (flat,), (s,))[1]
-
-        with forward_mode():
-            B = _batched(jvp, _seeds(plan.col_colors, dtype), chunk_size)      # (p, m)
+        B = _products(_jvp_row(fo), flat, plan.col_colors, dtype, chunk_size, split, where)   # (p, m)
         products.append(B.reshape(-1))
     if plan.n_vjp:
-        out, pullback = jax.vjp(fo, flat)
-        W = _batched(lambda w: pullback(w)[0], _seeds(plan.row_colors, np.dtype(out.dtype)), chunk_size)
+        out_dtype = np.dtype(out_dtype if out_dtype is not None else jax.eval_shape(fo, flat).dtype)
+        W = _products(_vjp_row(fo), flat, plan.row_colors, out_dtype, chunk_size, split, where)  # (q, n)
         products.append(W.reshape(-1))
     if len(products) == 2:
         # one gather from both products: JVP entries index B, VJP entries W (after B)
@@ -163,24 +193,16 @@ def _compressed_values(fo: Callable, flat: jax.Array, pattern: Pattern, plan: Pl
 
 
 def _hvp_values(grad_f: Callable, flat: jax.Array, pattern: Pattern, plan: Plan,
-                chunk_size: int | None, outer: str) -> jax.Array:
-    """Nonzero values of the Hessian from one HVP per star color."""
+                chunk_size: int | None, outer: str, split: tuple | None = None,
+                where: str = "hessian(sparse=True)") -> jax.Array:
+    """Nonzero values of the Hessian from one HVP per star color: JVPs of the gradient
+    (``outer="fwd"``) or, by symmetry the same products, its VJPs (``"rev"``)."""
     colors = plan.col_colors
-    n = pattern.matrix_shape[0]
-    seeds = _seeds(colors, np.dtype(flat.dtype))
-    if seeds.shape[0] == 0:
+    if _coloring.ncolors(colors) == 0:
         return jnp.zeros(pattern.nnz, flat.dtype)
-    if outer == "fwd":
-        def hv(v):
-            return jax.jvp(grad_f, (flat,), (v,))[1]
-
-        with forward_mode():
-            B = _batched(hv, seeds, chunk_size)
-    else:
-        _, pullback = jax.vjp(grad_f, flat)
-        B = _batched(lambda v: pullback(v)[0], seeds, chunk_size)
-    rows, cols = pattern.rows, pattern.cols
-    idx = _star_indices(pattern, colors, rows, cols, n)
+    setup = _jvp_row(grad_f) if outer == "fwd" else _vjp_row(grad_f)
+    B = _products(setup, flat, colors, np.dtype(flat.dtype), chunk_size, split, where)
+    idx = _star_indices(pattern, colors, pattern.rows, pattern.cols, pattern.matrix_shape[0])
     return B.reshape(-1)[idx]
 
 
@@ -279,10 +301,52 @@ def _has_tracers(tree) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
 
 
+class _Problem:
+    """One call's differentiated arguments (``args[argnums]``) flattened to one vector
+    ``flat``; :meth:`call` runs ``func`` with them replaced by ``unravel(xf)``."""
+
+    def __init__(self, func: Callable, args: tuple, kwargs: dict, argnums, as_tuple: bool, where: str):
+        self.func, self.args, self.kwargs, self.as_tuple = func, args, kwargs, as_tuple
+        self.positions = _args.differentiable_positions(args, argnums, where)
+        diff = tuple(args[p] for p in self.positions)
+        primal = diff if as_tuple else diff[0]
+        self.leaves = jax.tree_util.tree_leaves(primal)
+        self.tree = jax.tree_util.tree_structure(primal)
+        self.flat, self._unravel = ravel_pytree(primal)
+        _check_inputs(self.flat, where)
+        self.in_shape = (self.flat.size,) if len(self.leaves) != 1 else tuple(np.shape(self.leaves[0]))
+
+    def call(self, xf):
+        new = self._unravel(xf)
+        args = _args.replace_args(self.args, self.positions, new if self.as_tuple else (new,))
+        return self.func(*args, **self.kwargs)
+
+    def others_traced(self) -> bool:
+        """Whether the arguments not differentiated are tracers (inside jit/vmap)."""
+        others = [a for k, a in enumerate(self.args) if k not in self.positions]
+        return _has_tracers((others, self.kwargs))
+
+    def pattern(self, fn: Callable, out_shape: tuple, sparsity: Any, name: str, transform: str,
+                symmetric: bool = False) -> Pattern:
+        """The user's ``sparsity=``, else the pattern of ``fn`` read from its jaxpr."""
+        if sparsity is not None:
+            return as_pattern(sparsity, out_shape, self.in_shape, f"{transform}({name}, sparsity=...)",
+                              symmetric=symmetric, name=name)
+        return _detect(fn, self.flat, out_shape, self.in_shape, name, symmetric=symmetric)
+
+    def check(self, dense_fn: Callable, pattern: Pattern, name: str, transform: str) -> None:
+        """``check=True``: the pattern against the dense derivative at a random point."""
+        _check_against_dense(dense_fn, self.flat, pattern, f"{transform}({name}, check=True)",
+                             self.others_traced())
+
+
 # ----------------------------------------------------------------------------- transforms
 
 
-def _validate(func, argnums, has_aux, chunk_size, layout, output, check, transform, sparse):
+def _validate(func, argnums, has_aux, chunk_size, layout, output, check, transform, sparse,
+              mesh=None, mesh_axis=None, gather=False):
+    """The options of a sparse transform; returns ``(as_tuple, chunk_size, split)``,
+    ``split = (mesh, axis)`` with ``mesh=`` (else None)."""
     _args.check_callable(func, transform)
     _, as_tuple = _args.check_argnums(argnums, transform)
     _args.check_bool(has_aux, transform, "has_aux")
@@ -292,19 +356,37 @@ def _validate(func, argnums, has_aux, chunk_size, layout, output, check, transfo
     _args.check_choice(output, OUTPUTS, transform, "output")
     if not sparse and (output != "bcoo" or check):
         raise ValueError(f"{transform}: output= and check= apply to sparse derivatives; pass sparse=True.")
-    return as_tuple, chunk_size
+    axis = _mesh.check(mesh, mesh_axis, gather, transform)
+    return as_tuple, chunk_size, (None if mesh is None else (mesh, axis, gather))
+
+
+def _named(fn: Callable, name: str, doc: str) -> Callable:
+    fn.__name__ = name
+    fn.__doc__ = doc
+    return fn
+
+
+def _replicated(values: jax.Array, split: tuple | None) -> jax.Array:
+    """With ``gather=True``: the nonzeros replicated on every device of the mesh."""
+    if split is None or not split[2]:
+        return values
+    return jax.lax.with_sharding_constraint(values, NamedSharding(split[0], PartitionSpec()))
 
 
 def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
              layout: str = "numerator", chunk_size: int | None = None, has_aux: bool = False,
              sparsity: Any = None, output: str = "bcoo", check: bool = False,
-             sparse: bool = True) -> Callable:
+             sparse: bool = True, mesh: Any = None, mesh_axis: str | None = None,
+             gather: bool = False) -> Callable:
     """Sparse Jacobian: pattern from the jaxpr (or ``sparsity=``), a coloring chosen by
     passes (``mode="auto"``: fewest of columns/JVPs, rows/VJPs and a bicoloring;
     ``"fwd"``/``"rev"`` force one side), compressed passes, a gather.
 
     Returns a ``jax.experimental.sparse.BCOO`` of shape ``out.shape + in.shape``
     (``output="dense"``: a dense array), nested like ``argnums`` for several inputs.
+    ``mesh=`` (a ``jax.sharding.Mesh``; ``mesh_axis=`` default its first axis) splits
+    the compressed passes (the colors) over the mesh's devices, ``chunk_size`` at a time
+    on each; the values equal one device's (``gather=True``: replicated on every device).
 
     >>> import jax.numpy as jnp
     >>> f = lambda x: x[1:] ** 2 - x[:-1]
@@ -314,76 +396,71 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
            [ 0., -1.,  4.,  0.],
            [ 0.,  0., -1.,  6.]], dtype=float32)
     """
-    transform = "jacobian"
-    as_tuple, chunk_size = _validate(func, argnums, has_aux, chunk_size, layout, output, check,
-                                     transform, sparse)
-    _args.check_choice(mode, ("auto", "fwd", "rev"), transform, "mode")
+    as_tuple, chunk_size, split = _validate(func, argnums, has_aux, chunk_size, layout, output, check,
+                                            "jacobian", sparse, mesh, mesh_axis, gather)
+    _args.check_choice(mode, ("auto", "fwd", "rev"), "jacobian", "mode")
     name = _args.func_name(func)
+    opts = dict(func=func, argnums=argnums, as_tuple=as_tuple, mode=mode, layout=layout,
+                chunk_size=chunk_size, has_aux=has_aux, sparsity=sparsity, output=output,
+                check=check, split=split, name=name)
 
     def jac_f(*args, **kwargs):
-        where = f"jacobian({name}, sparse=True)(*args)"
-        positions = _args.differentiable_positions(args, argnums, where)
-        diff = tuple(args[p] for p in positions)
-        primal = diff if as_tuple else diff[0]
-        leaves_in = jax.tree_util.tree_leaves(primal)
-        in_tree = jax.tree_util.tree_structure(primal)
-        flat, unravel = ravel_pytree(primal)
-        _check_inputs(flat, where)
+        return _jacobian_at(args, kwargs, **opts)
 
-        def call(xf):
-            out = func(*_args.replace_args(args, positions, unravel(xf) if as_tuple else (unravel(xf),)),
-                       **kwargs)
-            aux = None
-            if has_aux:
-                out, aux = _args.split_aux(out, where)
-            _check_output(out, where)
-            return out, aux
+    return _named(jac_f, f"jacobian({name}, sparse=True)", f"Sparse Jacobian of {name} w.r.t. argnums={argnums}.")
 
-        out_struct = jax.eval_shape(lambda xf: call(xf)[0], flat)
-        out_shape = tuple(out_struct.shape)
 
-        def fo(xf):
-            return call(xf)[0].reshape(-1)
+def _jacobian_at(args, kwargs, *, func, argnums, as_tuple, mode, layout, chunk_size, has_aux,
+                 sparsity, output, check, split, name):
+    """The sparse Jacobian of ``func`` at ``args`` (the body of :func:`jacobian`)."""
+    where = f"jacobian({name}, sparse=True)(*args)"
+    prob = _Problem(func, args, kwargs, argnums, as_tuple, where)
 
-        in_shape = (flat.size,) if len(leaves_in) != 1 else tuple(np.shape(leaves_in[0]))
-        if sparsity is not None:
-            pattern = as_pattern(sparsity, out_shape, in_shape, f"jacobian({name}, sparsity=...)", name=name)
-        else:
-            pattern = _detect(fo, flat, out_shape, in_shape, name, symmetric=False)
-        if check:
-            others = [a for k, a in enumerate(args) if k not in positions]
-            _check_against_dense(jax.jacfwd(fo), flat, pattern, f"jacobian({name}, check=True)",
-                                 _has_tracers((others, kwargs)))
-        plan = pattern.plan(mode)
-        try:
-            values = _compressed_values(fo, flat, pattern, plan, chunk_size)
-        except TypeError as exc:
-            # a jax.custom_vjp has no forward mode: auto falls back to rows (VJPs only)
-            if mode != "auto" or not plan.n_jvp or "custom_vjp" not in str(exc):
-                raise
-            plan = pattern.plan("rev")
-            values = _compressed_values(fo, flat, pattern, plan, chunk_size)
-        blocks = _leaf_blocks(values, pattern, out_shape, leaves_in, output, layout)[0]
-        jac = jax.tree_util.tree_unflatten(in_tree, blocks)
+    def call(xf):
+        out, aux = prob.call(xf), None
         if has_aux:
-            return jac, call(flat)[1]
-        return jac
+            out, aux = _args.split_aux(out, where)
+        _check_output(out, where)
+        return out, aux
 
-    jac_f.__name__ = f"jacobian({name}, sparse=True)"
-    jac_f.__doc__ = f"Sparse Jacobian of {name} w.r.t. argnums={argnums}."
-    return jac_f
+    def fo(xf):
+        return call(xf)[0].reshape(-1)
+
+    out_struct = jax.eval_shape(lambda xf: call(xf)[0], prob.flat)
+    out_shape = tuple(out_struct.shape)
+    pattern = prob.pattern(fo, out_shape, sparsity, name, "jacobian")
+    if check:
+        prob.check(jax.jacfwd(fo), pattern, name, "jacobian")
+    plan = pattern.plan(mode)
+    run = lambda plan: _compressed_values(fo, prob.flat, pattern, plan, chunk_size, out_struct.dtype,  # noqa: E731
+                                          split and split[:2], where)
+    try:
+        values = run(plan)
+    except TypeError as exc:
+        # a jax.custom_vjp has no forward mode: auto falls back to rows (VJPs only)
+        if mode != "auto" or not plan.n_jvp or "custom_vjp" not in str(exc):
+            raise
+        values = run(pattern.plan("rev"))
+    blocks = _leaf_blocks(_replicated(values, split), pattern, out_shape, prob.leaves, output, layout)[0]
+    jac = jax.tree_util.tree_unflatten(prob.tree, blocks)
+    return (jac, call(prob.flat)[1]) if has_aux else jac
+
+
+HESSIAN_MODES = ("auto", "fwd-over-rev", "rev-over-rev", "rev-over-fwd", "fwd-over-fwd")
 
 
 def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
             chunk_size: int | None = None, sparsity: Any = None, output: str = "bcoo",
-            check: bool = False, sparse: bool = True) -> Callable:
+            check: bool = False, sparse: bool = True, mesh: Any = None,
+            mesh_axis: str | None = None, gather: bool = False) -> Callable:
     """Sparse Hessian of a scalar function: the pattern of ``J(∇f)`` from the jaxpr of
     the gradient (or ``sparsity=``), symmetrized and star colored; one HVP per color.
 
     ``mode``: ``"auto"``/``"fwd-over-rev"`` push the seeds forward through the gradient
     (JVPs); ``"rev-over-rev"`` pull them back (VJPs of the gradient, by symmetry the same
     products). Returns a BCOO ``x.shape + x.shape`` (``output="dense"``: dense), nested
-    tuples ``H[a][b]`` for tuple ``argnums``.
+    tuples ``H[a][b]`` for tuple ``argnums``. ``mesh=`` splits the HVPs over a mesh's
+    devices, as in :func:`jacobian`.
 
     >>> import jax.numpy as jnp
     >>> H = hessian(lambda x: jnp.sum(x[1:] * x[:-1]) + jnp.sum(x ** 3))(jnp.ones(3))
@@ -392,52 +469,42 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
            [1., 6., 1.],
            [0., 1., 6.]], dtype=float32)
     """
-    transform = "hessian"
-    as_tuple, chunk_size = _validate(func, argnums, False, chunk_size, "numerator", output, check,
-                                     transform, sparse)
-    _args.check_choice(mode, ("auto", "fwd-over-rev", "rev-over-rev", "rev-over-fwd", "fwd-over-fwd"),
-                       transform, "mode")
-    outer = mode.split("-")[0] if mode != "auto" else "fwd"
+    as_tuple, chunk_size, split = _validate(func, argnums, False, chunk_size, "numerator", output, check,
+                                            "hessian", sparse, mesh, mesh_axis, gather)
+    _args.check_choice(mode, HESSIAN_MODES, "hessian", "mode")
     name = _args.func_name(func)
+    opts = dict(func=func, argnums=argnums, as_tuple=as_tuple, outer=mode.split("-")[0] if mode != "auto" else "fwd",
+                chunk_size=chunk_size, sparsity=sparsity, output=output, check=check, split=split, name=name)
 
     def hess_f(*args, **kwargs):
-        where = f"hessian({name}, sparse=True)(*args)"
-        positions = _args.differentiable_positions(args, argnums, where)
-        diff = tuple(args[p] for p in positions)
-        primal = diff if as_tuple else diff[0]
-        leaves_in = jax.tree_util.tree_leaves(primal)
-        in_tree = jax.tree_util.tree_structure(primal)
-        flat, unravel = ravel_pytree(primal)
-        _check_inputs(flat, where)
+        return _hessian_at(args, kwargs, **opts)
 
-        def scalar(xf):
-            out = func(*_args.replace_args(args, positions, unravel(xf) if as_tuple else (unravel(xf),)),
-                       **kwargs)
-            _args.check_scalar(out, where, "jacobian(..., sparse=True) of its gradient")
-            return out
+    return _named(hess_f, f"hessian({name}, sparse=True)", f"Sparse Hessian of {name} w.r.t. argnums={argnums}.")
 
-        grad_f = jax.grad(scalar)
-        n = flat.size
-        in_shape = (n,) if len(leaves_in) != 1 else tuple(np.shape(leaves_in[0]))
-        if sparsity is not None:
-            pattern = as_pattern(sparsity, in_shape, in_shape, f"hessian({name}, sparsity=...)",
-                                 symmetric=True, name=name)
-        else:
-            pattern = _detect(grad_f, flat, in_shape, in_shape, name, symmetric=True)
-        if check:
-            others = [a for k, a in enumerate(args) if k not in positions]
-            _check_against_dense(jax.hessian(scalar), flat, pattern, f"hessian({name}, check=True)",
-                                 _has_tracers((others, kwargs)))
-        plan = pattern.plan("star")
-        values = _hvp_values(grad_f, flat, pattern, plan, chunk_size, outer)
-        if in_tree == jax.tree_util.tree_structure(0):          # one array: one block
-            return _leaf_blocks(values, pattern, in_shape, leaves_in, output, "numerator")[0][0]
-        return _nest(in_tree, _leaf_blocks(values, pattern, in_shape, leaves_in, output, "numerator",
-                                           row_leaves=True))
 
-    hess_f.__name__ = f"hessian({name}, sparse=True)"
-    hess_f.__doc__ = f"Sparse Hessian of {name} w.r.t. argnums={argnums}."
-    return hess_f
+def _hessian_at(args, kwargs, *, func, argnums, as_tuple, outer, chunk_size, sparsity, output, check,
+                split, name):
+    """The sparse Hessian of ``func`` at ``args`` (the body of :func:`hessian`)."""
+    where = f"hessian({name}, sparse=True)(*args)"
+    prob = _Problem(func, args, kwargs, argnums, as_tuple, where)
+
+    def scalar(xf):
+        out = prob.call(xf)
+        _args.check_scalar(out, where, "jacobian(..., sparse=True) of its gradient")
+        return out
+
+    grad_f = jax.grad(scalar)
+    in_shape = prob.in_shape
+    pattern = prob.pattern(grad_f, in_shape, sparsity, name, "hessian", symmetric=True)
+    if check:
+        prob.check(jax.hessian(scalar), pattern, name, "hessian")
+    values = _hvp_values(grad_f, prob.flat, pattern, pattern.plan("star"), chunk_size, outer,
+                         split and split[:2], where)
+    values = _replicated(values, split)
+    if prob.tree == jax.tree_util.tree_structure(0):          # one array: one block
+        return _leaf_blocks(values, pattern, in_shape, prob.leaves, output, "numerator")[0][0]
+    return _nest(prob.tree, _leaf_blocks(values, pattern, in_shape, prob.leaves, output, "numerator",
+                                         row_leaves=True))
 
 
 def _nest(in_tree, blocks):
@@ -457,32 +524,22 @@ def sparsity(func: Callable, *args: Any, argnums: _args.Argnums = 0, hessian: bo
     >>> p.nnz, p.passes()["fwd"]
     (8, 2)
     """
-    transform = "sparsity"
-    _args.check_callable(func, transform)
-    _, as_tuple = _args.check_argnums(argnums, transform)
+    _args.check_callable(func, "sparsity")
+    _, as_tuple = _args.check_argnums(argnums, "sparsity")
     name = _args.func_name(func)
     where = f"sparsity({name}, *args)"
-    positions = _args.differentiable_positions(args, argnums, where)
-    diff = tuple(args[p] for p in positions)
-    primal = diff if as_tuple else diff[0]
-    leaves_in = jax.tree_util.tree_leaves(primal)
-    flat, unravel = ravel_pytree(primal)
-    _check_inputs(flat, where)
-    in_shape = (flat.size,) if len(leaves_in) != 1 else tuple(np.shape(leaves_in[0]))
-
-    def call(xf):
-        return func(*_args.replace_args(args, positions, unravel(xf) if as_tuple else (unravel(xf),)), **kwargs)
-
+    prob = _Problem(func, args, kwargs, argnums, as_tuple, where)
     if hessian:
         def scalar(xf):
-            out = call(xf)
+            out = prob.call(xf)
             _args.check_scalar(out, where, "sparsity(...) of its gradient")
             return out
 
-        return _detect(jax.grad(scalar), flat, in_shape, in_shape, name, symmetric=True)
-    out = jax.eval_shape(call, flat)
+        return _detect(jax.grad(scalar), prob.flat, prob.in_shape, prob.in_shape, name, symmetric=True)
+    out = jax.eval_shape(prob.call, prob.flat)
     _check_output(out, where)
-    return _detect(lambda xf: call(xf).reshape(-1), flat, tuple(out.shape), in_shape, name, symmetric=False)
+    return _detect(lambda xf: prob.call(xf).reshape(-1), prob.flat, tuple(out.shape), prob.in_shape, name,
+                   symmetric=False)
 
 
 jacobian_sparsity = sparsity
