@@ -302,12 +302,14 @@ def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, calibrate: b
                                     chunk_size=None, layout="numerator", where=where)
         return run
 
-    names = {"fwd": "fwd", "rev": "rev", "mixed": "plan"}
+    names = {"fwd": "fwd", "rev": "rev", "mixed": "plan", "sparse": "sparse"}
     positions_all = tuple(c.position for c in plan.candidates)
-    for kind in ("fwd", "rev", "mixed"):
+    for kind in ("fwd", "rev", "mixed", "sparse"):
         if kind not in plan.costs:
             continue
-        if kind == "mixed":
+        if kind == "sparse":
+            passes = f"{plan.sparse['n_jvp']} JVP, {plan.sparse['n_vjp']} VJP (nnz {plan.sparse['nnz']})"
+        elif kind == "mixed":
             counts = plan.chain.passes()
             passes = f"{counts['jvp']} JVP, {counts['vjp']} VJP, {counts['matmul']} matmul"
         else:
@@ -329,6 +331,9 @@ def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, calibrate: b
         widths = ", ".join(str(plan.profile[p]) for p in plan.cuts)
         report.reason = (f"mixed mode at {len(plan.cuts)} cut(s) of width {widths}; static "
                          f"costs {costs}")
+    elif plan.kind == "sparse":
+        report.reason = (f"sparse Jacobian ({plan.sparse['plan']}, nnz {plan.sparse['nnz']}), "
+                         f"decompressed to dense; static costs {costs}")
     else:
         report.reason = f"{'forward' if plan.kind == 'fwd' else 'reverse'} mode; static costs {costs}"
     for m, why in plan.unsupported.items():

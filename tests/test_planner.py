@@ -316,8 +316,11 @@ def test_pure_choices_tall_wide_and_ties_are_static(x64, monkeypatch):
     monkeypatch.setattr(_cost, "race", no_clock)
     A = weights(0, 100, 100)
     square = lambda x: jnp.tanh(A @ x)  # noqa: E731
-    p = plan_of(square, jnp.ones(100))
-    assert p.kind == "fwd" and p.costs["fwd"] == p.costs["rev"]   # a tie goes to fwd
+    p = plan_of(square, jnp.ones(100))       # equal FLOPs; fwd also writes 100 x 100 transposed
+    assert p.kind == "rev" and p.costs["fwd"] - p.costs["rev"] == model.layout_cost(100, 100)
+    B = weights(0, 40, 40)                   # 40 x 40 stays in cache: an exact tie, to fwd
+    p = plan_of(lambda x: jnp.tanh(B @ x), jnp.ones(40))
+    assert p.kind == "fwd" and p.costs["fwd"] == p.costs["rev"]
     tall = lambda x: jnp.tanh(weights(1, 300, 4) @ x)  # noqa: E731
     wide = lambda x: jnp.tanh(weights(2, 4, 300) @ x)  # noqa: E731
     assert plan_of(tall, jnp.ones(4)).kind == "fwd"
@@ -461,3 +464,49 @@ def test_same_plan_and_hlo_in_fresh_processes():
 
 def test_model_constants_are_documented():
     assert 0 < model.PAY < 1 and model.MAX_CUTS >= 2 and model.STEP_OVERHEAD > 0
+
+
+# ----------------------------------------------------------------------------- layout, store, sparse
+
+
+def test_exact_flop_tie_with_a_large_result_goes_to_reverse(x64):
+    # residual block: n = m = 400, the same FLOPs both ways; forward also writes the
+    # 400 x 400 result transposed (layout_cost), reverse stores a few small values
+    k1, k2 = jax.random.split(jax.random.key(0))
+    W1, W2 = jax.random.normal(k1, (6, 400)), jax.random.normal(k2, (400, 6))
+    f = lambda x: x + W2 @ jnp.tanh(W1 @ x)  # noqa: E731
+    x = jnp.linspace(-1.0, 1.0, 400)
+    plan = api.plan_jacobian(f, (x,))[0]
+    assert plan.kind == "rev" and plan.costs["fwd"] - plan.costs["rev"] == pytest.approx(
+        model.layout_cost(400, 400) - model.store_cost(cuts.analyse(cuts.flatten(jax.make_jaxpr(f)(x)), 1).stored))
+    np.testing.assert_allclose(np.asarray(fl.jacobian(f)(x)), np.asarray(jax.jacrev(f)(x)), rtol=1e-12)
+    # small results stay in cache: no layout cost, the tie goes to forward as before
+    assert model.layout_cost(60, 60) == 0.0 and model.layout_cost(100, 100) > 0
+
+
+@pytest.mark.parametrize("case", ["elementwise", "batched"])
+def test_planner_picks_sparse_for_a_sparse_jacobian_and_returns_dense(x64, case):
+    W = jax.random.normal(jax.random.key(1), (64, 32))
+    if case == "elementwise":
+        f, x = (lambda x: jnp.sin(x) * x), jnp.linspace(-1.0, 1.0, 500)
+    else:
+        f, x = (lambda X: jnp.tanh(X @ W.T)), jax.random.normal(jax.random.key(2), (16, 32))
+    plan = api.plan_jacobian(f, (x,))[0]
+    info = cuts.analyse(cuts.flatten(jax.make_jaxpr(f)(x)), 1)
+    assert model.may_be_sparse(info) and plan.kind == "sparse"
+    assert plan.costs["sparse"] <= model.PAY * min(plan.costs["fwd"], plan.costs["rev"])
+    J = fl.jacobian(f)(x)
+    assert isinstance(J, jax.Array) and J.shape == jax.jacrev(f)(x).shape     # dense, as asked
+    np.testing.assert_allclose(np.asarray(J), np.asarray(jax.jacrev(f)(x)), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(jax.jit(fl.jacobian(f))(x)), np.asarray(jax.jacfwd(f)(x)),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_dependency_bound_skips_detection_for_dense_programs(x64):
+    A = jax.random.normal(jax.random.key(3), (50, 50))
+    info = cuts.analyse(cuts.flatten(jax.make_jaxpr(lambda x: jnp.tanh(A @ x))(jnp.ones(50))), 1)
+    assert info.deps == 50 and not model.may_be_sparse(info)
+    plan = api.plan_jacobian(lambda x: jnp.tanh(A @ x), (jnp.ones(50),))[0]
+    assert plan.kind != "sparse" and "sparse" not in plan.costs
+    band = cuts.analyse(cuts.flatten(jax.make_jaxpr(lambda x: x[1:] * x[:-1])(jnp.ones(50))), 1)
+    assert band.deps == 2

@@ -35,6 +35,7 @@ This module reads the program; the planner (:mod:`functorch_lite._planner`) deci
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -272,17 +273,21 @@ class Analysis:
     Attributes:
       widths: active width at every position ``0..N`` (``N`` nodes); position 0 counts
         all differentiated inputs, position ``N`` all outputs.
-      live: the active values live across each interior position (value ids).
+      live: the active values live across each position (value ids), computed on
+        first use of a position (``live[p]``).
       flops: primal FLOPs of each node; ``tangent``: FLOPs of one tangent through it
         (0 for inactive nodes).
       names: each node's primitive name.
       no_forward / no_reverse: nodes (index, primitive) that make that mode doubtful.
       control_flow: active nodes (index, primitive) that are control flow.
       active_out: how many output elements depend on the inputs.
+      stored: elements of the active intermediate values (what reverse mode stores).
+      deps: a static upper bound on the number of inputs one output element depends on
+        (``in_size`` when unknown); small means the Jacobian may be sparse.
     """
 
     widths: list[int]
-    live: list[tuple]
+    live: Any
     flops: list[float]
     tangent: list[float]
     names: list[str]
@@ -292,6 +297,24 @@ class Analysis:
     in_size: int
     out_size: int
     active_out: int
+    stored: int = 0
+    deps: int = 0
+
+
+class _Live:
+    """``live[p]``: the sorted ids of the values live across position ``p`` (a value
+    is live over ``[lo, hi]``), computed when asked for."""
+
+    def __init__(self, spans: dict[int, tuple[int, int]], n: int):
+        self._spans, self._n, self._memo = spans, n, {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, p: int) -> tuple:
+        if p not in self._memo:
+            self._memo[p] = tuple(sorted(i for i, (lo, hi) in self._spans.items() if lo <= p <= hi))
+        return self._memo[p]
 
 
 def _nested_names(eqn: Any) -> set[str]:
@@ -303,42 +326,67 @@ def _nested_names(eqn: Any) -> set[str]:
     return found
 
 
-def analyse(prog: Program, n_outputs: int | None = None) -> Analysis:
-    """Activity, widths and per-node costs of ``prog``; the first ``n_outputs`` outputs are
-    differentiated (the rest, e.g. ``has_aux`` values, only computed)."""
-    outs = prog.outputs if n_outputs is None else prog.outputs[:n_outputs]
-    nval = len(prog.shapes)
+_SUM_DEPS = frozenset({"select_n", "add", "sub", "mul", "div", "max", "min", "pow", "atan2",
+                       "add_any", "rem", "nextafter", "complex", "clamp"})
+
+
+def _dep_bound(eqn: Any, name: str, ins: list, n: int) -> int:
+    """An upper bound on how many inputs one element of ``eqn``'s outputs depends on,
+    from its operands' bounds ``ins`` (0 for an inactive operand)."""
+    if name == "dot_general":
+        (lc, rc), _ = eqn.params["dimension_numbers"]
+        lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+        return ins[0] * math.prod(lhs[d] for d in lc) + ins[1] * math.prod(rhs[d] for d in rc)
+    if name in ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin"):
+        axes = eqn.params.get("axes", ())
+        return max(ins) * math.prod(eqn.invars[0].aval.shape[a] for a in axes)
+    if name in _MOVES and name not in ("scatter", "scatter-add", "scatter_add", "select_n"):
+        return max(ins)
+    if name in _SUM_DEPS or (name in _PLAIN and name not in _REDUCTIONS and name not in _MOVES
+                             and name != "conv_general_dilated"):
+        return sum(ins)
+    return n
+
+
+def _forward_sweep(prog: Program) -> tuple:
+    """Activity, FLOPs, names, active operand counts, dependency bounds, doubtful nodes."""
+    nval, N = len(prog.shapes), len(prog.nodes)
     active = [False] * nval
+    deps = [0] * nval
+    n_in = sum(prog.size(i) for i in prog.inputs)
     for i in prog.inputs:
         active[i] = _inexact(prog.dtypes[i])
-    N = len(prog.nodes)
-    flops, names = [0.0] * N, [""] * N
-    act_ins = [0] * N
+        deps[i] = 1 if active[i] else 0
+    flops, names, act_ins = [0.0] * N, [""] * N, [0] * N
     no_fwd, no_rev, control = [], [], []
     for k, node in enumerate(prog.nodes):
-        name = primitive_name(node.eqn)
-        names[k] = name
+        name = names[k] = primitive_name(node.eqn)
         flops[k] = _eqn_flops(node.eqn)
-        a = sum(1 for r in node.ins if not isinstance(r, Lit) and active[r])
-        act_ins[k] = a
-        if a:
-            for i in node.outs:
-                if i >= 0 and _inexact(prog.dtypes[i]):
-                    active[i] = True
-            inner = _nested_names(node.eqn) | {name}
-            if inner & NO_FORWARD:
-                no_fwd.append((k, sorted(inner & NO_FORWARD)[0]))
-            if inner & NO_REVERSE:
-                no_rev.append((k, sorted(inner & NO_REVERSE)[0]))
-            if name in CONTROL_FLOW:
-                control.append((k, name))
-    # useful: reaches a differentiated output; last use of each value
-    useful = [False] * nval
-    last = [-2] * nval
+        ins = [0 if isinstance(r, Lit) or not active[r] else deps[r] for r in node.ins]
+        a = act_ins[k] = sum(1 for r in node.ins if not isinstance(r, Lit) and active[r])
+        if not a:
+            continue
+        bound = min(n_in, _dep_bound(node.eqn, name, ins, n_in))
+        for i in node.outs:
+            if i >= 0 and _inexact(prog.dtypes[i]):
+                active[i], deps[i] = True, bound
+        inner = (_nested_names(node.eqn) if name not in _PLAIN else set()) | {name}
+        if inner & NO_FORWARD:
+            no_fwd.append((k, sorted(inner & NO_FORWARD)[0]))
+        if inner & NO_REVERSE:
+            no_rev.append((k, sorted(inner & NO_REVERSE)[0]))
+        if name in CONTROL_FLOW:
+            control.append((k, name))
+    return active, deps, flops, names, act_ins, no_fwd, no_rev, control
+
+
+def _backward_sweep(prog: Program, outs: list) -> tuple[list[bool], list[int], list[bool]]:
+    """Which values reach a differentiated output, the last use of each, useful nodes."""
+    nval, N = len(prog.shapes), len(prog.nodes)
+    useful, last = [False] * nval, [-2] * nval
     for r in outs:
         if not isinstance(r, Lit):
-            useful[r] = True
-            last[r] = N
+            useful[r], last[r] = True, N
     node_useful = [False] * N
     for k in range(N - 1, -1, -1):
         node = prog.nodes[k]
@@ -347,50 +395,43 @@ def analyse(prog: Program, n_outputs: int | None = None) -> Analysis:
             for r in node.ins:
                 if not isinstance(r, Lit):
                     useful[r] = True
-                    if last[r] < k:
-                        last[r] = k
+                    last[r] = max(last[r], k)
+    return useful, last, node_useful
+
+
+def analyse(prog: Program, n_outputs: int | None = None) -> Analysis:
+    """Activity, widths and per-node costs of ``prog``; the first ``n_outputs`` outputs are
+    differentiated (the rest, e.g. ``has_aux`` values, only computed)."""
+    outs = prog.outputs if n_outputs is None else prog.outputs[:n_outputs]
+    N = len(prog.nodes)
+    active, deps, flops, names, act_ins, no_fwd, no_rev, control = _forward_sweep(prog)
+    useful, last, node_useful = _backward_sweep(prog, outs)
     tangent = [0.0] * N
-    for k, node in enumerate(prog.nodes):
-        if act_ins[k] and node_useful[k]:
-            out_size = sum(prog.size(i) for i in node.outs if i >= 0)
-            tangent[k] = _tangent_flops(node.eqn, flops[k], act_ins[k], out_size)
-    # widths by a difference array over [defined + 1, last use]
-    defined = [-1] * nval
+    defined = {}
     for k, node in enumerate(prog.nodes):
         for i in node.outs:
             if i >= 0:
                 defined[i] = k
+        if act_ins[k] and node_useful[k]:
+            out_size = sum(prog.size(i) for i in node.outs if i >= 0)
+            tangent[k] = _tangent_flops(node.eqn, flops[k], act_ins[k], out_size)
     delta = [0] * (N + 2)
-    starts: dict[int, list[int]] = {}
-    for i in range(nval):
-        if active[i] and useful[i] and last[i] >= defined[i] + 1:
-            lo, hi = defined[i] + 1, last[i]
+    spans = {}
+    for i in range(len(prog.shapes)):
+        lo = defined.get(i, -1) + 1
+        if active[i] and useful[i] and last[i] >= lo:
+            spans[i] = (lo, last[i])
             delta[lo] += prog.size(i)
-            delta[hi + 1] -= prog.size(i)
-            starts.setdefault(lo, []).append(i)
-    widths, run = [], 0
-    for p in range(N + 1):
-        run += delta[p]
-        widths.append(run)
-    in_size = sum(prog.size(i) for i in prog.inputs)
-    out_size = sum(math.prod(np.shape(r.val)) if isinstance(r, Lit) else prog.size(r) for r in outs)
-    active_out = sum(prog.size(r) for r in outs if not isinstance(r, Lit) and active[r])
-    widths[0] = in_size
-    widths[N] = out_size
-    # live sets (ids) at each position, kept as sorted tuples (built incrementally)
-    live: list[tuple] = []
-    current: set[int] = set()
-    ends: dict[int, list[int]] = {}
-    for i in range(nval):
-        if active[i] and useful[i] and last[i] >= defined[i] + 1:
-            ends.setdefault(last[i], []).append(i)
-    for p in range(N + 1):
-        current.update(starts.get(p, ()))
-        live.append(tuple(sorted(current)))
-        for i in ends.get(p, ()):
-            current.discard(i)
-    return Analysis(widths, live, flops, tangent, names, no_fwd, no_rev, control,
-                    in_size, out_size, active_out)
+            delta[last[i] + 1] -= prog.size(i)
+    widths = list(itertools.accumulate(delta[:N + 1]))
+    widths[0] = in_size = sum(prog.size(i) for i in prog.inputs)
+    widths[N] = out_size = sum(math.prod(np.shape(r.val)) if isinstance(r, Lit) else prog.size(r)
+                               for r in outs)
+    real = [r for r in outs if not isinstance(r, Lit) and active[r]]
+    stored = sum(prog.size(i) for i in spans if i in defined)
+    return Analysis(widths, _Live(spans, N + 1), flops, tangent, names, no_fwd, no_rev,
+                    control, in_size, out_size, sum(prog.size(r) for r in real), stored,
+                    max((deps[r] for r in real), default=0))
 
 
 # ----------------------------------------------------------------------------- stages

@@ -10,8 +10,8 @@ static model (:mod:`functorch_lite._planner.model`). No clock is read unless
 Plans are cached weakly on the function (``_caches.weak``: the entry dies with the
 function) under a key of what determines them: the arguments' structure, shapes and
 dtypes, the values of non-array arguments (a Python ``bool`` can change the program),
-argnums, has_aux, chunk_size, calibrate, and whether forward or Taylor mode is tracing.
-A plan holds numbers and strings only. A cached mixed plan is checked against the
+argnums, has_aux, chunk_size, calibrate, the mesh's device count and axis, and whether
+Taylor mode is tracing. A plan holds numbers and strings only. A cached mixed plan is checked against the
 program traced for the call before it runs (a function whose program changed is
 planned again).
 """
@@ -28,8 +28,9 @@ import numpy as np
 
 from .. import _args, _caches, _cost
 from .._jaxpr import cuts as _cuts
-from .._mode import in_forward_mode, in_taylor_mode
+from .._mode import in_taylor_mode
 from ..jacobians import BY_MODE, _closed_over, pure_mode, split_dynamic, to_layout
+from . import model as _model
 from .model import decide
 from .plans import HessianPlan, JacobianPlan
 from .run import matrix_to_tree, run_mixed
@@ -55,7 +56,7 @@ def plan_key(args: tuple, kwargs: dict, argnums: Any, *options: Any) -> Any:
     non-array leaves), or ``None`` when some leaf is unhashable."""
     try:
         key = (_cost.signature((args, kwargs)), _argnums_key(argnums), options,
-               in_forward_mode(), in_taylor_mode())
+               in_taylor_mode())
         hash(key)
     except TypeError:
         return None
@@ -96,15 +97,16 @@ def trace(func: Callable, args: tuple, kwargs: dict, argnums: Any, has_aux: bool
         store.update(out_tree=o_tree, aux_tree=a_tree, n_out=len(o_leaves))
         return o_leaves + a_leaves
 
-    closed, shapes = jax.make_jaxpr(flat, return_shape=True)(*leaves)
+    closed = jax.make_jaxpr(flat)(*leaves)
     if store["n_out"] == 0:
         raise ValueError(f"{where}: the function returned no arrays (None or an empty "
                          "pytree), so there is nothing to differentiate; return the "
                          "floating-point values whose Jacobian you want.")
     prog = _cuts.flatten(closed)
     info = _cuts.analyse(prog, store["n_out"])
+    shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.out_avals[:store["n_out"]]]
     return Traced(prog, info, store["n_out"], in_tree, store["out_tree"], store["aux_tree"],
-                  list(shapes[:store["n_out"]]), primal)
+                  shapes, primal)
 
 
 def _probe(func: Callable, mode: str, args: tuple, kwargs: dict, argnums: Any,
@@ -129,8 +131,9 @@ def _complex(prog: _cuts.Program) -> bool:
     return any(np.issubdtype(d, np.complexfloating) for d in prog.dtypes)
 
 
-def _decide(func, traced: Traced, args, kwargs, argnums, has_aux, where) -> JacobianPlan:
-    info = traced.info
+def _unsupported(func, info, args, kwargs, argnums, has_aux, where) -> dict[str, str]:
+    """The modes probing finds cannot run ``func`` (probed only where the program holds
+    something doubtful for that mode)."""
     unsupported = {}
     for mode, doubtful in (("fwd", info.no_forward), ("rev", info.no_reverse)):
         if doubtful:
@@ -141,11 +144,54 @@ def _decide(func, traced: Traced, args, kwargs, argnums, has_aux, where) -> Jaco
         raise TypeError(f"{where}: neither forward nor "
                         f"reverse mode can differentiate this function: fwd: "
                         f"{unsupported['fwd']}; rev: {unsupported['rev']}")
+    return unsupported
+
+
+def _decide(func, traced: Traced, args, kwargs, argnums, has_aux, where,
+            devices: int = 1) -> JacobianPlan:
+    info = traced.info
+    unsupported = _unsupported(func, info, args, kwargs, argnums, has_aux, where)
     allow, why = True, ""
     if _complex(traced.prog):
         allow, why = False, "complex values: mixed mode is planned for real programs only"
-    return decide(traced.prog, info, unsupported=unsupported, allow_mixed=allow,
-                  why_not_mixed=why)
+    elif devices > 1:
+        allow, why = False, f"mesh= splits the pure modes over {devices} devices (a mixed plan is not split)"
+    plan = decide(traced.prog, info, unsupported=unsupported, allow_mixed=allow,
+                  why_not_mixed=why, devices=devices)
+    if allow and not unsupported and _sparse_applies(traced, argnums):
+        plan = _consider_sparse(plan, func, traced, args, kwargs, argnums)
+    return plan
+
+
+def _sparse_applies(traced: Traced, argnums: Any) -> bool:
+    """The planner tries sparsity for one array in, one array out (the dense result
+    keeps its layout), when the static dependency bound says it may pay."""
+    return (isinstance(argnums, int) and traced.in_tree.num_leaves == 1
+            and traced.in_tree.num_nodes == 1 and traced.n_out == 1
+            and traced.out_tree.num_nodes == 1 and _model.may_be_sparse(traced.info))
+
+
+def _consider_sparse(plan: JacobianPlan, func, traced: Traced, args, kwargs,
+                     argnums) -> JacobianPlan:
+    """``plan``, or the sparse plan where the detected pattern's coloring is predicted
+    at least ``1 / PAY`` times cheaper than ``plan`` (the same static model)."""
+    from .. import _sparse
+
+    try:
+        pattern = _sparse.sparsity(func, *args, argnums=argnums, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - detection failed: stay dense, say why
+        plan.reasons.append(f"sparsity not detected: {_args.first_line(exc)}")
+        return plan
+    colored = pattern.plan("auto")
+    cost = _model.sparse_cost(traced.info, colored.n_jvp, colored.n_vjp)
+    info = {"nnz": int(pattern.nnz), "n_jvp": colored.n_jvp, "n_vjp": colored.n_vjp,
+            "plan": colored.describe()}
+    costs = dict(plan.costs, sparse=cost)
+    if cost <= _model.PAY * plan.cost:
+        return dataclasses.replace(plan, kind="sparse", cuts=(), costs=costs, sparse=info)
+    reasons = plan.reasons + [f"the sparse plan ({colored.describe()}, cost {cost:.3g}) is "
+                              f"not {1 / _model.PAY:g}x cheaper than {plan.kind} ({plan.cost:.3g})"]
+    return dataclasses.replace(plan, costs=costs, sparse=info, reasons=reasons)
 
 
 def _fits(plan: JacobianPlan, traced: Traced) -> bool:
@@ -189,6 +235,10 @@ def run_jacobian(plan: JacobianPlan, traced: Traced | None, func: Callable, args
         jac = BY_MODE[plan.kind](func, argnums, has_aux=has_aux, chunk_size=chunk_size,
                                  layout=layout)
         return jac(*args, **kwargs)
+    if plan.kind == "sparse":  # compressed passes, decompressed to the dense result
+        from .. import _sparse
+        return _sparse.jacobian(func, argnums, layout=layout, chunk_size=chunk_size,
+                                has_aux=has_aux, output="dense")(*args, **kwargs)
     if traced is None:
         traced = trace(func, args, kwargs, argnums, has_aux, where)
     if not _fits(plan, traced):  # the function's program changed since it was planned

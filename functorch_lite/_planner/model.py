@@ -1,19 +1,33 @@
-"""The static cost model and the choice it makes: fwd, rev, or mixed at the narrow cuts.
+"""The static cost model and the choice it makes: fwd, rev, mixed at the narrow cuts, or sparse.
 
 From one reading of the program (:func:`functorch_lite._jaxpr.cuts.analyse`): ``P``,
 the primal FLOPs, and ``T``, the FLOPs of pushing one tangent (or pulling one cotangent)
-through every active equation. Forward mode costs ``n·T + P`` (``n`` JVPs, the primal
-once), reverse mode ``m·T + P`` (``m`` VJPs after one stored forward pass); a tie goes to
-forward (on a CPU the measured crossover of the two is at ``n ≈ m``, with forward a
-little ahead there: docs/benchmarks.md, accumulation).
+through every active equation. With ``n`` inputs and ``m`` outputs:
+
+- forward mode costs ``n·T + P + L(m, n)``: ``n`` JVPs, the primal once, and
+  ``L(m, n)``, writing the ``m x n`` result with the basis axis last (``vmap`` puts the
+  tangent axis first; the Jacobian wants it last: a transposing copy);
+- reverse mode costs ``m·T + P + S(s)``: ``m`` VJPs after one forward pass that stores
+  the ``s`` elements of the active intermediates.
+
+``L(m, n) = LAYOUT · m · n`` and ``S(s) = STORE · s``, but only where the matrix (the
+stored values) exceed :data:`CACHE_ELEMENTS`: a transposing write or a store/reload
+that stays in cache costs no more than a contiguous one; past it every element is a
+cache miss, worth about ``LAYOUT`` FLOPs of a matrix product (XLA:CPU here: a strided
+copy of the Jacobian ran at 1-4 ns per element, a GEMM at ~60 GFLOP/s; the residual
+block 400 -> 6 -> 400 and a batched layer are where forward mode lost on FLOP ties:
+docs/benchmarks.md, planner). A tie goes to forward.
 
 For mixed mode the program is split at its narrow cuts (the local minima of the width
 profile narrower than ``min(n, m)``, at most :data:`MAX_CUTS` of the narrowest), the
 stages' per-pass costs are the sums of ``T`` over their equations, each pass through a
 stage also repeats its primal work and a fixed :data:`STEP_OVERHEAD`, and
-:func:`~functorch_lite._planner.chain.plan_chain` brackets them. A mixed plan is taken
-only when it is predicted at least ``1 / PAY`` times cheaper than the best pure mode:
-small gains are not worth the extra dispatches.
+:func:`~functorch_lite._planner.chain.plan_chain` brackets them. A mixed (or sparse,
+:func:`sparse_cost`) plan is taken only when it is predicted at least ``1 / PAY`` times
+cheaper than the best pure mode: small gains are not worth the extra dispatches.
+
+With a device mesh (``devices > 1``) each pure mode runs its share of the passes per
+device, ``ceil(n / devices)`` JVPs or ``ceil(m / devices)`` VJPs (the cost per device).
 
 Everything here is arithmetic on counts from the program: the same program at the same
 shapes gives the same plan in every process.
@@ -29,11 +43,51 @@ from .._jaxpr import cuts as _cuts
 from .chain import plan_chain
 from .plans import Cut, JacobianPlan
 
-__all__ = ["decide", "MAX_CUTS", "PAY", "STEP_OVERHEAD"]
+__all__ = ["decide", "pure_costs", "layout_cost", "store_cost", "sparse_cost", "MAX_CUTS",
+           "PAY", "STEP_OVERHEAD", "LAYOUT", "STORE", "CACHE_ELEMENTS", "SPARSE_DEPS"]
 
 MAX_CUTS = 8            # candidate cuts fed to the DP (the narrowest local minima)
-PAY = 0.5               # a mixed plan must be predicted at most this fraction of pure
+PAY = 0.5               # a mixed or sparse plan must be predicted at most this fraction of pure
 STEP_OVERHEAD = 2.0e4   # FLOP-equivalents of one extra batched pass (dispatch, copies)
+LAYOUT = 100.0          # FLOP-equivalents per element of a transposing write out of cache
+STORE = 100.0           # ... per element stored for reverse mode and read back, out of cache
+CACHE_ELEMENTS = 4096   # elements (16 KiB of float32) that stay in cache: no layout/store cost
+SPARSE_DEPS = 4         # sparsity is detected only when one output element depends on at
+                        # most min(n, m) / SPARSE_DEPS inputs (a static bound from the program)
+
+
+def layout_cost(m: int, n: int) -> float:
+    """``L(m, n)``: writing an ``m x n`` Jacobian with the basis axis last."""
+    return LAYOUT * m * n if m > 1 and n > 1 and m * n > CACHE_ELEMENTS else 0.0
+
+
+def store_cost(stored: int) -> float:
+    """``S(s)``: storing ``s`` intermediate elements for reverse mode and reading them back."""
+    return STORE * stored if stored > CACHE_ELEMENTS else 0.0
+
+
+def pure_costs(info: _cuts.Analysis, devices: int = 1) -> dict[str, float]:
+    """The static costs of forward and reverse mode (per device over ``devices``)."""
+    n, m = info.in_size, info.out_size
+    P, T = sum(info.flops), sum(info.tangent)
+    per_n, per_m = -(-n // devices) if n else 0, -(-m // devices) if m else 0
+    return {"fwd": per_n * T + P + layout_cost(m, per_n),
+            "rev": per_m * T + P + store_cost(info.stored)}
+
+
+def sparse_cost(info: _cuts.Analysis, n_jvp: int, n_vjp: int) -> float:
+    """A sparse plan: ``n_jvp`` compressed JVPs and ``n_vjp`` VJPs, the primal once (twice
+    with both), and one write per element of the dense result (decompression)."""
+    P, T = sum(info.flops), sum(info.tangent)
+    return ((n_jvp + n_vjp) * T + P * (1 + (n_jvp > 0 and n_vjp > 0))
+            + (store_cost(info.stored) if n_vjp else 0.0) + info.in_size * info.out_size)
+
+
+def may_be_sparse(info: _cuts.Analysis) -> bool:
+    """Whether sparsity detection may pay: every output element depends on at most
+    ``min(n, m) / SPARSE_DEPS`` inputs by the program's static bound."""
+    limit = min(info.in_size, info.out_size)
+    return limit > 1 and 0 < info.deps * SPARSE_DEPS <= limit
 
 
 def _candidates(info: _cuts.Analysis, limit: int) -> list[int]:
@@ -56,76 +110,80 @@ def _candidates(info: _cuts.Analysis, limit: int) -> list[int]:
     return found
 
 
+def _no_cut_reason(info: _cuts.Analysis, names: tuple, limit: int) -> str:
+    N = len(info.widths) - 1
+    inner = info.widths[1:N]
+    if not inner:
+        return "the program has no interior position to cut at"
+    p = 1 + int(np.argmin(inner))
+    return (f"no cut is narrower than min(n_in, n_out) = {limit}: the narrowest is "
+            f"{info.widths[p]} wide, after equation {p - 1} ({names[p - 1]})")
+
+
+def _chain(info: _cuts.Analysis, positions: list[int], forced: dict[int, str],
+           unsupported: dict[str, str]):
+    """The bracketing of the stages between ``positions`` (plan_chain)."""
+    N = len(info.widths) - 1
+    bounds = [0] + positions + [N]
+    cf, cr, pc = [], [], []
+    for a, b in zip(bounds, bounds[1:]):
+        t = sum(info.tangent[a:b])
+        fwd_bad = any(a <= k < b for k, _ in info.no_forward)
+        rev_bad = any(a <= k < b for k, _ in info.no_reverse)
+        cf.append(math.inf if fwd_bad or "fwd" in unsupported and not info.no_forward else t)
+        cr.append(math.inf if rev_bad or "rev" in unsupported and not info.no_reverse else t)
+        pc.append(sum(info.flops[a:b]) + STEP_OVERHEAD)
+    chain = plan_chain([info.widths[b] for b in bounds], cf, cr, pc)
+    chain.names = [forced.get(b, f"eqns {a}..{b - 1}" if b > a else "identity")
+                   for a, b in zip(bounds, bounds[1:])]
+    return chain
+
+
+def _control_flow_note(info: _cuts.Analysis) -> str:
+    P = sum(info.flops)
+    k, name = max(info.control_flow, key=lambda c: info.flops[c[0]])
+    share = info.flops[k] / P if P else 0.0
+    return (f"cuts are taken between top-level equations only: the {name} at equation {k} "
+            f"({share:.0%} of the work) is kept whole")
+
+
 def decide(prog: _cuts.Program, info: _cuts.Analysis, *, unsupported: dict[str, str],
            forced: dict[int, str] | None = None, allow_mixed: bool = True,
-           why_not_mixed: str = "") -> JacobianPlan:
+           why_not_mixed: str = "", devices: int = 1) -> JacobianPlan:
     """The plan for one program (see the module docstring). ``unsupported``: modes that
     probing found cannot run the whole function. ``forced``: cut positions that must
-    be candidates (a chain's stage boundaries), with their labels."""
+    be candidates (a chain's stage boundaries), with their labels. ``devices``: the
+    mesh's device count (pure modes split over it)."""
     forced = dict(forced or {})
-    N = len(prog.nodes)
-    n, m = info.in_size, info.out_size
-    P, T = sum(info.flops), sum(info.tangent)
-    costs = {"fwd": n * T + P, "rev": m * T + P}
-    for mode in unsupported:
-        costs[mode] = math.inf
-    reasons: list[str] = []
-    names = tuple(info.names)
-    limit = min(n, m)
-    positions = [] if not allow_mixed else _candidates(info, limit)
+    N, names, limit = len(prog.nodes), tuple(info.names), min(info.in_size, info.out_size)
+    costs = pure_costs(info, devices)
+    costs.update({mode: math.inf for mode in unsupported})
+    positions = _candidates(info, limit) if allow_mixed else []
     positions = sorted(set(positions) | {p for p in forced if 0 < p < N})
-    candidates = tuple(Cut(p, info.widths[p], names[p - 1] if p else "", forced.get(p, ""))
-                       for p in positions)
-    chain = None
-    if not allow_mixed:
-        reasons.append(why_not_mixed)
-    elif not positions:
-        inner = info.widths[1:N]
-        if inner:
-            p = 1 + int(np.argmin(inner))
-            reasons.append(f"no cut is narrower than min(n_in, n_out) = {limit}: the "
-                           f"narrowest is {info.widths[p]} wide, after equation {p - 1} "
-                           f"({names[p - 1]})")
-        else:
-            reasons.append("the program has no interior position to cut at")
-    if positions:
-        bounds = [0] + positions + [N]
-        widths = [info.widths[b] for b in bounds]
-        cf, cr, pc = [], [], []
-        for a, b in zip(bounds, bounds[1:]):
-            t = sum(info.tangent[a:b])
-            fwd_bad = any(a <= k < b for k, _ in info.no_forward)
-            rev_bad = any(a <= k < b for k, _ in info.no_reverse)
-            cf.append(math.inf if fwd_bad or "fwd" in unsupported and not info.no_forward else t)
-            cr.append(math.inf if rev_bad or "rev" in unsupported and not info.no_reverse else t)
-            pc.append(sum(info.flops[a:b]) + STEP_OVERHEAD)
-        chain = plan_chain(widths, cf, cr, pc)
-        chain.names = [f"eqns {a}..{b - 1}" if b > a else "identity" for a, b in zip(bounds, bounds[1:])]
-        if forced:
-            chain.names = [forced.get(b, f"eqns {a}..{b - 1}") for a, b in zip(bounds, bounds[1:])]
-        if chain.kind == "mixed":
-            costs["mixed"] = chain.cost
+    reasons = [] if allow_mixed else [why_not_mixed]
+    if allow_mixed and not positions:
+        reasons.append(_no_cut_reason(info, names, limit))
+    chain = _chain(info, positions, forced, unsupported) if positions else None
+    if chain is not None and chain.kind == "mixed":
+        costs["mixed"] = chain.cost
     pure = min(("fwd", "rev"), key=lambda k: (costs[k], k != "fwd"))
     kind = pure
-    if "mixed" in costs:
-        if costs["mixed"] <= PAY * costs[pure]:
-            kind = "mixed"
-        else:
-            reasons.append(f"the best mixed plan ({chain.bracketing()}, cost "
-                           f"{costs['mixed']:.3g}) is not {1 / PAY:g}x cheaper than "
-                           f"{pure} ({costs[pure]:.3g})")
+    if "mixed" in costs and costs["mixed"] <= PAY * costs[pure]:
+        kind = "mixed"
+    elif "mixed" in costs:
+        reasons.append(f"the best mixed plan ({chain.bracketing()}, cost {costs['mixed']:.3g}) "
+                       f"is not {1 / PAY:g}x cheaper than {pure} ({costs[pure]:.3g})")
     elif chain is not None and allow_mixed:
         reasons.append("no bracketing over the cuts beats a pure mode")
     if kind != "mixed" and info.control_flow and allow_mixed:
-        k, name = max(info.control_flow, key=lambda c: info.flops[c[0]])
-        share = info.flops[k] / P if P else 0.0
-        reasons.append(f"cuts are taken between top-level equations only: the {name} at "
-                       f"equation {k} ({share:.0%} of the work) is kept whole")
+        reasons.append(_control_flow_note(info))
     if math.isinf(costs[kind]):
         kind = pure
-    cuts = tuple(positions) if kind == "mixed" else ()
-    return JacobianPlan(kind=kind, in_size=n, out_size=m, costs=costs, chain=chain,
-                        cuts=cuts, profile=tuple(info.widths), names=names,
-                        candidates=candidates, unsupported=dict(unsupported),
-                        reasons=reasons, n_nodes=N, primal_flops=P, tangent_flops=T,
-                        stage_names=tuple(forced.values()))
+    return JacobianPlan(kind=kind, in_size=info.in_size, out_size=info.out_size, costs=costs,
+                        chain=chain, cuts=tuple(positions) if kind == "mixed" else (),
+                        profile=tuple(info.widths), names=names,
+                        candidates=tuple(Cut(p, info.widths[p], names[p - 1] if p else "",
+                                             forced.get(p, "")) for p in positions),
+                        unsupported=dict(unsupported), reasons=reasons, n_nodes=N,
+                        primal_flops=sum(info.flops), tangent_flops=sum(info.tangent),
+                        stage_names=tuple(forced.values()), devices=devices)

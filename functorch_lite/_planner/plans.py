@@ -31,7 +31,8 @@ class JacobianPlan:
     """How ``jacobian(mode="auto")`` accumulates one signature.
 
     Attributes:
-      kind: ``"fwd"``, ``"rev"`` or ``"mixed"``: what runs.
+      kind: ``"fwd"``, ``"rev"``, ``"mixed"`` or ``"sparse"`` (compressed passes of a
+        detected sparsity pattern, decompressed to the dense result): what runs.
       in_size, out_size: ``n`` and ``m`` of the ``m x n`` Jacobian.
       costs: static cost (FLOP-equivalents) per candidate: ``fwd``, ``rev`` and, when a
         cut was found, ``mixed`` (``inf`` where the mode cannot run).
@@ -47,6 +48,10 @@ class JacobianPlan:
       seconds: measured time per candidate (calibration only).
       n_nodes: equations in the flat program (checks a cached mixed plan still fits).
       stage_names: for a :func:`functorch_lite.chain`, the names of its stages.
+      devices: the mesh's device count the pure modes were priced for (1: no mesh);
+        ``split``: how the chosen mode's passes are split over it (for ``explain``).
+      sparse: for a detected pattern: ``nnz``, ``n_jvp``, ``n_vjp`` and ``plan`` (its
+        coloring in words); empty when sparsity was not considered.
     """
 
     kind: str
@@ -66,6 +71,9 @@ class JacobianPlan:
     stage_names: tuple[str, ...] = ()
     primal_flops: float = 0.0
     tangent_flops: float = 0.0
+    devices: int = 1
+    split: str = ""
+    sparse: dict = dataclasses.field(default_factory=dict)
 
     # ---- the figures explain() and the tests read
 
@@ -96,6 +104,8 @@ class JacobianPlan:
     def passes(self) -> dict[str, int]:
         if self.kind == "mixed":
             return self.chain.passes()
+        if self.kind == "sparse":
+            return {"jvp": self.sparse["n_jvp"], "vjp": self.sparse["n_vjp"], "matmul": 0}
         if self.kind == "fwd":
             return {"jvp": self.in_size, "vjp": 0, "matmul": 0}
         return {"jvp": 0, "vjp": self.out_size, "matmul": 0}
@@ -103,11 +113,16 @@ class JacobianPlan:
     def bracketing(self) -> str:
         if self.kind == "mixed":
             return self.chain.bracketing()
+        if self.kind == "sparse":
+            return f"sparse: {self.sparse['plan']}"
         return "forward: J · I" if self.kind == "fwd" else "reverse: I · J"
 
     def describe_steps(self) -> list[str]:
         if self.kind == "mixed":
             return self.chain.describe_steps()
+        if self.kind == "sparse":
+            return [f"sparsity pattern read from the program: nnz {self.sparse['nnz']}",
+                    f"{self.sparse['plan']}, decompressed into the dense Jacobian"]
         if self.kind == "fwd":
             return [f"forward mode: {self.in_size} JVPs through the whole program"]
         return [f"reverse mode: one stored forward pass, {self.out_size} VJPs"]
