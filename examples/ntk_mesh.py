@@ -8,9 +8,10 @@ on 3 x 32 x 32 images. For inputs x1, x2 the NTK is
 
 the contraction of the two per-sample Jacobians over the parameters (the tutorial's
 "Jacobian contraction" method). Each per-sample Jacobian is ``jacrev`` of the network in
-its parameters (10 rows); ``vmap(..., mesh=mesh)`` splits the samples over the devices,
-so each device holds only its samples' Jacobians (10 x 235k floats each at 32 x 32), and
-the contraction runs where they lie.
+its parameters (10 rows, 10 x 235k floats at 32 x 32). Over a mesh the kernel is computed
+blockwise (``functorch_lite._mesh.sharded_pairs``): each device keeps the Jacobians of its
+share of x1 and visits x2 one block at a time, so no device holds all of either set's
+Jacobians (an all-gathered J(x2) would put all of them on every device).
 
 On a CPU-only machine JAX shows one device, so this script asks for 4 simulated ones
 (set before JAX starts; `train.cpu_device_flags` also raises XLA's in-process collective
@@ -33,6 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import functorch_lite as fl  # noqa: E402
+from functorch_lite._mesh import sharded_pairs  # noqa: E402
 
 
 def init_cnn(key: jax.Array, size: int = 32) -> dict:
@@ -65,14 +67,27 @@ def cnn(params: dict, x: jax.Array) -> jax.Array:
     return params["fc"]["w"] @ h.reshape(-1) + params["fc"]["b"]
 
 
+def contract(j1: dict, j2: dict) -> jax.Array:
+    """NTK block (N, M, 10, 10) from per-sample Jacobians (pytrees of (N, 10, ...) and
+    (M, 10, ...) leaves): one matrix product per parameter, summed."""
+    total = 0
+    for a, b in zip(jax.tree.leaves(j1), jax.tree.leaves(j2)):
+        n, m = a.shape[0], b.shape[0]
+        total = total + a.reshape(n * 10, -1) @ b.reshape(m * 10, -1).T
+    return total.reshape(n, 10, m, 10).transpose(0, 2, 1, 3)
+
+
 def ntk(params: dict, x1: jax.Array, x2: jax.Array, mesh=None) -> jax.Array:
     """NTK (N, M, 10, 10) of the samples x1 (N, ...) against x2 (M, ...): per-sample
-    Jacobians (split over ``mesh`` when given), contracted over every parameter."""
-    per_sample = fl.vmap(fl.jacrev(cnn), in_dims=(None, 0), mesh=mesh)
-    j1 = jax.tree.leaves(per_sample(params, x1))
-    j2 = jax.tree.leaves(per_sample(params, x2))
-    return sum(jnp.einsum("Naf,Mbf->NMab", a.reshape(a.shape[0], a.shape[1], -1),
-                          b.reshape(b.shape[0], b.shape[1], -1)) for a, b in zip(j1, j2))
+    Jacobians contracted over every parameter. With ``mesh``, blockwise: each device
+    holds the Jacobians of its N / d samples of x1 and, one block of M / d samples of x2
+    at a time, computes theirs and contracts (``sharded_pairs``); no device holds all
+    of either, so memory per device falls as 1 / d."""
+    per_sample = fl.vmap(fl.jacrev(cnn), in_dims=(None, 0))
+    if mesh is None:
+        return contract(per_sample(params, x1), per_sample(params, x2))
+    return sharded_pairs(per_sample, lambda p, j1, b: contract(j1, per_sample(p, b)), x1, x2,
+                         mesh=mesh, operands=(params,))
 
 
 def main(n_train: int = 20, n_test: int = 5, size: int = 32) -> float:

@@ -47,10 +47,9 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from . import _args
-from ._mode import forward_mode
 
 __all__ = ["check", "split_plan", "MeshSplit", "sharded_basis_map", "device_memory_bytes",
-           "jacobian", "hessian", "hessian_diag", "vmap"]
+           "jacobian", "hessian", "hessian_diag", "vmap", "sharded_pairs", "laplacian"]
 
 
 # --------------------------------------------------------------------------------------
@@ -304,29 +303,19 @@ def sharded_basis_map(make_row: Callable, basis_size: int, *, mesh: Mesh, axis: 
 
 def _split_dynamic(tree: Any):
     """Array leaves of ``tree`` and a function rebuilding ``tree`` from them (other
-    leaves, e.g. Python scalars and strings, are kept as they are)."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    where = [i for i, x in enumerate(leaves) if isinstance(x, (jax.Array, np.ndarray, np.generic))]
+    leaves, e.g. Python scalars and strings, are closed over): ``jacobians.split_dynamic``."""
+    from .jacobians import split_dynamic  # lazily: jacobians imports this module
 
-    def rebuild(dynamic):
-        new = list(leaves)
-        for i, d in zip(where, dynamic):
-            new[i] = d
-        return jax.tree_util.tree_unflatten(treedef, new)
-
-    return [leaves[i] for i in where], rebuild
+    dynamic, rebuild = split_dynamic(tree, {})
+    return dynamic, lambda leaves: rebuild(leaves)[0]
 
 
 def _one_hot(index: jax.Array, like: list) -> list:
-    """The ``index``-th standard basis vector of the flattened leaves ``like`` (zeros
-    for an index past the end: the padding)."""
-    out, offset = [], 0
-    for leaf in like:
-        size = math.prod(np.shape(leaf))
-        dtype = _args.tangent_dtype(_args.leaf_dtype(leaf))
-        out.append((jnp.arange(size) == index - offset).astype(dtype).reshape(np.shape(leaf)))
-        offset += size
-    return out
+    """The ``index``-th standard basis vector of the flattened leaves ``like`` (all zeros
+    for an index past the end: the padding), as ``jacobians`` builds it."""
+    from .jacobians import _basis  # lazily: jacobians imports this module
+
+    return _basis(index, like)
 
 
 def _place(leaves: list, basis_dims: list[int | None], mesh: Mesh, axis: str, gather: bool,
@@ -347,23 +336,23 @@ def _place(leaves: list, basis_dims: list[int | None], mesh: Mesh, axis: str, ga
     return [jax.lax.with_sharding_constraint(x, NamedSharding(auto, s)) for x, s in zip(leaves, specs)]
 
 
+def _prologue(transform: str, func: Callable, mesh: Mesh, mesh_axis: Any, gather: bool,
+              label: str = "") -> tuple[str, str]:
+    """The axis name and the ``where`` of the messages, after the mesh checks."""
+    where = f"{transform}({_args.func_name(func)}{label}, mesh=...)(*args)"
+    axis = check(mesh, mesh_axis, gather, transform)
+    _check_context(mesh, axis, where)
+    return axis, where
+
+
 # --------------------------------------------------------------------------------------
 # jacrev / jacfwd / jacobian / hessian
 
 
-def jacobian(func: Callable, args: tuple, kwargs: dict, *, argnums: Any, mode: str, has_aux: bool,
-             chunk_size: int | None, layout: str, mesh: Mesh, mesh_axis: str | None, gather: bool,
-             transform: str) -> Any:
-    """``jacrev`` (``mode="rev"``) or ``jacfwd`` (``mode="fwd"``) of ``func`` at
-    ``args`` with the basis split over ``mesh`` (see the module docstring)."""
-    name = _args.func_name(func)
-    where = f"{transform}({name}, mesh=...)(*args)"
-    axis = check(mesh, mesh_axis, gather, transform)
-    _check_context(mesh, axis, where)
-    positions = _args.differentiable_positions(args, argnums, where)
-    as_tuple = isinstance(argnums, (tuple, list))
-    dynamic, rebuild = _split_dynamic((args, kwargs))
-
+def _closed_problem(func: Callable, rebuild: Callable, positions: tuple, as_tuple: bool,
+                    has_aux: bool, where: str) -> Callable:
+    """``closed(ops) -> (g, primal)``: ``func`` as a function ``g`` of the differentiated
+    arguments (aux checked, always returned) at the arguments rebuilt from ``ops``."""
     def closed(ops):
         a, kw = rebuild(list(ops))
         diff = tuple(a[p] for p in positions)
@@ -374,72 +363,85 @@ def jacobian(func: Callable, args: tuple, kwargs: dict, *, argnums: Any, mode: s
 
         return _args.checked_output(call, has_aux, where), (diff if as_tuple else diff[0])
 
+    return closed
+
+
+def _row_maker(closed: Callable, mode: str, out_leaves: list, out_tree: Any, in_leaves: list,
+               in_tree: Any) -> Callable:
+    """``make_row(*ops)`` for :func:`sharded_basis_map`: one VJP (``rev``) per output
+    index or one JVP (``fwd``) per input index, after one linearization per device."""
+    def make_row(*ops):
+        g, primal = closed(ops)
+        if mode == "rev":
+            _, pullback, _ = jax.vjp(g, primal, has_aux=True)
+
+            def row(i):
+                (ct,) = pullback(jax.tree_util.tree_unflatten(out_tree, _one_hot(i, out_leaves)))
+                return jax.tree_util.tree_leaves(ct)
+        else:
+            _, lin, _ = jax.linearize(g, primal, has_aux=True)
+
+            def row(i):
+                return jax.tree_util.tree_leaves(
+                    lin(jax.tree_util.tree_unflatten(in_tree, _one_hot(i, in_leaves))))
+        return row
+
+    return make_row
+
+
+def _jacobian_blocks(rows: list, mode: str, layout: str, out_leaves: list,
+                     in_leaves: list) -> tuple[list, list]:
+    """The ``(out_j, in_k)`` blocks of the Jacobian cut from the stacked ``rows`` (rev:
+    ``rows[k]`` is ``(M,) + in_k.shape``; fwd: ``rows[j]`` is ``(N,) + out_j.shape``),
+    in ``layout``, and the dimension of each that is the split basis (None: none)."""
+    stacked_over = out_leaves if mode == "rev" else in_leaves
+    offsets = np.cumsum([0] + [math.prod(np.shape(x)) for x in stacked_over])
+    blocks, dims = [], []
+    for j, o in enumerate(out_leaves):
+        for k, x in enumerate(in_leaves):
+            n_out, n_in = np.ndim(o), np.ndim(x)
+            if mode == "rev":
+                piece = rows[k][offsets[j]:offsets[j + 1]]
+                leaf = piece.reshape(tuple(np.shape(o)) + tuple(np.shape(x)))
+            else:
+                piece = rows[j][offsets[k]:offsets[k + 1]].reshape(tuple(np.shape(x)) + tuple(np.shape(o)))
+                leaf = jnp.moveaxis(piece, tuple(range(n_in)), tuple(range(n_out, n_out + n_in)))
+            if layout == "denominator":
+                leaf = jnp.transpose(leaf, tuple(range(n_out, n_out + n_in)) + tuple(range(n_out)))
+                basis_dim = (n_in if n_out else None) if mode == "rev" else (0 if n_in else None)
+            else:
+                basis_dim = (0 if n_out else None) if mode == "rev" else (n_out if n_in else None)
+            blocks.append(leaf)
+            dims.append(basis_dim)
+    return blocks, dims
+
+
+def jacobian(func: Callable, args: tuple, kwargs: dict, *, argnums: Any, mode: str, has_aux: bool,
+             chunk_size: int | None, layout: str, mesh: Mesh, mesh_axis: str | None, gather: bool,
+             transform: str) -> Any:
+    """``jacrev`` (``mode="rev"``) or ``jacfwd`` (``mode="fwd"``) of ``func`` at
+    ``args`` with the basis split over ``mesh`` (see the module docstring)."""
+    axis, where = _prologue(transform, func, mesh, mesh_axis, gather)
+    positions = _args.differentiable_positions(args, argnums, where)
+    dynamic, rebuild = _split_dynamic((args, kwargs))
+    closed = _closed_problem(func, rebuild, positions, isinstance(argnums, (tuple, list)),
+                             has_aux, where)
+
     def program(*ops):
         g, primal = closed(ops)
-        if mode == "fwd":
-            with forward_mode():
-                out_shape, _ = jax.eval_shape(g, primal)
-        else:
-            out_shape, _ = jax.eval_shape(g, primal)
+        out_shape, _ = jax.eval_shape(g, primal)
         out_leaves, out_tree = jax.tree_util.tree_flatten(out_shape)
         in_leaves, in_tree = jax.tree_util.tree_flatten(primal)
         basis = sum(math.prod(np.shape(x)) for x in (out_leaves if mode == "rev" else in_leaves))
-
-        def make_row(*ops):
-            g, primal = closed(ops)
-            if mode == "rev":
-                _, pullback, _ = jax.vjp(g, primal, has_aux=True)
-
-                def row(i):
-                    (ct,) = pullback(jax.tree_util.tree_unflatten(out_tree, _one_hot(i, out_leaves)))
-                    return jax.tree_util.tree_leaves(ct)
-            else:
-                _, lin, _ = jax.linearize(g, primal, has_aux=True)
-
-                def row(i):
-                    return jax.tree_util.tree_leaves(
-                        lin(jax.tree_util.tree_unflatten(in_tree, _one_hot(i, in_leaves))))
-            return row
-
-        if mode == "fwd":
-            with forward_mode():
-                rows = sharded_basis_map(make_row, basis, mesh=mesh, axis=axis,
-                                         chunk_size=chunk_size, operands=tuple(ops), where=where)
-        else:
-            rows = sharded_basis_map(make_row, basis, mesh=mesh, axis=axis,
-                                     chunk_size=chunk_size, operands=tuple(ops), where=where)
-        # rev: rows[k] is (M,) + in_k.shape; fwd: rows[j] is (N,) + out_j.shape
-        stacked_over = out_leaves if mode == "rev" else in_leaves
-        sizes = [math.prod(np.shape(x)) for x in stacked_over]
-        offsets = np.cumsum([0] + sizes)
-        blocks, dims = [], []
-        for j, o in enumerate(out_leaves):
-            for k, x in enumerate(in_leaves):
-                if mode == "rev":
-                    piece = rows[k][offsets[j]:offsets[j + 1]]
-                    leaf = piece.reshape(tuple(np.shape(o)) + tuple(np.shape(x)))
-                else:
-                    piece = rows[j][offsets[k]:offsets[k + 1]]
-                    piece = piece.reshape(tuple(np.shape(x)) + tuple(np.shape(o)))
-                    nx = np.ndim(x)
-                    leaf = jnp.moveaxis(piece, tuple(range(nx)), tuple(range(piece.ndim - nx, piece.ndim)))
-                n_out, n_in = np.ndim(o), np.ndim(x)
-                if layout == "denominator":
-                    leaf = jnp.transpose(leaf, tuple(range(n_out, n_out + n_in)) + tuple(range(n_out)))
-                    basis_dim = (n_in if n_out else None) if mode == "rev" else (0 if n_in else None)
-                else:
-                    basis_dim = (0 if n_out else None) if mode == "rev" else (n_out if n_in else None)
-                blocks.append(leaf)
-                dims.append(basis_dim)
-        placed = _place(blocks, dims, mesh, axis, gather, where)
-        it = iter(placed)
+        make_row = _row_maker(closed, mode, out_leaves, out_tree, in_leaves, in_tree)
+        rows = sharded_basis_map(make_row, basis, mesh=mesh, axis=axis, chunk_size=chunk_size,
+                                 operands=tuple(ops), where=where)
+        blocks, dims = _jacobian_blocks(rows, mode, layout, out_leaves, in_leaves)
+        it = iter(_place(blocks, dims, mesh, axis, gather, where))
         jac = jax.tree_util.tree_unflatten(
             out_tree, [jax.tree_util.tree_unflatten(in_tree, [next(it) for _ in in_leaves])
                        for _ in out_leaves])
-        if has_aux:
-            _, aux = g(primal)
-            return jac, aux
-        return jac
+        return (jac, g(primal)[1]) if has_aux else jac
 
     return _jit_call(program, mesh, *dynamic)
 
@@ -465,12 +467,8 @@ def hessian_diag(func: Callable, args: tuple, kwargs: dict, *, argnums: Any, met
     ``num_samples`` Hutchinson probes) split over ``mesh``."""
     from jax.flatten_util import ravel_pytree
 
-    transform = "hessian_diag"
-    where = f"{transform}({_args.func_name(func)}, mesh=...)(*args)"
-    axis = check(mesh, mesh_axis, gather, transform)
-    _check_context(mesh, axis, where)
+    axis, where = _prologue("hessian_diag", func, mesh, mesh_axis, gather)
     positions = _args.differentiable_positions(args, argnums, where)
-    as_tuple = isinstance(argnums, (tuple, list))
     dynamic, rebuild = _split_dynamic((args, kwargs, key))
 
     def flat_problem(ops):
@@ -484,41 +482,51 @@ def hessian_diag(func: Callable, args: tuple, kwargs: dict, *, argnums: Any, met
 
         return g, flat, unravel, k
 
+    def make_row(*ops):
+        g, flat, _, k = flat_problem(ops)
+        n = flat.shape[0]
+        _, hv = jax.linearize(jax.grad(g), flat)
+        if method == "exact":
+            return lambda i: hv((jnp.arange(n) == i).astype(flat.dtype))[jnp.minimum(i, n - 1)]
+
+        def probe(i):
+            z = jax.random.rademacher(jax.random.fold_in(k, i), (n,), dtype=flat.dtype)
+            return jnp.where(i < num_samples, z * hv(z), jnp.zeros_like(z))
+        return probe
+
     def program(*ops):
         _, flat, unravel, _ = flat_problem(ops)
-        n = flat.shape[0]
-
-        def make_row(*ops):
-            g, flat, _, k = flat_problem(ops)
-            _, hv = jax.linearize(jax.grad(g), flat)
-            if method == "exact":
-                return lambda i: hv((jnp.arange(n) == i).astype(flat.dtype))[jnp.minimum(i, n - 1)]
-
-            def probe(i):
-                z = jax.random.rademacher(jax.random.fold_in(k, i), (n,), dtype=flat.dtype)
-                return jnp.where(i < num_samples, z * hv(z), jnp.zeros_like(z))
-            return probe
-
-        with forward_mode():
-            if method == "exact":
-                diag = sharded_basis_map(make_row, n, mesh=mesh, axis=axis, chunk_size=chunk_size,
-                                         operands=tuple(ops), where=where)
-            else:
-                total = sharded_basis_map(make_row, num_samples, mesh=mesh, axis=axis,
-                                          chunk_size=chunk_size, operands=tuple(ops),
-                                          reduce="sum", where=where)
-                diag = total / num_samples
-        out = list(unravel(diag))
-        placed = _place(out, [0 if np.ndim(x) else None for x in out], mesh, axis,
-                        gather or method != "exact", where)
-        placed = tuple(placed)
-        return placed if as_tuple else placed[0]
+        exact = method == "exact"
+        diag = sharded_basis_map(make_row, flat.shape[0] if exact else num_samples, mesh=mesh,
+                                 axis=axis, chunk_size=chunk_size, operands=tuple(ops),
+                                 reduce=None if exact else "sum", where=where)
+        out = list(unravel(diag if exact else diag / num_samples))
+        placed = tuple(_place(out, [0 if np.ndim(x) else None for x in out], mesh, axis,
+                              gather or not exact, where))
+        return placed if isinstance(argnums, (tuple, list)) else placed[0]
 
     return _jit_call(program, mesh, *dynamic)
 
 
 # --------------------------------------------------------------------------------------
 # vmap
+
+
+def _batch_layout(func: Callable, args: tuple, kwargs: dict, in_dims: Any, out_dims: Any):
+    """The flattened arguments with their mapped dims, the batch size, and the output's
+    leaves, tree and mapped dims. The plain vmap validates ``in_dims``/``out_dims``
+    against the arguments (its messages) and gives the output structure."""
+    from . import transforms  # lazily: transforms imports this module
+
+    out_shape = jax.eval_shape(lambda *a: transforms.vmap(func, in_dims, out_dims)(*a, **kwargs), *args)
+    prefix = tuple(in_dims) if isinstance(in_dims, (tuple, list)) else (in_dims,) * len(args)
+    is_none = lambda x: x is None  # noqa: E731
+    dims = jax.tree_util.tree_leaves(jax.tree.broadcast(prefix, tuple(args), is_leaf=is_none), is_leaf=is_none)
+    flat, tree = jax.tree_util.tree_flatten(tuple(args))
+    batch = next(np.shape(x)[d] for x, d in zip(flat, dims) if d is not None)
+    out_leaves, out_tree = jax.tree_util.tree_flatten(out_shape)
+    odims = jax.tree_util.tree_leaves(jax.tree.broadcast(out_dims, out_shape, is_leaf=is_none), is_leaf=is_none)
+    return flat, tree, dims, batch, out_tree, odims
 
 
 def vmap(func: Callable, args: tuple, kwargs: dict, *, in_dims: Any, out_dims: Any,
@@ -529,61 +537,172 @@ def vmap(func: Callable, args: tuple, kwargs: dict, *, in_dims: Any, out_dims: A
     time; outputs sharded along their batch axis (or replicated, as for Jacobians)."""
     from . import transforms  # lazily: transforms imports this module
 
-    name = _args.func_name(func)
-    where = f"vmap({name}, in_dims={in_dims!r}, mesh=...)(*args)"
-    axis = check(mesh, mesh_axis, gather, "vmap")
-    _check_context(mesh, axis, where)
-    # The plain vmap validates in_dims/out_dims against the arguments (its messages),
-    # and gives the output structure.
-    out_shape = jax.eval_shape(lambda *a: transforms.vmap(func, in_dims, out_dims)(*a, **kwargs), *args)
-    prefix = tuple(in_dims) if isinstance(in_dims, (tuple, list)) else (in_dims,) * len(args)
-    dims_tree = jax.tree.broadcast(prefix, tuple(args), is_leaf=lambda x: x is None)
-    dims = jax.tree_util.tree_leaves(dims_tree, is_leaf=lambda x: x is None)
-    flat, tree = jax.tree_util.tree_flatten(tuple(args))
-    batch = next(np.shape(x)[d] for x, d in zip(flat, dims) if d is not None)
+    axis, where = _prologue("vmap", func, mesh, mesh_axis, gather, f", in_dims={in_dims!r}")
+    flat, tree, dims, batch, out_tree, odims = _batch_layout(func, args, kwargs, in_dims, out_dims)
     split = split_plan(batch, mesh, axis, chunk_size)
     padded = split.per_device * split.devices
-    out_leaves, out_tree = jax.tree_util.tree_flatten(out_shape)
-    odims_tree = jax.tree.broadcast(out_dims, out_shape, is_leaf=lambda x: x is None)
-    odims = jax.tree_util.tree_leaves(odims_tree, is_leaf=lambda x: x is None)
     batched = [i for i, d in enumerate(dims) if d is not None]
     kw_dynamic, kw_rebuild = _split_dynamic(kwargs)
+    fixed, fixed_rebuild = _split_dynamic([x for x, d in zip(flat, dims) if d is None])
+    local_dims = tuple(0 if d is not None else None for d in dims)
+    local_odims = jax.tree_util.tree_unflatten(out_tree, [0 if d is not None else None for d in odims])
+    out_specs = jax.tree_util.tree_unflatten(out_tree, [P(axis) if d is not None else P() for d in odims])
 
-    def program(mapped, fixed, kw_dyn):
+    def body(mapped, fixed_dyn, kw_dyn):
+        it_m, it_f = iter(mapped), iter(fixed_rebuild(list(fixed_dyn)))
+        full = [next(it_m) if d is not None else next(it_f) for d in dims]
+        kw = kw_rebuild(list(kw_dyn))
+        fn = lambda *leaves: func(*jax.tree_util.tree_unflatten(tree, list(leaves)), **kw)  # noqa: E731
+        return transforms.vmap(fn, in_dims=local_dims, out_dims=local_odims,
+                               chunk_size=split.chunk_size)(*full)
+
+    def program(mapped, fixed_dyn, kw_dyn):
         mapped = [jnp.moveaxis(jnp.asarray(x), dims[i], 0) for x, i in zip(mapped, batched)]
         if padded != batch:
             mapped = [jnp.concatenate([x, jnp.repeat(x[-1:], padded - batch, axis=0)]) for x in mapped]
-
-        def body(mapped, fixed, kw_dyn):
-            kw = kw_rebuild(list(kw_dyn))
-            it_m, it_f = iter(mapped), iter(fixed)
-            full = [next(it_m) if d is not None else next(it_f) for d in dims]
-            local_dims = tuple(0 if d is not None else None for d in dims)
-            fn = lambda *leaves: func(*jax.tree_util.tree_unflatten(tree, list(leaves)), **kw)  # noqa: E731
-            local_odims = jax.tree_util.tree_unflatten(
-                out_tree, [0 if d is not None else None for d in odims])
-            return transforms.vmap(fn, in_dims=local_dims, out_dims=local_odims,
-                                   chunk_size=split.chunk_size)(*full)
-
-        out_specs = jax.tree_util.tree_unflatten(
-            out_tree, [P(axis) if d is not None else P() for d in odims])
-        fixed_dyn, fixed_rebuild = _split_dynamic(fixed)
-        out = jax.shard_map(lambda m, f, k: body(m, fixed_rebuild(list(f)), k), mesh=_auto(mesh),
-                            in_specs=(P(axis), P(), P()), out_specs=out_specs,
+        out = jax.shard_map(body, mesh=_auto(mesh), in_specs=(P(axis), P(), P()), out_specs=out_specs,
                             check_vma=False)(mapped, fixed_dyn, kw_dyn)
-        leaves = jax.tree_util.tree_leaves(out)
-        moved = []
-        for x, d in zip(leaves, odims):
-            if d is None:
-                moved.append(x)
-                continue
-            x = x[:batch] if padded != batch else x
-            moved.append(jnp.moveaxis(x, 0, d))
+        moved = [x if d is None else jnp.moveaxis(x[:batch], 0, d)
+                 for x, d in zip(jax.tree_util.tree_leaves(out), odims)]
         basis_dims = [None if d is None else (d % x.ndim) for x, d in zip(moved, odims)]
-        placed = _place(moved, basis_dims, mesh, axis, gather, where)
-        return jax.tree_util.tree_unflatten(out_tree, placed)
+        return jax.tree_util.tree_unflatten(out_tree, _place(moved, basis_dims, mesh, axis, gather, where))
 
-    mapped = [flat[i] for i in batched]
-    fixed_all = [x for x, d in zip(flat, dims) if d is None]
-    fixed, fixed_rebuild = _split_dynamic(fixed_all)
-    return _jit_call(lambda m, f, k: program(m, fixed_rebuild(list(f)), k), mesh, mapped, fixed, kw_dynamic)
+    return _jit_call(program, mesh, [flat[i] for i in batched], fixed, kw_dynamic)
+
+
+# --------------------------------------------------------------------------------------
+# pairs of blocks (kernels such as the NTK)
+
+
+def _pad_rows(tree: Any, padded: int) -> Any:
+    """Each leaf padded along axis 0 to ``padded`` rows by repeating its last row."""
+    def pad(x):
+        x = jnp.asarray(x)
+        extra = padded - x.shape[0]
+        return x if not extra else jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)])
+    return jax.tree_util.tree_map(pad, tree)
+
+
+def sharded_pairs(left: Callable, pair: Callable, x1: Any, x2: Any, *, mesh: Mesh,
+                  axis: str | None = None, operands: tuple = (), where: str = "sharded_pairs") -> Any:
+    """``K[a, b] = pair(*operands, left(*operands, x1[a]), x2[b])`` for all rows ``a`` of
+    ``x1`` and ``b`` of ``x2``, with ``x1``'s rows split over ``mesh`` and no device
+    holding more than its own blocks (an NTK: ``left`` the per-sample Jacobians of
+    ``x1``'s rows, ``pair`` the Jacobians of ``x2``'s contracted with them).
+
+    Device ``k`` runs ``left`` once on its ``ceil(N / d)`` rows of ``x1`` (``state``), then
+    visits ``x2`` (replicated: inputs are small) ``d`` blocks of ``ceil(M / d)`` rows one
+    after another (``lax.fori_loop``), computing ``pair(*operands, state, block)`` of
+    shape ``(ceil(N / d), ceil(M / d), ...)`` and writing it into its rows of ``K``. So a
+    device holds ``state`` and one block's work at a time: memory per device ~ 1/d of one
+    device's; the price is that every device runs ``pair`` over all of ``x2`` (compute
+    ``N / d + M`` rows per device rather than ``(N + M) / d``: put the larger set first).
+    ``x1``, ``x2``: arrays or pytrees with a common leading axis (padded by repeating
+    their last row, results dropped). Returns ``K`` ``(N, M, ...)`` sharded along axis 0
+    when ``d`` divides ``N``, else replicated.
+
+    >>> import jax, jax.numpy as jnp
+    >>> mesh = jax.make_mesh((1,), ("data",))
+    >>> sharded_pairs(lambda a: 2 * a, lambda s, b: s @ b.T, jnp.eye(2), jnp.ones((3, 2)), mesh=mesh)
+    Array([[2., 2., 2.],
+           [2., 2., 2.]], dtype=float32)
+    """
+    axis = check(mesh, axis, False, where)
+    _check_context(mesh, axis, where)
+    rows = [_check_concrete_size(np.shape(jax.tree_util.tree_leaves(x)[0])[0], where, "the row count")
+            for x in (x1, x2)]
+    s1, s2 = (split_plan(n, mesh, axis) for n in rows)
+    d = s1.devices
+
+    def body(ops, a, b):
+        state = left(*ops, a)
+        block = lambda j: jax.tree_util.tree_map(  # noqa: E731
+            lambda x: jax.lax.dynamic_slice_in_dim(x, j * s2.per_device, s2.per_device), b)
+        shape = jax.eval_shape(lambda s, c: pair(*ops, s, c), state, block(0))
+        out = jnp.zeros((shape.shape[0], d * s2.per_device) + shape.shape[2:], shape.dtype)
+
+        def step(j, out):
+            return jax.lax.dynamic_update_slice_in_dim(out, pair(*ops, state, block(j)),
+                                                       j * s2.per_device, axis=1)
+        return jax.lax.fori_loop(0, d, step, out)
+
+    def run(ops, a, b):
+        a, b = _pad_rows(a, s1.per_device * d), _pad_rows(b, s2.per_device * d)
+        out = jax.shard_map(body, mesh=_auto(mesh), in_specs=(P(), P(axis), P()), out_specs=P(axis),
+                            check_vma=False)(ops, a, b)
+        out = out[:rows[0], :rows[1]]
+        return _place([out], [0], mesh, axis, False, where)[0]
+
+    return _jit_call(run, mesh, tuple(operands), x1, x2)
+
+
+# --------------------------------------------------------------------------------------
+# laplacian
+
+
+def _laplacian_count(args: tuple, argnums: Any, method: str, num_samples: int | None,
+                     devices: int, axis: str, where: str) -> tuple[int, Any]:
+    """The number of first-order directions to split (the differentiated size ``D``, or
+    ``num_samples``) and their dtype; refuses fewer directions than devices."""
+    positions = _args.differentiable_positions(args, argnums, where)
+    leaves = [jnp.asarray(x) if not isinstance(x, _args.ARRAY_TYPES) else x
+              for p in positions for x in jax.tree_util.tree_leaves(args[p])]
+    dim = sum(math.prod(np.shape(x)) for x in leaves)
+    count, what = (dim, f"the {dim} first-order directions (one per differentiated input "
+                        f"element)") if method == "exact" else (
+        num_samples, f"num_samples={num_samples} random directions")
+    if count < devices:
+        raise ValueError(
+            f"{where}: {what} cannot be split over the {devices} devices of mesh axis {axis!r} "
+            f"(mesh=): every device needs at least one. Use a mesh axis with at most {count} "
+            f"devices (mesh_axis=, or a smaller mesh){', or more num_samples' if method != 'exact' else ''}, "
+            f"or drop mesh=.")
+    return dim, jnp.result_type(*leaves)
+
+
+def laplacian(func: Callable, args: tuple, *, argnums: Any, method: str, num_samples: int | None,
+              key: Any, distribution: str, return_std: bool, mesh: Mesh,
+              mesh_axis: str | None) -> Any:
+    """``fl.laplacian(func, ...)(*args)`` with its first-order directions split over
+    ``mesh``: device ``k`` carries its ``ceil(n / d)`` directions (the basis vectors
+    ``e_i``, or its rows of the ``num_samples`` random ones drawn from ``key`` as on one
+    device; zero directions pad the last device and add nothing) in one collapsed Taylor
+    pass (``fl.diff_operator(func, factor=E_k)``, ``tr(E_k^T H E_k)``), and the partial
+    sums are added across the devices (``psum``). The result is the full Laplacian,
+    replicated. With ``return_std=True`` each device gives its directions' samples
+    ``z^T H z`` one by one (a batch), gathered for the mean and standard error."""
+    from .operators import diff_operator  # lazily: operators.laplacian calls this function
+
+    axis, where = _prologue("laplacian", func, mesh, mesh_axis, False)
+    devices = int(mesh.shape[axis])
+    dim, dtype = _laplacian_count(args, argnums, method, num_samples, devices, axis, where)
+    count = dim if method == "exact" else num_samples
+    per = split_plan(count, mesh, axis).per_device
+    dynamic, rebuild = _split_dynamic((args, key))
+    samples = method != "exact" and return_std
+
+    def body(*ops):
+        a, k = rebuild(list(ops))
+        idx = jax.lax.axis_index(axis) * per + jnp.arange(per)
+        if method == "exact":
+            factor = (jnp.arange(dim)[:, None] == idx[None, :]).astype(dtype)
+        else:
+            draw = jax.random.rademacher if distribution == "rademacher" else jax.random.normal
+            V = draw(k, (count, dim), dtype=dtype)
+            factor = jnp.where(idx[None, :] < count, V[jnp.minimum(idx, count - 1)].T, 0).astype(dtype)
+        op = lambda f: diff_operator(func, factor=f, argnums=argnums)(*a)  # noqa: E731
+        if samples:
+            return jax.vmap(lambda v: op(v[:, None]), in_axes=1)(factor)
+        total = jax.tree_util.tree_map(lambda x: jax.lax.psum(x, axis), op(factor))
+        return total if method == "exact" else jax.tree_util.tree_map(lambda x: x / count, total)
+
+    def run(*ops):
+        out = jax.shard_map(body, mesh=_auto(mesh), in_specs=(P(),) * len(ops),
+                            out_specs=P(axis) if samples else P(), check_vma=False)(*ops)
+        if not samples:
+            return out
+        out = jax.tree_util.tree_map(lambda s: s[:count], out)
+        mean = jax.tree_util.tree_map(lambda s: jnp.mean(s, axis=0), out)
+        return mean, jax.tree_util.tree_map(lambda s: jnp.std(s, axis=0, ddof=1) / math.sqrt(count), out)
+
+    return _jit_call(run, mesh, *dynamic)

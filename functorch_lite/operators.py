@@ -303,7 +303,7 @@ def _hessian_trace(func: Callable, args: tuple, argnums, weight=None):
 
 def laplacian(func: Callable, argnums: _args.Argnums = 0, *, method: str = "exact",
               num_samples: int | None = None, key: Any = None, distribution: str = "rademacher",
-              return_std: bool = False) -> Callable:
+              return_std: bool = False, mesh: Any = None, mesh_axis: str | None = None) -> Callable:
     r"""Laplacian ``Δf = Σ_i ∂²f/∂x_i²`` by collapsed Taylor mode (forward Laplacian).
 
     One pass carries the value, the ``d`` first-order directions ``e_i`` (a batch) and one
@@ -318,6 +318,10 @@ def laplacian(func: Callable, argnums: _args.Argnums = 0, *, method: str = "exac
 
     Works under ``jax.jit``, ``jax.vmap`` (a batch of points) and ``jax.grad``.
 
+    ``mesh=`` (a ``jax.sharding.Mesh``, axis ``mesh_axis=``, default its first) splits the
+    directions over its devices, partial sums added across them (docs/scale.md); a batch
+    of points splits with ``fl.vmap(laplacian(f), mesh=mesh)``.
+
     >>> import jax, jax.numpy as jnp
     >>> f = lambda x: jnp.prod(jnp.sin(x))              # Δf = -d f
     >>> x = jnp.array([0.3, 0.5, 0.7])
@@ -331,8 +335,14 @@ def laplacian(func: Callable, argnums: _args.Argnums = 0, *, method: str = "exac
     name = _args.func_name(func)
     where = f"laplacian({name})(*args)"
     k = _check_stochastic(f"laplacian({name})", method, num_samples, key, distribution, return_std)
+    from . import _mesh  # mesh=: the directions split over devices (issue 17)
+    mesh_axis = _mesh.check(mesh, mesh_axis, False, "laplacian")
 
     def impl(*args):
+        if mesh is not None:
+            return _mesh.laplacian(func, args, argnums=argnums, method=method, num_samples=k, key=key,
+                                   distribution=distribution, return_std=return_std, mesh=mesh,
+                                   mesh_axis=mesh_axis)
         prob = _problem(func, args, argnums, where)
         if method == "exact":
             V = jnp.eye(prob.dim, dtype=prob.dtype)

@@ -1,11 +1,12 @@
-"""mesh= on jacrev, jacfwd, jacobian, hessian, hessian_diag and vmap, on 4 simulated CPU
+"""mesh= on jacrev, jacfwd, jacobian, hessian, hessian_diag, vmap and laplacian, on 4 simulated CPU
 devices (a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=4: JAX fixes
 its device count at start-up). One script runs every check and prints JSON; the tests
 assert on its parts. Each transform is compared with its single-device value (float32:
 <= 1e-6 relative; float64: bitwise where the per-device program keeps the arithmetic of
 the single-device one, else <= 1e-13), the result's sharding is checked shard by shard,
 and the per-device temp memory of the split Jacobian of R^512 -> R^512 through width 8192
-is compared with one device's (XLA's memory_analysis() of an SPMD program is per device).
+and of the blockwise NTK of examples/ntk_mesh.py are compared with one device's (XLA's
+memory_analysis() of an SPMD program is per device).
 """
 
 from __future__ import annotations
@@ -100,6 +101,22 @@ SCRIPT = textwrap.dedent(r"""
                                  jax.vmap(jax.grad(lambda x, t: jnp.sum((f(x) - t) ** 2)), in_axes=(0, None)),
                                  (X, jnp.ones(16, x.dtype))),
         }
+        g = lambda x: jnp.sum(x ** 4) + jnp.sum(x) ** 2 + jnp.exp(jnp.sum(x) / 4)   # convex: no cancellation
+        vec = lambda x: jnp.stack([h(x), jnp.sum(jnp.sin(x) ** 3)])
+        u = lambda x: jnp.sum(jnp.sin(x) ** 2) * jnp.sum(jnp.cos(x))
+        lap_key = dict(method="stochastic", num_samples=10, key=key)
+        cases.update({
+            "laplacian": (fl.laplacian(h, mesh=mesh), fl.laplacian(h), (x,)),
+            "laplacian_uneven": (fl.laplacian(u, mesh=mesh), fl.laplacian(u), (x[:10],)),  # 3 + 3 + 3 + 1
+            "laplacian_vector": (fl.laplacian(vec, mesh=mesh), fl.laplacian(vec), (x,)),
+            "laplacian_tree": (fl.laplacian(tree, argnums=(0, 1), mesh=mesh), fl.laplacian(tree, argnums=(0, 1)), (p, y)),
+            "laplacian_2d_mesh": (fl.laplacian(h, mesh=mesh2d, mesh_axis="data"), fl.laplacian(h), (x,)),
+            "laplacian_jit": (jax.jit(fl.laplacian(h, mesh=mesh)), fl.laplacian(h), (x,)),
+            "laplacian_stochastic": (fl.laplacian(g, mesh=mesh, **lap_key), fl.laplacian(g, **lap_key), (x,)),
+            "laplacian_std": (fl.laplacian(g, mesh=mesh, return_std=True, distribution="gaussian", **lap_key),
+                              fl.laplacian(g, return_std=True, distribution="gaussian", **lap_key), (x,)),
+            "vmap_laplacian": (fl.vmap(fl.laplacian(h), mesh=mesh), jax.vmap(fl.laplacian(h)), (X,)),
+        })
         def under_set_mesh(t):
             def run(*a):
                 with jax.set_mesh(mesh):
@@ -144,6 +161,15 @@ SCRIPT = textwrap.dedent(r"""
             mem[name] = {"temp": m.temp_size_in_bytes, "output": m.output_size_in_bytes}
         mem["accuracy"] = compare(fl.jacrev(wide, mesh=mesh)(xw), fl.jacrev(wide)(xw))
         out["memory"] = mem
+        # the NTK of examples/ntk_mesh.py, computed blockwise over the mesh
+        sys.path.insert(0, sys.argv[2])
+        from ntk_mesh import init_cnn, ntk
+        params = init_cnn(k[0], 16)
+        x1, x2 = jax.random.normal(k[1], (8, 3, 16, 16)), jax.random.normal(k[2], (4, 3, 16, 16))
+        split = lambda p, a, b: ntk(p, a, b, mesh)
+        out["ntk"] = {name: jax.jit(t).lower(params, x1, x2).compile().memory_analysis().temp_size_in_bytes
+                      for name, t in (("single", ntk), ("mesh", split))}
+        out["ntk"]["accuracy"] = compare(jax.jit(split)(params, x1, x2), jax.jit(ntk)(params, x1, x2))
 
     def bad_input_checks():
         # bad input on the 4-device mesh
@@ -166,6 +192,10 @@ SCRIPT = textwrap.dedent(r"""
                 jax.jit(fl.jacrev(f, mesh=mesh))(x)
         catch("other_mesh_context", under_other_mesh)
         catch("missing_axis", lambda: fl.hessian(h, mesh=mesh, mesh_axis="model"))
+        catch("laplacian_missing_axis", lambda: fl.laplacian(h, mesh=mesh, mesh_axis="model"))
+        catch("laplacian_small_basis", lambda: fl.laplacian(h, mesh=mesh)(x[:3]))
+        catch("laplacian_few_samples", lambda: fl.laplacian(h, method="stochastic", num_samples=2,
+                                                            key=jax.random.key(0), mesh=mesh)(x))
         out["errors"] = errors
     jax.config.update("jax_enable_x64", False)
     f, h, x, X, tree, p, y = problems(jnp.float32)
@@ -183,7 +213,7 @@ def _run(tmp_path_factory, part):
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, str(script), part], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, str(script), part, os.path.join(ROOT, "examples")], env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.split("RESULT", 1)[1])
@@ -209,7 +239,7 @@ BITWISE_FLOAT64 = ("jacfwd", "jacrev_tree", "jacfwd_tree", "vmap_dims")
 
 def test_every_mesh_transform_equals_one_device_float32(result):
     res = result["float32"]
-    assert len(res) == 25
+    assert len(res) == 34
     for name, r in res.items():
         assert r["shapes"], name
         assert r["rel"] <= 1e-6, (name, r)
@@ -251,6 +281,15 @@ def test_per_device_temp_memory_of_the_wide_jacobian(slow_result):
     assert m["accuracy"]["rel"] <= 1e-6, m["accuracy"]
 
 
+@pytest.mark.slow
+def test_per_device_temp_memory_of_the_ntk(slow_result):
+    """The NTK's kernel is computed blockwise: no device holds all of J(x1) or J(x2), so
+    its temp memory falls as 1/d too (an all-gathered J(x2) left it at 0.44x)."""
+    m = slow_result["ntk"]
+    assert m["mesh"] <= 0.3 * m["single"], m
+    assert m["accuracy"]["rel"] <= 1e-6, m["accuracy"]
+
+
 def test_bad_input_on_the_mesh(result):
     e = result["errors"]
     kind, msg = e["gather_too_large"]
@@ -263,6 +302,14 @@ def test_bad_input_on_the_mesh(result):
     assert kind == "ValueError" and "differs from the mesh this code is traced under" in msg, msg
     kind, msg = e["missing_axis"]
     assert kind == "ValueError" and "hessian: mesh_axis='model' is not an axis" in msg, msg
+    kind, msg = e["laplacian_missing_axis"]
+    assert kind == "ValueError" and "laplacian: mesh_axis='model' is not an axis" in msg, msg
+    kind, msg = e["laplacian_small_basis"]
+    assert kind == "ValueError" and msg.startswith("laplacian(<lambda>, mesh=...)(*args): the 3 first-order"), msg
+    assert "the 4 devices of mesh axis 'data' (mesh=)" in msg and "at most 3 devices" in msg, msg
+    kind, msg = e["laplacian_few_samples"]
+    assert kind == "ValueError" and "num_samples=2 random directions cannot be split" in msg, msg
+    assert "or more num_samples" in msg, msg
 
 
 # ----------------------------------------------------------------- in this process (1 device)
@@ -280,6 +327,12 @@ def test_mesh_argument_checks():
         fl.hessian_diag(f, mesh=jax.make_mesh((1,), ("data",)), gather="yes")
     with pytest.raises(TypeError, match=r"an AbstractMesh has no devices"):
         fl.jacobian(f, mesh=jax.make_mesh((1,), ("data",)).abstract_mesh)
+    with pytest.raises(TypeError, match=r"laplacian: mesh must be a jax.sharding.Mesh"):
+        fl.laplacian(f, mesh="data")
+    with pytest.raises(ValueError, match=r"laplacian: mesh_axis='batch' is not an axis of the mesh"):
+        fl.laplacian(f, mesh=jax.make_mesh((1,), ("data",)), mesh_axis="batch")
+    with pytest.raises(ValueError, match=r"laplacian: mesh_axis= .* only apply with mesh="):
+        fl.laplacian(f, mesh_axis="data")
 
 
 def test_one_device_mesh_equals_no_mesh():
@@ -294,6 +347,8 @@ def test_one_device_mesh_equals_no_mesh():
     np.testing.assert_allclose(fl.hessian_diag(h, mesh=mesh)(x), jnp.diag(jax.hessian(h)(x)), rtol=1e-5, atol=1e-7)
     X = jnp.ones((5, 4)) * jnp.arange(5.0)[:, None]
     np.testing.assert_allclose(fl.vmap(f, mesh=mesh, chunk_size=2)(X), jax.vmap(f)(X), rtol=1e-6)
+    lap = jnp.trace(jax.hessian(h)(x))
+    np.testing.assert_allclose(fl.laplacian(h, mesh=mesh)(x), lap, rtol=1e-5)
 
 
 def test_sharded_basis_map_sum_and_padding():
