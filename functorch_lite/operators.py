@@ -129,11 +129,19 @@ def _split(prob: _Problem, V):
     return out
 
 
-def _top(prob: _Problem, V, weights, order: int, where: str):
-    """The collapsed top coefficient of each output (zeros where it is identically 0)."""
+def _seeds(prob: _Problem, V, identity: bool) -> dict:
+    """``propagate``'s ``lower`` and ``eye`` for directions ``V``; ``identity``: ``V`` is
+    ``eye(D)``, which a single differentiated leaf takes whole (its seed is its identity)."""
     seeds = dict(zip(prob.live, _split(prob, V)))
     lower = [[seeds[i]] if i in seeds else [] for i in range(len(prob.leaves))]
-    outs = propagate(prob.closed, prob.leaves, lower, order=order, weights=weights, where=where)
+    eye = [identity and len(prob.live) == 1 and i in seeds for i in range(len(prob.leaves))]
+    return {"lower": lower, "eye": eye}
+
+
+def _top(prob: _Problem, V, weights, order: int, where: str, identity: bool = False):
+    """The collapsed top coefficient of each output (zeros where it is identically 0)."""
+    outs = propagate(prob.closed, prob.leaves, order=order, weights=weights, where=where,
+                     **_seeds(prob, V, identity))
     lead = () if weights is None or jnp.ndim(weights) == 1 else (jnp.shape(weights)[0],)
     return [jnp.zeros(lead + tuple(a.shape), a.dtype) if o.top is None else o.top
             for o, a in zip(outs, prob.out_avals)]
@@ -346,7 +354,7 @@ def laplacian(func: Callable, argnums: _args.Argnums = 0, *, method: str = "exac
         prob = _problem(func, args, argnums, where)
         if method == "exact":
             V = jnp.eye(prob.dim, dtype=prob.dtype)
-            return _unflatten(prob, [2 * t for t in _top(prob, V, None, 2, where)])
+            return _unflatten(prob, [2 * t for t in _top(prob, V, None, 2, where, identity=True)])
         V = _directions(key, k, prob.dim, prob.dtype, distribution)
         return _stochastic(prob, V, 2, 2.0, return_std, where)
 
@@ -568,9 +576,8 @@ def divergence(field: Callable, argnums: _args.Argnums = 0, *, method: str = "ex
             V = jnp.eye(prob.dim, dtype=prob.dtype)
         else:
             V = _directions(key, k, prob.dim, prob.dtype, distribution)
-        seeds = dict(zip(prob.live, _split(prob, V)))
-        lower = [[seeds[i]] if i in seeds else [] for i in range(len(prob.leaves))]
-        outs = propagate(prob.closed, prob.leaves, lower, order=1, with_top=False, where=where)
+        outs = propagate(prob.closed, prob.leaves, order=1, with_top=False, where=where,
+                         **_seeds(prob, V, method == "exact"))
         R = V.shape[0]
         JV = jnp.concatenate([jnp.zeros((R, math.prod(a.shape)), a.dtype) if o.lo[0] is None
                               else o.lo[0].reshape(R, -1) for o, a in zip(outs, prob.out_avals)], axis=1)

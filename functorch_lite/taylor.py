@@ -33,17 +33,16 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import jet as _jet
 
 from . import _args
-from ._mode import forward_mode, taylor_mode
+from ._jaxpr.jet import blockers as _blockers, missing_rule as _missing_rule, reverse_only
+from ._jaxpr.taylor import stage_with_tree
+from ._mode import taylor_mode
 
 __all__ = ["derivative", "taylor", "TaylorFallbackWarning"]
-
-_CUSTOM_RULES = ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
 
 
 class TaylorFallbackWarning(UserWarning):
@@ -65,83 +64,20 @@ def check_order(order: Any, transform: str) -> int:
     return int(order)
 
 
-# ----------------------------------------------------------------------------- planning
-
-
-def _blockers(closed: Any) -> list[str]:
-    """Primitives reached by the input for which ``jet`` has no (faithful) rule.
-
-    Walks the jaxpr following the data flow from the inputs (a primitive applied to
-    constants only never sees a Taylor series, so it needs no rule), and into ``jit``
-    sub-programs, which ``jet`` handles by recursion.
-    """
-    found: list[str] = []
-
-    def walk(jaxpr: Any, tainted_in: list[bool]) -> list[bool]:
-        tainted = {v for v, t in zip(jaxpr.invars, tainted_in) if t}
-        for eqn in jaxpr.eqns:
-            hit = [not isinstance(v, jex.core.Literal) and v in tainted for v in eqn.invars]
-            if not any(hit):
-                continue
-            prim = eqn.primitive
-            if prim.name in _CUSTOM_RULES:
-                found.append(f"{prim.name} of {_rule_owner(eqn.params)} (jet would ignore its custom rule)")
-                out_hit = [True] * len(eqn.outvars)
-            elif prim not in _jet.jet_rules:
-                found.append(prim.name)
-                out_hit = [True] * len(eqn.outvars)
-            elif prim.name in ("pjit", "jit") and "jaxpr" in eqn.params:
-                out_hit = walk(eqn.params["jaxpr"].jaxpr, hit)
-            else:
-                out_hit = [True] * len(eqn.outvars)
-            tainted.update(v for v, t in zip(eqn.outvars, out_hit) if t)
-        return [not isinstance(v, jex.core.Literal) and v in tainted for v in jaxpr.outvars]
-
-    walk(closed.jaxpr, [True] * len(closed.jaxpr.invars))
-    return list(dict.fromkeys(found))
-
-
-def _rule_owner(params: dict) -> str:
-    """The name of the function a custom_jvp/custom_vjp equation wraps."""
-    if "name" in params:
-        return str(params["name"])
-    call = params.get("call_jaxpr")
-    info = getattr(getattr(call, "jaxpr", call), "debug_info", None)
-    src = getattr(info, "func_src_info", None) or "?"
-    return src.split(" at ")[0]
-
-
-def _missing_rule(err: Exception) -> str | None:
-    """The primitive named by a jet failure, or None if ``err`` is something else."""
-    if isinstance(err, KeyError) and err.args and hasattr(err.args[0], "bind"):
-        return str(getattr(err.args[0], "name", err.args[0]))
-    if isinstance(err, NotImplementedError):
-        return str(err) or "unknown primitive"
-    return None
-
-
 # ----------------------------------------------------------------------------- engines
 
 
-def _jet_coefficients(h: Callable, leaves: list, dirs: list, order: int) -> tuple[list, Any]:
-    """Taylor coefficients ``c_0..c_order`` of ``t -> h(*(leaves + t dirs))`` by jet.
-
-    Returns ``(coeffs, out_tree)`` with ``coeffs[j]`` the list of output leaves of ``c_j``.
-    """
-    store = {}
-
-    def flat_h(*xs):
-        out_leaves, store["tree"] = jax.tree_util.tree_flatten(h(*xs))
-        return out_leaves
-
+def _jet_coefficients(h: Callable, leaves: list, dirs: list, order: int) -> list:
+    """Taylor coefficients ``c_0..c_order`` of ``t -> h(*(leaves + t dirs))`` by jet:
+    ``coeffs[j]`` is the list of output leaves of ``c_j``."""
+    flat_h = lambda *xs: jax.tree_util.tree_leaves(h(*xs))  # noqa: E731
     series = [[d] + [jnp.zeros_like(d)] * (order - 1) for d in dirs]
     primal_out, terms = _jet.jet(flat_h, tuple(leaves), tuple(series), factorial_scaled=False)
-    coeffs = [list(primal_out)] + [[t[j] for t in terms] for j in range(order)]
-    return coeffs, store["tree"]
+    return [list(primal_out)] + [[t[j] for t in terms] for j in range(order)]
 
 
 def _nested_coefficients(h: Callable, leaves: list, dirs: list, order: int,
-                         reverse: bool, scale: float = 1.0) -> tuple[list, Any]:
+                         reverse: bool, scale: float = 1.0) -> list:
     """The same coefficients by nesting a first-derivative transform ``order`` times.
 
     ``D_j(t) = (h(t), h'(t), ..., h^(j)(t))`` of the curve ``t -> h(x + t v)``;
@@ -151,19 +87,16 @@ def _nested_coefficients(h: Callable, leaves: list, dirs: list, order: int,
     log space, so no factorial is ever formed).
     """
     t0 = jnp.zeros((), jnp.result_type(*leaves))
-    store = {}
 
     def curve(t):
         out = h(*[x + (t * d).astype(jnp.result_type(x)) for x, d in zip(leaves, dirs)])
-        out_leaves, store["tree"] = jax.tree_util.tree_flatten(out)
-        return (out_leaves,)
+        return (jax.tree_util.tree_leaves(out),)
 
     fn = curve
     for _ in range(order):
         fn = _one_more(fn, reverse, t0)
     derivs = fn(t0)
-    coeffs = [[leaf * _power_over_factorial(scale, j) for leaf in level] for j, level in enumerate(derivs)]
-    return coeffs, store["tree"]
+    return [[leaf * _power_over_factorial(scale, j) for leaf in level] for j, level in enumerate(derivs)]
 
 
 def _power_over_factorial(s: float, j: int) -> float:
@@ -208,17 +141,17 @@ def coefficients(func: Callable, x: Any, direction: Any, order: int, args: tuple
         out_leaves, out_tree = jax.tree_util.tree_flatten(out)
         return [out_leaves], out_tree
     # Taylor mode traces inside taylor_mode(): functorch_lite.nn layers then run their
-    # bare primal (jet cannot trace custom rules); the nested fallback traces inside
-    # forward_mode(), where those layers use their forward rule.
+    # bare primal (jet cannot trace custom rules); the nested fallback traces outside
+    # it, where those layers use their custom_jvp rule.
     with taylor_mode():
-        blockers = _blockers(jax.make_jaxpr(h)(*leaves))
+        closed, out_tree = stage_with_tree(h, *leaves)
+        blockers = _blockers(closed)
         if order == 1:
-            vjp_only = any("custom_vjp" in b for b in blockers)
-            nesting = _working_nesting(h, leaves, dirs, order, scale, where)[0] if vjp_only else "jvp"
-            return _nested(h, leaves, dirs, order, nesting, scale)
+            nesting = _working_nesting(h, leaves, dirs, order, scale, where)[0] if reverse_only(blockers) else "jvp"
+            return _nested(h, leaves, dirs, order, nesting, scale), out_tree
         if not blockers:
             try:
-                return _jet_coefficients(h, leaves, [d * scale for d in dirs], order)
+                return _jet_coefficients(h, leaves, [d * scale for d in dirs], order), out_tree
             except (KeyError, NotImplementedError) as err:
                 name = _missing_rule(err)
                 if name is None:
@@ -233,14 +166,11 @@ def coefficients(func: Callable, x: Any, direction: Any, order: int, args: tuple
         TaylorFallbackWarning,
         stacklevel=3,
     )
-    return _nested(h, leaves, dirs, order, nesting, scale)
+    return _nested(h, leaves, dirs, order, nesting, scale), out_tree
 
 
 def _nested(h, leaves, dirs, order, nesting, scale):
-    if nesting == "jacrev":
-        return _nested_coefficients(h, leaves, dirs, order, reverse=True, scale=scale)
-    with forward_mode():
-        return _nested_coefficients(h, leaves, dirs, order, reverse=False, scale=scale)
+    return _nested_coefficients(h, leaves, dirs, order, reverse=nesting == "jacrev", scale=scale)
 
 
 def _first_line(err: Exception) -> str:
@@ -250,22 +180,17 @@ def _first_line(err: Exception) -> str:
 
 def _working_nesting(h: Callable, leaves: list, dirs: list, order: int, scale: float,
                      where: str) -> tuple[str, str | None]:
-    """``("jvp", None)`` if nested jvp traces ``h`` (inside ``forward_mode()``, where this
-    library's layers switch to their forward rule), else ``("jacrev", why jvp failed)``
+    """``("jvp", None)`` if nested jvp traces ``h``, else ``("jacrev", why jvp failed)``
     if nested jacrev does (a plain ``jax.custom_vjp`` has only a reverse rule); else a
     TypeError that names the ways out. Abstract tracing only (``jax.eval_shape``)."""
     def traces(reverse: bool) -> Exception | None:
         def run(*xs):
-            return _nested_coefficients(h, list(xs), dirs, order, reverse, scale)[0]
+            return _nested_coefficients(h, list(xs), dirs, order, reverse, scale)
         # lowered, not only traced: JAX stages a custom_vjp under jvp and raises when
         # lowering it (tracing alone, as jax.eval_shape does, passes)
         abstract = [jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)) for x in leaves]
         try:
-            if reverse:
-                jax.jit(run).lower(*abstract)
-            else:
-                with forward_mode():
-                    jax.jit(run).lower(*abstract)
+            jax.jit(run).lower(*abstract)
         # a custom_vjp under jvp raises TypeError ("can't apply forward-mode autodiff (jvp)
         # to a custom_vjp function") or, nested, NotImplementedError (no rule for
         # 'custom_lin'); a custom_vjp whose backward is not differentiable fails under

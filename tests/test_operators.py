@@ -146,6 +146,23 @@ def test_laplacian_of_mlp_matches_hessian_trace(x64, act):
     np.testing.assert_allclose(jax.jit(fl.laplacian(f))(x), hess_trace(f, x), rtol=1e-10, atol=1e-12)
 
 
+def test_identity_seed_takes_the_weights_rows_without_a_matmul(x64):
+    """The exact Laplacian's seed is the identity: x @ W, W @ x and an einsum against a
+    3-D weight give the right answer, and the program holds only the primal dots."""
+    k1, k2, k3 = jax.random.split(jax.random.key(4), 3)
+    W = jax.random.normal(k1, (5, 7), jnp.float64)
+    A = jax.random.normal(k2, (7, 5), jnp.float64)
+    T = jax.random.normal(k3, (3, 5, 4), jnp.float64)
+    f = lambda x: jnp.tanh(x @ W).sum() + jnp.sin(A @ x).prod() + jnp.tanh(jnp.einsum("j,ijk->ik", x, T)).sum()  # noqa: E731,E501
+    x = jax.random.normal(jax.random.key(5), (5,), jnp.float64)
+    np.testing.assert_allclose(fl.laplacian(f)(x), hess_trace(f, x), rtol=1e-12)
+    np.testing.assert_allclose(fl.divergence(lambda x: jnp.tanh(A.T @ jnp.sin(A @ x)))(x),
+                               jnp.trace(jax.jacfwd(lambda x: jnp.tanh(A.T @ jnp.sin(A @ x)))(x)), rtol=1e-12)
+    g = lambda x: jnp.tanh(x @ W).sum()  # noqa: E731
+    dots = [e for e in jax.make_jaxpr(fl.laplacian(g))(x).jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert len(dots) == 1, dots   # the primal x @ W; no eye(5) @ W
+
+
 @pytest.mark.parametrize("norm", ["layer_norm", "rms_norm"])
 def test_operators_run_through_fl_nn_layers(x64, norm):
     params = init_mlp(jax.random.key(4), [4, 8, 8, 2])

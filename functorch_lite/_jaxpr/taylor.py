@@ -56,7 +56,19 @@ from jax import lax
 
 from . import ClosedJaxpr, Jaxpr, is_literal, primitive_name
 
-__all__ = ["TV", "propagate", "UnsupportedPrimitiveError", "SUPPORTED"]
+__all__ = ["TV", "propagate", "stage_with_tree", "UnsupportedPrimitiveError", "SUPPORTED"]
+
+
+def stage_with_tree(func: Callable, *args: Any) -> tuple[ClosedJaxpr, Any]:
+    """``func``'s closed jaxpr at ``args`` and the pytree structure of its output (one
+    trace, nothing carried out of the traced function by a closure).
+
+    >>> closed, tree = stage_with_tree(lambda x: {"a": x, "b": (x, x)}, 1.0)
+    >>> len(closed.jaxpr.outvars), tree.num_leaves
+    (3, 3)
+    """
+    closed, shape = jax.make_jaxpr(func, return_shape=True)(*args)
+    return closed, jax.tree_util.tree_structure(shape)
 
 
 class UnsupportedPrimitiveError(NotImplementedError):
@@ -82,6 +94,7 @@ class TV:
     p: Any
     lo: list
     top: Any = None
+    eye: bool = False   # lo[0][r] is the r-th unit vector (an identity seed), nothing else set
 
     @property
     def const(self) -> bool:
@@ -246,10 +259,13 @@ def _unary(ctx: _Ctx, g: Callable, x: TV, out_p) -> TV:
         lo.append(acc)
     top = None
     if ctx.with_top:
-        higher = None
+        # g^(k)/k! is the same for every direction: collapse [t^K](δx)^k over the
+        # directions first, then scale once (a direction seed shared by a batch of
+        # points, as the identity of a Laplacian, is then reduced once for all of them).
+        top = None if x.top is None else _top_scale(ctx, coef[1], x.top)
         for k in range(2, K + 1):
-            higher = _add(higher, _mul_b(coef[k], P[k].get(K)))
-        top = _add(None if x.top is None else _top_scale(ctx, coef[1], x.top), ctx.collapse(higher))
+            if P[k].get(K) is not None:
+                top = _add(top, _top_scale(ctx, coef[k], ctx.collapse(P[k][K])))
     return TV(out_p, lo, top)
 
 
@@ -307,11 +323,30 @@ def _mul(ctx: _Ctx, a: TV, b: TV, shape: tuple) -> TV:
     return _bilinear(ctx, a, b, lambda x, y: x * y, contract, out_p)
 
 
+def _eye_dot(ctx: _Ctx, params: dict, ins: list[TV], out_p) -> TV | None:
+    """``x . W`` (or ``W . x``) where ``x`` is 1-D and carries only the identity seed: the
+    ``r``-th direction of the output is ``W`` at index ``r`` of its contracted axis, so
+    the seeds need no matmul (None where the case does not apply)."""
+    (lc, rc), (lb, rb) = params["dimension_numbers"]
+    live = [i for i, t in enumerate(ins) if not t.const]
+    if len(live) != 1 or lb or rb:
+        return None
+    x, w = ins[live[0]], ins[1 - live[0]]
+    if not x.eye or jnp.ndim(x.p) != 1:
+        return None
+    axis = (rc if live[0] == 0 else lc)[0]
+    lo = jnp.moveaxis(w.p, axis, 0).astype(out_p.dtype)
+    return TV(out_p, [lo] + [None] * (ctx.n_lo - 1), None)
+
+
 def _dot_rule(ctx: _Ctx, eqn, ins: list[TV]) -> list[TV]:
     params = dict(eqn.params)
     (lc, rc), (lb, rb) = params["dimension_numbers"]
     op = lambda x, y: lax.dot_general_p.bind(x, y, **params)  # noqa: E731
     out_p = op(ins[0].p, ins[1].p)
+    seeded = _eye_dot(ctx, params, ins, out_p)
+    if seeded is not None:
+        return [seeded]
 
     def contract(x, y):
         # Σ_r w_r x_r . y_r: the direction axis becomes one more contracting dimension.
@@ -543,7 +578,8 @@ def _run(ctx: _Ctx, jaxpr: Jaxpr, consts: Sequence, ins: Sequence[TV]) -> list[T
 
 def propagate(closed: ClosedJaxpr, primals: Sequence, lower: Sequence[Sequence],
               top: Sequence | None = None, *, order: int = 2, weights: Any = None,
-              with_top: bool = True, where: str = "collapsed Taylor mode") -> list[TV]:
+              with_top: bool = True, eye: Sequence[bool] | None = None,
+              where: str = "collapsed Taylor mode") -> list[TV]:
     """Push Taylor coefficients through ``closed``.
 
     Args:
@@ -556,6 +592,9 @@ def propagate(closed: ClosedJaxpr, primals: Sequence, lower: Sequence[Sequence],
       weights: the collapse weights (None, ``(R,)`` or ``(G, R)``).
       with_top: False computes only the per-direction coefficients of orders
         ``1 .. order`` (no collapsed one).
+      eye: per input, True where its only coefficient is the identity seed
+        (``lower = [eye(R).reshape(R, *shape)]``, no top): a ``dot_general`` with a
+        constant then takes the constant's rows instead of multiplying by the identity.
 
     Returns:
       One :class:`TV` per output of ``closed``.
@@ -563,5 +602,7 @@ def propagate(closed: ClosedJaxpr, primals: Sequence, lower: Sequence[Sequence],
     ctx = _Ctx(order=order, with_top=with_top, weights=weights, where=where)
     n = ctx.n_lo
     top = [None] * len(primals) if top is None else list(top)
-    ins = [TV(p, (list(lo) + [None] * n)[:n], t) for p, lo, t in zip(primals, lower, top)]
+    eye = [False] * len(primals) if eye is None else list(eye)
+    ins = [TV(p, (list(lo) + [None] * n)[:n], t, e and t is None and len(lo) == 1)
+           for p, lo, t, e in zip(primals, lower, top, eye)]
     return _run(ctx, closed.jaxpr, closed.consts, ins)
