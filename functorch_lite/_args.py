@@ -35,16 +35,28 @@ def func_name(func: Callable) -> str:
             or type(func).__name__)
 
 
-def name_transformed(wrapper: Callable, func: Callable, label: str, doc: str) -> Callable:
-    """Give a transform's result ``func``'s ``__name__`` (as torch.func does, through
-    ``functools.wraps``), ``label`` (e.g. ``"grad(f)"``) as ``__qualname__`` and in
-    messages of transforms applied on top, and a docstring."""
-    wrapper.__name__ = getattr(func, "__name__", None) or label
-    wrapper.__qualname__ = label
-    wrapper.__fl_name__ = label
+def named(wrapper: Callable, func: Callable, name: str, doc: str, *,
+          torch_name: bool = False) -> Callable:
+    """Name a transform's result: ``name`` (e.g. ``"hessian(f)"``) as ``__name__`` and
+    ``__qualname__`` and in the messages of transforms applied on top, ``doc`` as its
+    docstring, ``func`` as ``__wrapped__``. ``torch_name=True`` keeps ``func``'s
+    ``__name__`` instead (as torch.func does, through ``functools.wraps``).
+
+    >>> f = named(lambda x: x, len, "grad(len)", "Gradient of len.", torch_name=True)
+    >>> f.__name__, f.__qualname__, func_name(f), f.__wrapped__ is len
+    ('len', 'grad(len)', 'grad(len)', True)
+    """
+    wrapper.__name__ = (getattr(func, "__name__", None) or name) if torch_name else name
+    wrapper.__qualname__ = name
+    wrapper.__fl_name__ = name
     wrapper.__doc__ = doc
     wrapper.__wrapped__ = func
     return wrapper
+
+
+def name_transformed(wrapper: Callable, func: Callable, label: str, doc: str) -> Callable:
+    """:func:`named` with ``torch_name=True`` (the name ``jacobians`` imports)."""
+    return named(wrapper, func, label, doc, torch_name=True)
 
 
 def check_callable(func: Any, transform: str, argname: str = "func") -> None:
@@ -503,32 +515,95 @@ def cast_python_scalars(tree: Any, like: Any) -> Any:
     )
 
 
-def check_positive_int(value: Any, where: str, argname: str, *, allow_none: bool = False,
-                       hint: str = "") -> int | None:
-    """``value`` must be a positive Python (or NumPy) int (or None with ``allow_none``);
-    ``hint`` is appended to the message for a value below 1."""
+def check_int(value: Any, where: str, argname: str, *, minimum: int = 1,
+              allow_none: bool = False, expect: str | None = None, type_hint: str = "",
+              hint: str = "") -> int | None:
+    """``value`` must be a Python (or NumPy) int ``>= minimum`` (or None with
+    ``allow_none``). ``expect`` names what is wanted in the message (default "a positive
+    int", "a non-negative int" for ``minimum=0``); ``type_hint`` is appended to the
+    message for a value that is not an int, ``hint`` for one below ``minimum``.
+
+    >>> check_int(3, "vmap", "chunk_size")
+    3
+    >>> check_int(0, "fit(f, ...)", "steps")
+    Traceback (most recent call last):
+        ...
+    ValueError: fit(f, ...): steps must be a positive int, got 0.
+    """
     if value is None and allow_none:
         return None
+    expect = expect or ("a positive int" if minimum == 1 else "a non-negative int")
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {argname} must be a positive int, got {value!r}.")
-    if value <= 0:
-        raise ValueError(f"{where}: {argname} must be a positive int, got {value}{hint}.")
+        raise TypeError(f"{where}: {argname} must be {expect}, got {value!r}{type_hint}.")
+    if value < minimum:
+        raise ValueError(f"{where}: {argname} must be {expect}, got {value}{hint}.")
     return int(value)
 
 
+def check_positive_int(value: Any, where: str, argname: str, *, allow_none: bool = False,
+                       hint: str = "") -> int | None:
+    """``value`` must be a positive int (or None with ``allow_none``); :func:`check_int`."""
+    return check_int(value, where, argname, allow_none=allow_none, hint=hint)
+
+
 def check_chunk_size(chunk_size: Any, transform: str) -> int | None:
-    if chunk_size is None:
-        return None
-    if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, numbers.Integral):
-        raise TypeError(
-            f"{transform}: chunk_size must be a positive int or None, got {chunk_size!r}."
-        )
-    if chunk_size <= 0:
-        raise ValueError(
-            f"{transform}: chunk_size must be a positive int or None, got {chunk_size}; "
-            "use chunk_size=None to compute everything in one pass."
-        )
-    return int(chunk_size)
+    """``chunk_size``: a positive int or None (everything in one pass)."""
+    return check_int(chunk_size, transform, "chunk_size", allow_none=True,
+                     expect="a positive int or None",
+                     hint="; use chunk_size=None to compute everything in one pass")
+
+
+def check_order(order: Any, transform: str) -> int:
+    """A Taylor/derivative ``order``: a non-negative int."""
+    return check_int(order, transform, "order", minimum=0,
+                     type_hint=f" ({type(order).__name__}); pass e.g. order=3",
+                     hint="; order=0 is the function itself, order=1 the first derivative")
+
+
+def _key_shape(key: Any) -> tuple[str, tuple] | None:
+    """``("typed", shape)`` for a typed PRNG key array, ``("raw", shape)`` for a uint32
+    array whose last axis is 2 (raw keys), else None."""
+    if isinstance(key, jax.Array) and is_key_dtype(key.dtype):
+        return "typed", tuple(key.shape)
+    if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.shape[-1:] == (2,):
+        return "raw", tuple(key.shape)
+    return None
+
+
+def check_key(key: Any, where: str) -> None:
+    """``key`` must be one PRNG key: ``jax.random.key(0)`` or a raw ``uint32[2]`` key."""
+    if _key_shape(key) in (("typed", ()), ("raw", (2,))):
+        return
+    shape = f" of shape {tuple(np.shape(key))}" if hasattr(key, "shape") else ""
+    raise TypeError(f"{where}: key must be one PRNG key, e.g. key=jax.random.key(0), got "
+                    f"{type(key).__name__}{shape}.")
+
+
+def as_key(key: Any, where: str) -> jax.Array:
+    """One typed PRNG key from a key, a raw ``uint32[2]`` key, an int seed or None
+    (seed 0); a batch of keys (what ``jax.random.split`` returns) is refused by name.
+
+    >>> as_key(3, "fit(f, ...)").shape
+    ()
+    """
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, int) and not isinstance(key, bool):
+        return jax.random.key(key)
+    kind = _key_shape(key)
+    if kind == ("typed", ()):
+        return key
+    if kind == ("raw", (2,)):
+        return jax.random.wrap_key_data(np.asarray(key))
+    if kind is not None and kind[0] == "typed":
+        shape = kind[1]
+        raise ValueError(f"{where}: key must be one PRNG key, got an array of {shape[0] if len(shape) == 1 else shape} "
+                         "keys (jax.random.split returns several); pass one of them, e.g. keys[0].")
+    if kind is not None and len(kind[1]) == 2:
+        raise ValueError(f"{where}: key must be one PRNG key, got {kind[1][0]} raw keys of shape "
+                         f"{kind[1]} (jax.random.split returns several); pass one of them, e.g. keys[0].")
+    raise TypeError(f"{where}: key must be a PRNG key (jax.random.key(seed)), a raw uint32 key of "
+                    f"shape (2,), an int seed, or None; got {type(key).__name__}.")
 
 
 def check_choice(value: Any, choices: Sequence[str], transform: str, argname: str) -> str:
@@ -544,3 +619,74 @@ def replace_args(args: tuple, positions: tuple[int, ...], values: Sequence[Any])
     for p, v in zip(positions, values):
         new[p] = v
     return tuple(new)
+
+
+def closed_over(func: Callable, args: tuple, positions: tuple[int, ...],
+                kwargs: dict | None = None, order: tuple | None = None) -> Callable:
+    """The argnums closure: ``diff -> func(*args, **kwargs)`` with ``args[positions[k]]``
+    replaced by ``diff[k]`` (a sequence, one entry per position), the other arguments
+    closed over; with ``order`` (:func:`order_of` of the caller's differentiated
+    arguments), ``diff``'s dicts are first rebuilt in the caller's key order.
+
+    >>> closed_over(lambda a, b, c: (a, b, c), (1, 2, 3), (0, 2))((10, 30))
+    (10, 2, 30)
+    """
+    kwargs = kwargs or {}
+
+    def call(diff: Sequence[Any]) -> Any:
+        if order is not None:
+            diff = reorder(order, tuple(diff))
+        return func(*replace_args(args, positions, diff), **kwargs)
+
+    return call
+
+
+def all_argnums(nargs: int) -> int | tuple[int, ...]:
+    """``argnums`` naming every one of ``nargs`` positional arguments: ``0`` for one (a
+    bare result), ``(0, 1, ...)`` for several (a tuple)."""
+    return 0 if nargs == 1 else tuple(range(nargs))
+
+
+def check_primals(primals: tuple, where: str, transform: str) -> None:
+    """``vjp`` / ``linearize``: at least one primal, each differentiable."""
+    if not primals:
+        raise ValueError(f"{where}: expected at least one primal; call {transform}(f, x).")
+    _check_primal_leaves(primals, where)
+
+
+def _check_primal_leaves(primals: Sequence[Any], where: str) -> None:
+    for i, p in enumerate(primals):
+        check_differentiable(p, where, f"primals[{i}]")
+    if not jax.tree_util.tree_leaves(primals):
+        raise ValueError(
+            f"{where}: expected at least one array among the primals, got none; pass the "
+            "arrays to differentiate."
+        )
+
+
+def check_primals_tangents(primals: Any, tangents: Any, where: str) -> tuple[tuple, tuple]:
+    """``jvp``/``hvp``/``vhp``: ``primals`` and ``tangents`` are tuples (or lists) of the
+    same Python type and length, the primals differentiable, each tangent matching its
+    primal's structure, shape and tangent dtype. Returns both as tuples."""
+    for name, value in (("primals", primals), ("tangents", tangents)):
+        if not isinstance(value, (tuple, list)):
+            raise TypeError(
+                f"{where}: expected {name} to be a tuple, got {type(value).__name__}; "
+                f"wrap a single input as ({name[:-1]},) so that f(*{name}) is valid."
+            )
+    if len(primals) == 0:
+        raise ValueError(f"{where}: expected at least one primal.")
+    if len(primals) != len(tangents):
+        raise ValueError(
+            f"{where}: got {len(primals)} primal(s) but {len(tangents)} tangent(s); give "
+            "one tangent per primal."
+        )
+    if type(primals) is not type(tangents):
+        raise ValueError(
+            f"{where}: primals is a {type(primals).__name__} but tangents is a "
+            f"{type(tangents).__name__}; tangents must have the same Python structure as "
+            "primals (as torch.func requires)."
+        )
+    _check_primal_leaves(primals, where)
+    tangents = match_tree(tuple(primals), tuple(tangents), where, "primals", "tangents")
+    return tuple(primals), tangents

@@ -29,22 +29,25 @@ True
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 
 import jax
 
-_state = threading.local()
-
-# Part of jax.jit's cache key: a jitted function traced once outside Taylor mode (with
-# the layers' custom_jvp, which jet cannot trace) is traced again inside it. The
-# forward flag stays in the key too (a retrace, never a wrong trace) for user code that
-# still branches on in_forward_mode(), as the old layers did.
+# The one piece of mode state: (forward, taylor) flags, in jax.jit's cache key, so a
+# jitted function traced once outside Taylor mode (with the layers' custom_jvp, which
+# jet cannot trace) is traced again inside it. The forward flag stays in the key too (a
+# retrace, never a wrong trace) for user code that still branches on in_forward_mode(),
+# as the old layers did. A user context is per thread and restored on exit, so nesting
+# (re-entrance) needs no counter.
 _jit_key = jax.make_user_context(default_value=(False, False))
 
 
-def _modes() -> tuple[bool, bool]:
-    return in_forward_mode(), in_taylor_mode()
+@contextlib.contextmanager
+def _entered(forward: bool, taylor: bool) -> Iterator[None]:
+    """Set the flags (or keep those already set) for the enclosed tracing."""
+    was_forward, was_taylor = _jit_key.value
+    with _jit_key((was_forward or forward, was_taylor or taylor)):
+        yield
 
 
 def in_forward_mode() -> bool:
@@ -54,38 +57,27 @@ def in_forward_mode() -> bool:
     >>> in_forward_mode()
     False
     """
-    return getattr(_state, "depth", 0) > 0
+    return _jit_key.value[0]
 
 
-@contextlib.contextmanager
-def forward_mode() -> Iterator[None]:
-    """A no-op kept for compatibility (re-entrant): the layers work in forward mode
-    without it. It only makes :func:`in_forward_mode` true inside.
+def forward_mode() -> contextlib.AbstractContextManager[None]:
+    """A no-op kept for compatibility (re-entrant; ``fl.nn.forward_mode`` is public): the
+    layers work in forward mode without it. It only makes :func:`in_forward_mode` true
+    inside.
 
     >>> with forward_mode():
     ...     in_forward_mode()
     True
     """
-    _state.depth = getattr(_state, "depth", 0) + 1
-    try:
-        with _jit_key(_modes()):
-            yield
-    finally:
-        _state.depth -= 1
+    return _entered(True, False)
 
 
 def in_taylor_mode() -> bool:
     """True while a Taylor-mode (``jet``) transform of this library is tracing."""
-    return getattr(_state, "taylor_depth", 0) > 0
+    return _jit_key.value[1]
 
 
-@contextlib.contextmanager
-def taylor_mode() -> Iterator[None]:
+def taylor_mode() -> contextlib.AbstractContextManager[None]:
     """Mark the enclosed tracing as Taylor-mode propagation (re-entrant); layers in
     :mod:`functorch_lite.nn` then use no custom rule."""
-    _state.taylor_depth = getattr(_state, "taylor_depth", 0) + 1
-    try:
-        with _jit_key(_modes()):
-            yield
-    finally:
-        _state.taylor_depth -= 1
+    return _entered(False, True)

@@ -270,7 +270,7 @@ def check_grad(func: Callable, *args: Any, argnums: _args.Argnums | None = None,
 
         def flat_func(x_flat):
             point = jax.tree_util.tree_map(_join_complex, unravel(x_flat), diff)
-            out = func(*_args.replace_args(args, positions, point))
+            out = _args.closed_over(func, args, positions)(point)
             if not jax.tree_util.tree_leaves(out):
                 raise ValueError(f"{where}: expected func to return at least one float array, got "
                                  f"{out!r}; there is no derivative to check.")

@@ -35,7 +35,6 @@ from jax.flatten_util import ravel_pytree
 from . import _args, _mesh
 from ._mode import forward_mode
 from .jacobians import pure_mode
-from .transforms import _check_primals_tangents
 
 __all__ = ["hessian", "hvp", "vhp", "hessian_diag", "resolve_hessian_mode", "NestingFallbackWarning"]
 
@@ -129,11 +128,8 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
             chosen = resolve_hessian_mode(func, mode, args, kwargs, argnums)
         return _nesting(func, chosen, argnums, chunk_size, holomorphic)(*args, **kwargs)
 
-    hess_f.__name__ = f"hessian({name})"
-    hess_f.__qualname__ = hess_f.__name__
-    hess_f.__doc__ = f"Hessian of {name} w.r.t. argnums={argnums} ({mode})."
-    hess_f.__wrapped__ = func
-    return hess_f
+    return _args.named(hess_f, func, f"hessian({name})",
+                       f"Hessian of {name} w.r.t. argnums={argnums} ({mode}).")
 
 
 # ----------------------------------------------------------------------------- hvp / vhp
@@ -148,7 +144,7 @@ def _scalar_grad(func: Callable, nargs: int, where: str) -> Callable:
         _args.check_scalar(out, where, "jvp/vjp of jacrev")
         return out
 
-    return jax.grad(scalar_func, argnums=0 if nargs == 1 else tuple(range(nargs)))
+    return jax.grad(scalar_func, argnums=_args.all_argnums(nargs))
 
 
 class NestingFallbackWarning(UserWarning):
@@ -214,7 +210,7 @@ def hvp(func: Callable, primals: Any, tangents: Any) -> tuple[Any, Any]:
     """
     _args.check_callable(func, "hvp")
     where = f"hvp({_args.func_name(func)}, primals, tangents)"
-    primals, tangents = _check_primals_tangents(primals, tangents, where)
+    primals, tangents = _args.check_primals_tangents(primals, tangents, where)
     grad_f = _scalar_grad(_args.keep_order(func, primals), len(primals), where)
     try:
         with forward_mode():
@@ -249,7 +245,7 @@ def vhp(func: Callable, primals: Any, tangents: Any) -> tuple[Any, Any]:
     """
     _args.check_callable(func, "vhp")
     where = f"vhp({_args.func_name(func)}, primals, tangents)"
-    primals, tangents = _check_primals_tangents(primals, tangents, where)
+    primals, tangents = _args.check_primals_tangents(primals, tangents, where)
     grad_f = _scalar_grad(_args.keep_order(func, primals), len(primals), where)
     grads, vh = _vhp(grad_f, primals, tangents)
     order = _args.order_of(primals if len(primals) > 1 else primals[0])
@@ -267,15 +263,7 @@ def _vhp(grad_f: Callable, primals: tuple, tangents: tuple) -> tuple[Any, Any]:
 HESSIAN_DIAG_METHODS = ("exact", "hutchinson")
 
 
-def _check_key(key: Any, transform: str) -> None:
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
-        return
-    if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.shape == (2,):
-        return
-    raise TypeError(
-        f"{transform}: key must be one PRNG key, e.g. key=jax.random.key(0), got "
-        f"{type(key).__name__}{' of shape ' + str(tuple(np.shape(key))) if hasattr(key, 'shape') else ''}."
-    )
+_check_key = _args.check_key  # kept: operators imports it
 
 
 def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "exact",
@@ -323,7 +311,7 @@ def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "e
                 f"{transform}: method='hutchinson' draws random probe vectors and needs a "
                 "PRNG key; pass key=jax.random.key(0) (or any key)."
             )
-        _check_key(key, transform)
+        _args.check_key(key, transform)
     elif key is not None:
         raise ValueError(
             f"{transform}: key is only used by method='hutchinson'; method='exact' is "
@@ -343,9 +331,10 @@ def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "e
         flat, unravel = ravel_pytree(diff)
         order = _args.order_of(diff)
 
+        call = _args.closed_over(func, args, positions, kwargs, order)  # caller's dict order
+
         def g(v):
-            parts = _args.reorder(order, unravel(v))      # the caller's dict order
-            out = func(*_args.replace_args(args, positions, parts), **kwargs)
+            out = call(unravel(v))
             _args.check_scalar(out, where, "jacrev")
             return out
 
@@ -387,8 +376,5 @@ def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "e
             return jax.vmap(one)(items)
         return jax.lax.map(one, items, batch_size=chunk_size)
 
-    diag_f.__name__ = f"hessian_diag({name})"
-    diag_f.__qualname__ = diag_f.__name__
-    diag_f.__doc__ = f"Diagonal of the Hessian of {name} w.r.t. argnums={argnums} ({method})."
-    diag_f.__wrapped__ = func
-    return diag_f
+    return _args.named(diag_f, func, f"hessian_diag({name})",
+                       f"Diagonal of the Hessian of {name} w.r.t. argnums={argnums} ({method}).")

@@ -31,7 +31,7 @@ __all__ = ["grad", "grad_and_value", "value_and_grad", "vjp", "jvp", "linearize"
 
 
 def _named(wrapper: Callable, func: Callable, transform: str, doc: str) -> Callable:
-    return _args.name_transformed(wrapper, func, f"{transform}({_args.func_name(func)})", doc)
+    return _args.named(wrapper, func, f"{transform}({_args.func_name(func)})", doc, torch_name=True)
 
 
 def _value_and_grad(func: Callable, argnums: Any, has_aux: bool, transform: str,
@@ -161,19 +161,6 @@ def _checked_pullback(where: str, out_tree, out_shapes, out_dtypes, orders, pull
     return _args.reorder(orders["primals"], result)
 
 
-def _check_primals(primals: tuple, where: str, transform: str) -> None:
-    """``vjp`` / ``linearize``: at least one primal, each differentiable."""
-    if not primals:
-        raise ValueError(f"{where}: expected at least one primal; call {transform}(f, x).")
-    for i, p in enumerate(primals):
-        _args.check_differentiable(p, where, f"primals[{i}]")
-    if not jax.tree_util.tree_leaves(primals):
-        raise ValueError(
-            f"{where}: expected at least one array among the primals, got none; pass the "
-            "arrays to differentiate."
-        )
-
-
 def vjp(func: Callable, *primals: Any, has_aux: bool = False):
     """Vector-Jacobian product, as ``torch.func.vjp``.
 
@@ -195,7 +182,7 @@ def vjp(func: Callable, *primals: Any, has_aux: bool = False):
     _args.check_bool(has_aux, "vjp", "has_aux")
     name = _args.func_name(func)
     where = f"vjp({name}, *primals)"
-    _check_primals(primals, where, "vjp")
+    _args.check_primals(primals, where, "vjp")
 
     traced = _args.checked_output(_args.keep_order(func, primals), has_aux, where)
 
@@ -214,35 +201,7 @@ def vjp(func: Callable, *primals: Any, has_aux: bool = False):
     return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
 
 
-def _check_primals_tangents(primals: Any, tangents: Any, where: str) -> tuple[tuple, tuple]:
-    for name, value in (("primals", primals), ("tangents", tangents)):
-        if not isinstance(value, (tuple, list)):
-            raise TypeError(
-                f"{where}: expected {name} to be a tuple, got {type(value).__name__}; "
-                f"wrap a single input as ({name[:-1]},) so that f(*{name}) is valid."
-            )
-    if len(primals) == 0:
-        raise ValueError(f"{where}: expected at least one primal.")
-    if len(primals) != len(tangents):
-        raise ValueError(
-            f"{where}: got {len(primals)} primal(s) but {len(tangents)} tangent(s); give "
-            "one tangent per primal."
-        )
-    if type(primals) is not type(tangents):
-        raise ValueError(
-            f"{where}: primals is a {type(primals).__name__} but tangents is a "
-            f"{type(tangents).__name__}; tangents must have the same Python structure as "
-            "primals (as torch.func requires)."
-        )
-    for i, p in enumerate(primals):
-        _args.check_differentiable(p, where, f"primals[{i}]")
-    if not jax.tree_util.tree_leaves(primals):
-        raise ValueError(
-            f"{where}: expected at least one array among the primals, got none; pass the "
-            "arrays to differentiate."
-        )
-    tangents = _args.match_tree(tuple(primals), tuple(tangents), where, "primals", "tangents")
-    return tuple(primals), tangents
+_check_primals_tangents = _args.check_primals_tangents  # kept: other modules import it
 
 
 def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, has_aux: bool = False):
@@ -263,7 +222,7 @@ def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, ha
     _args.check_bool(has_aux, "jvp", "has_aux")
     _args.check_bool(strict, "jvp", "strict")
     where = f"jvp({_args.func_name(func)}, primals, tangents)"
-    primals, tangents = _check_primals_tangents(primals, tangents, where)
+    primals, tangents = _args.check_primals_tangents(primals, tangents, where)
 
     traced = _args.checked_output(_args.keep_order(func, primals), has_aux, where)
 
@@ -294,7 +253,7 @@ def _check_strict(traced: Callable, primals: tuple, tangents: tuple, where: str)
 
 def _checked_linear(where: str, primals: tuple, orders: dict, lin: Callable, *tangents):
     primals_spec = jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(np.shape(p), _args.leaf_dtype(p)), primals)
-    _, tangents = _check_primals_tangents(primals_spec, tangents, where)
+    _, tangents = _args.check_primals_tangents(primals_spec, tangents, where)
     return _args.reorder(orders["out"], lin(*tangents))
 
 
@@ -312,7 +271,7 @@ def linearize(func: Callable, *primals: Any):
     _args.check_callable(func, "linearize")
     name = _args.func_name(func)
     where = f"linearize({name}, *primals)"
-    _check_primals(primals, where, "linearize")
+    _args.check_primals(primals, where, "linearize")
 
     traced = _args.checked_output(_args.keep_order(func, primals), False, where)
     with forward_mode():

@@ -150,7 +150,7 @@ def test_failed_check_fails_the_tour(tmp_path):
     # the tour's exit status reflects its checks: a stop with a wrong closed form fails
     code = (
         "import sys, jax.numpy as jnp, functorch_lite as fl\n"
-        "from functorch_lite import tour\n"
+        "from functorch_lite.cli import tour\n"
         "@tour.stop('wrong', 'a deliberately wrong closed form')\n"
         "def _wrong(ctx):\n"
         "    ctx.check('grad(x^2) = 2.001 x', fl.grad(lambda x: x * x)(3.0), 2.001 * 3.0)\n"

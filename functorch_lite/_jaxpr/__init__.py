@@ -6,7 +6,8 @@ Each reader of the program lives in its own module here:
 
 - ``cuts``      narrow vertex cuts of a program, for the planner's mixed mode;
 - ``sparsity``  index-set propagation, for sparse Jacobians and Hessians;
-- ``taylor``    collapsed Taylor-mode propagation, for differential operators.
+- ``taylor``    collapsed Taylor-mode propagation, for differential operators;
+- ``graph``     equation labels, avals and inlined calls, for the pictures of ``viz``.
 
 This module holds what they share: staging a flat function, walking equations, and
 telling literals, variables and sub-jaxprs apart.

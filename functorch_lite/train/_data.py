@@ -18,7 +18,6 @@ same sequence when iterated again (a list, or a freshly created generator).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 from collections.abc import Iterable
 from typing import Any
@@ -27,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _args
+from .. import _args, _caches
 from ._sharding import Placement
 from ._step import check_batch, check_batch_size, shapes
 
@@ -108,12 +107,18 @@ class ArraySource:
         return jnp.stack([self._epoch(key, e) for e in range(e0, e0 + k)])
 
 
-@functools.lru_cache(maxsize=16)
-def _permutation_fn(n: int, sharding: Any):
-    def permute(key, epoch):
-        return jax.random.permutation(jax.random.fold_in(key, epoch), n).astype(np.int32)
+_permutations = _caches.lru("train.permutation_fn", maxsize=16)
 
-    return jax.jit(permute, out_shardings=sharding)
+
+def _permutation_fn(n: int, sharding: Any):
+    """The compiled ``(key, epoch) -> permutation of n rows``, one per (n, sharding)."""
+    def build():
+        def permute(key, epoch):
+            return jax.random.permutation(jax.random.fold_in(key, epoch), n).astype(np.int32)
+
+        return jax.jit(permute, out_shardings=sharding)
+
+    return _permutations.get_or_compute((n, sharding), build)
 
 
 class IterSource:

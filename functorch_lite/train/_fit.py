@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import _args
+from .. import _args, _caches
 from ._checkpoint import Checkpoints, fingerprint
 from ._data import ArraySource, Sampler, make_source
 from ._settings import data_digest, loss_settings, optimizer_settings
@@ -58,26 +59,6 @@ class FitResult:
     opt_state: Any
     step: int
     history: dict[str, np.ndarray]
-
-
-def _as_key(key: Any, where: str) -> jax.Array:
-    if key is None:
-        return jax.random.key(0)
-    if isinstance(key, int) and not isinstance(key, bool):
-        return jax.random.key(key)
-    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape != ():
-            raise ValueError(f"{where}: key must be one PRNG key, got an array of {key.shape[0] if key.ndim == 1 else key.shape} "
-                             "keys (jax.random.split returns several); pass one of them, e.g. keys[0].")
-        return key
-    arr = np.asarray(key) if isinstance(key, (jax.Array, np.ndarray)) else None
-    if arr is not None and arr.dtype == np.uint32 and arr.shape == (2,):
-        return jax.random.wrap_key_data(arr)
-    if arr is not None and arr.dtype == np.uint32 and arr.ndim == 2 and arr.shape[-1] == 2:
-        raise ValueError(f"{where}: key must be one PRNG key, got {arr.shape[0]} raw keys of shape "
-                         f"{arr.shape} (jax.random.split returns several); pass one of them, e.g. keys[0].")
-    raise TypeError(f"{where}: key must be a PRNG key (jax.random.key(seed)), a raw uint32 key of "
-                    f"shape (2,), an int seed, or None; got {type(key).__name__}.")
 
 
 def _init_state(optimizer: Any, params: Any, where: str) -> Any:
@@ -211,7 +192,7 @@ def fit(
 
     order = _args.order_of(params)  # dicts come back in the caller's key order, as torch's
     placement = Placement(mesh, data_axis, where)
-    key = _as_key(key, where)
+    key = _args.as_key(key, where)
     source = make_source(data, batch_size, accumulate, placement, where)
     ckpt = Checkpoints(checkpoint_dir, where) if checkpoint_dir is not None else None
     try:
@@ -268,17 +249,45 @@ def _steps(one: Callable, carry: Any, xs: Any, n: int) -> tuple[Any, jax.Array]:
     return jax.lax.scan(one, carry, xs, length=n)
 
 
-@functools.lru_cache(maxsize=16)
+_chunks = _caches.weak("train.fit_chunk", maxsize=16)
+
+
 def _chunk(loss_fn: Callable, optimizer: Any, accumulate: int, mesh: Any, data_axis: str,
            sampler: Sampler | None, n: int) -> Callable:
-    """The compiled chunk of ``n`` steps; the losses come back as an ``(n,)`` array.
+    """The compiled chunk of ``n`` steps, cached weakly on ``loss_fn`` and on the other
+    (hashable) ingredients, so calling ``fit`` again with the same loss function and
+    optimizer object reuses the compiled program instead of recompiling. An unhashable
+    ingredient (an optimizer holding a list) is built without the cache."""
+    key = (optimizer, accumulate, mesh, data_axis, sampler, n)
+    build = functools.partial(_build_chunk, loss_fn, optimizer, accumulate, mesh, data_axis, sampler, n)
+    try:
+        hash(key)
+    except TypeError:
+        return build()
+    return _chunks.get_or_compute(loss_fn, key, build)
 
-    Cached on its (hashable) ingredients, so calling ``fit`` again with the same loss
-    function and optimizer object reuses the compiled program instead of recompiling.
-    """
+
+def _weakly(loss_fn: Callable) -> Callable:
+    """``loss_fn`` called through a weak reference, so that a cached program does not
+    keep it alive (the cache keys on it weakly and forgets the program with it)."""
+    try:
+        ref = weakref.ref(loss_fn)
+    except TypeError:
+        return loss_fn
+
+    def call(*args, **kwargs):
+        return ref()(*args, **kwargs)
+
+    call.__name__ = call.__fl_name__ = _args.func_name(loss_fn)
+    return call
+
+
+def _build_chunk(loss_fn: Callable, optimizer: Any, accumulate: int, mesh: Any, data_axis: str,
+                 sampler: Sampler | None, n: int) -> Callable:
+    """The compiled chunk of ``n`` steps; the losses come back as an ``(n,)`` array."""
     where = f"fit({_args.func_name(loss_fn)}, params, optimizer, data)"
     placement = Placement(mesh, data_axis, where)
-    update = make_update(loss_fn, optimizer, has_aux=False, accumulate=accumulate, where=where,
+    update = make_update(_weakly(loss_fn), optimizer, has_aux=False, accumulate=accumulate, where=where,
                          constrain=placement.constrain if mesh is not None else None)
     arrays = sampler is not None
 
@@ -328,15 +337,6 @@ def _check_finite(params, opt_state, first, last, where, last_saved, ckpt) -> No
         )
 
 
-def _compiled(build: Callable, n: int) -> Callable:
-    try:
-        return build(n)
-    except TypeError as e:  # an unhashable loss_fn or optimizer: build without the cache
-        if "unhashable" not in str(e):
-            raise
-        return build.func.__wrapped__(*build.args, n)
-
-
 def _loop(build, source, placement, params, opt_state, key, key_data, start, steps, spc,
           ckpt, checkpoint_every, expected, history, progress, callbacks, where) -> FitResult:
     from tqdm.auto import tqdm
@@ -379,7 +379,7 @@ def _loop(build, source, placement, params, opt_state, key, key_data, start, ste
     try:
         while t < steps:
             n = min((t // spc + 1) * spc, steps) - t
-            run = compiled.get(n) or compiled.setdefault(n, _compiled(build, n))
+            run = compiled.get(n) or compiled.setdefault(n, build(n))
             if arrays:
                 (params, opt_state, t_dev), m = run(params, opt_state, t_dev, source.perms(key, t, n), source.arrays)
             else:

@@ -284,11 +284,8 @@ def train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, ha
     def call(params, opt_state, batch):
         return compiled(params, _distinct_buffers(params, opt_state), batch)
 
-    call.__name__ = f"train_step({_args.func_name(loss_fn)})"
-    call.__qualname__ = call.__name__
-    call.__doc__ = train_step.__doc__
     call.lower = compiled.lower
-    return call
+    return _args.named(call, loss_fn, f"train_step({_args.func_name(loss_fn)})", train_step.__doc__)
 
 
 def _distinct_buffers(params: Any, opt_state: Any) -> Any:

@@ -1,8 +1,8 @@
-"""Drawing of a :class:`functorch_lite.viz.ComputationGraph` with matplotlib, for when
+"""The matplotlib renderer of a :class:`functorch_lite.viz.ComputationGraph`, for when
 Graphviz's ``dot`` program is not installed: a layered layout (x = topological depth,
-y = slot in the layer, ordered by the predecessors' mean slot), boxes and arrows. Also the
-colours and cluster titles both engines share. matplotlib is imported only when drawing,
-on the Agg canvas (no display).
+y = slot in the layer, ordered by the predecessors' mean slot), boxes and arrows in the
+colours of :mod:`._style`. matplotlib is imported only when drawing, on the Agg canvas
+(no display).
 """
 
 from __future__ import annotations
@@ -11,21 +11,10 @@ import collections
 import textwrap
 from typing import TYPE_CHECKING
 
+from . import _style
+
 if TYPE_CHECKING:  # pragma: no cover
-    from .viz import ComputationGraph
-
-COLORS = {
-    "input": "#d9ead3", "const": "#eeeeee", "op": "#ffffff", "output": "#cfe2f3",
-    "cotangent": "#fff2cc", "grad": "#d9d2e9", "collapsed": "#f3f3f3", "stored": "#f6b26b",
-    "tangent": "#fff2cc",
-}
-CLUSTER_TITLES = {
-    "forward": "forward pass (computes the output and the residuals)",
-    "backward": "backward pass (residuals, cotangent v -> v^T J)",
-    "primal": "primal ops",
-    "tangent": "tangent ops (J u, computed alongside; nothing stored)",
-}
-
+    from ._model import ComputationGraph
 
 def _layout(g: ComputationGraph) -> dict[str, tuple[float, float]]:
     """Layered layout: x = topological depth (longest path), y = slot within the layer,
@@ -96,7 +85,10 @@ def _toposort(ids: list[str], preds: dict[str, list[str]]) -> list[str]:
     return out
 
 
-def draw_matplotlib(g: ComputationGraph, path: str, fmt: str, dpi: int) -> None:
+_W, _H = 1.7, 0.78  # a box's width and height, in layout units
+
+
+def _import():
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -104,11 +96,15 @@ def draw_matplotlib(g: ComputationGraph, path: str, fmt: str, dpi: int) -> None:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("ComputationGraph.render needs Graphviz's `dot` program or matplotlib "
                           "(pip install 'functorch-lite[plot]').") from exc
+    return FigureCanvasAgg, Figure, FancyArrowPatch, FancyBboxPatch
+
+
+def draw(g: ComputationGraph, path: str, fmt: str, dpi: int) -> None:
+    """Draw ``g`` to ``path`` in format ``fmt`` (png, svg, pdf)."""
+    FigureCanvasAgg, Figure, FancyArrowPatch, FancyBboxPatch = _import()
     pos = _layout(g)
-    by_id = {n.id: n for n in g.nodes}
     xs = [p[0] for p in pos.values()] or [0.0]
     ys = [p[1] for p in pos.values()] or [0.0]
-    w, h = 1.7, 0.78
     x0, x1 = min(xs) - 1.3, max(xs) + 1.3
     y0, y1 = min(ys) - 1.0, max(ys) + 1.3
     fig_w = max(6.0, 0.78 * (x1 - x0))
@@ -121,50 +117,66 @@ def draw_matplotlib(g: ComputationGraph, path: str, fmt: str, dpi: int) -> None:
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     ax.axis("off")
-    fig.text(0.5, 1 - 0.08 / fig_h, g._title(), ha="center", va="top", fontsize=11)
+    fig.text(0.5, 1 - 0.08 / fig_h, _style.title(g), ha="center", va="top", fontsize=11)
     fig.text(0.5, 1 - 0.36 / fig_h, summary, ha="center", va="top", fontsize=7.5, color="#444444")
-    # cluster backgrounds
+    _clusters(ax, g, pos, FancyBboxPatch)
+    for e in g.edges:
+        start, end, style = _edge_geometry(pos[e.src], pos[e.dst], _style.edge_kind(e, g.mode))
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=8, zorder=1, **style))
+    _boxes(ax, g, pos, FancyBboxPatch)
+    fig.savefig(path, format=fmt, dpi=dpi)
+
+
+def _clusters(ax, g: ComputationGraph, pos: dict, FancyBboxPatch) -> None:
+    """Each cluster's rounded background and title."""
     for k, cl in enumerate(g.clusters):
         pts = [pos[n.id] for n in g.nodes if n.cluster == cl]
         if not pts:
             continue
-        cx0 = min(p[0] for p in pts) - w / 2 - 0.25
-        cx1 = max(p[0] for p in pts) + w / 2 + 0.25
-        cy0 = min(p[1] for p in pts) - h / 2 - 0.45
-        cy1 = max(p[1] for p in pts) + h / 2 + 0.45
+        cx0 = min(p[0] for p in pts) - _W / 2 - 0.25
+        cx1 = max(p[0] for p in pts) + _W / 2 + 0.25
+        cy0 = min(p[1] for p in pts) - _H / 2 - 0.45
+        cy1 = max(p[1] for p in pts) + _H / 2 + 0.45
         ax.add_patch(FancyBboxPatch((cx0, cy0), cx1 - cx0, cy1 - cy0, boxstyle="round,pad=0.05",
-                                    facecolor="#f7f9fc" if k == 0 else "#fbf7f0",
-                                    edgecolor="#aaaaaa", lw=0.8, zorder=0))
-        ax.text(cx0 + 0.1, cy1 - 0.08, CLUSTER_TITLES[cl], fontsize=7, va="top", color="#555555")
-    for e in g.edges:
-        (sx, sy), (dx, dy) = pos[e.src], pos[e.dst]
-        forward = dx >= sx
-        if abs(dx - sx) < 1e-9:
-            start, end = (sx, sy - h / 2 if dy < sy else sy + h / 2), (dx, dy + h / 2 if dy < sy else dy - h / 2)
-        else:
-            start = (sx + (w / 2 if forward else -w / 2), sy)
-            end = (dx - (w / 2 if forward else -w / 2), dy)
-        if e.crossing and g.mode == "rev":
-            style = dict(color="#e69138", linestyle="--", lw=1.2, connectionstyle="arc3,rad=0.15")
-        elif e.crossing:
-            style = dict(color="#999999", linestyle=":", lw=1.0, connectionstyle="arc3,rad=0.1")
-        elif abs(dx - sx) > 2.5 and abs(dy - sy) < 0.5:  # a long edge along a row: arc over the boxes
-            side = h / 2 if forward else -h / 2
-            start, end = (sx + w / 4, sy + side), (dx - w / 4, dy + side)
-            rad = -min(0.2, 1.6 / abs(end[0] - start[0]))  # the arc rises at most ~0.4 boxes
-            style = dict(color="#444444", lw=0.9, connectionstyle=f"arc3,rad={rad:.3f}")
-        else:
-            style = dict(color="#444444", lw=0.9, connectionstyle="arc3,rad=0.0")
-        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=8, zorder=1, **style))
+                                    facecolor=_style.CLUSTER_FILLS[min(k, 1)],
+                                    edgecolor=_style.CLUSTER_BORDER["matplotlib"], lw=0.8, zorder=0))
+        ax.text(cx0 + 0.1, cy1 - 0.08, _style.CLUSTER_TITLES[cl], fontsize=7, va="top", color="#555555")
+
+
+def _edge_geometry(src: tuple, dst: tuple, kind: str) -> tuple[tuple, tuple, dict]:
+    """An arrow's start, end and style: from the side of one box to the other's, an
+    arc over the boxes for a long edge along a row."""
+    (sx, sy), (dx, dy) = src, dst
+    w, h = _W, _H
+    forward = dx >= sx
+    if abs(dx - sx) < 1e-9:
+        start, end = (sx, sy - h / 2 if dy < sy else sy + h / 2), (dx, dy + h / 2 if dy < sy else dy - h / 2)
+    else:
+        start = (sx + (w / 2 if forward else -w / 2), sy)
+        end = (dx - (w / 2 if forward else -w / 2), dy)
+    plain = _style.PLAIN_EDGE["color"]
+    if kind == "residual":
+        style = dict(color=_style.RESIDUAL_EDGE["color"], linestyle="--", lw=1.2, connectionstyle="arc3,rad=0.15")
+    elif kind == "crossing":
+        style = dict(color=_style.CROSSING_EDGE["color"], linestyle=":", lw=1.0, connectionstyle="arc3,rad=0.1")
+    elif abs(dx - sx) > 2.5 and abs(dy - sy) < 0.5:  # a long edge along a row: arc over the boxes
+        side = h / 2 if forward else -h / 2
+        start, end = (sx + w / 4, sy + side), (dx - w / 4, dy + side)
+        rad = -min(0.2, 1.6 / abs(end[0] - start[0]))  # the arc rises at most ~0.4 boxes
+        style = dict(color=plain, lw=0.9, connectionstyle=f"arc3,rad={rad:.3f}")
+    else:
+        style = dict(color=plain, lw=0.9, connectionstyle="arc3,rad=0.0")
+    return start, end, style
+
+
+def _boxes(ax, g: ComputationGraph, pos: dict, FancyBboxPatch) -> None:
+    """One rounded box per node, its text inside; residuals bold with an orange border."""
+    by_id = {n.id: n for n in g.nodes}
     for nid, (x, y) in pos.items():
         n = by_id[nid]
-        color = COLORS["stored"] if n.stored else COLORS.get(n.kind, "#ffffff")
-        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02",
-                                    facecolor=color, edgecolor="#b45f06" if n.stored else "#555555",
+        ax.add_patch(FancyBboxPatch((x - _W / 2, y - _H / 2), _W, _H, boxstyle="round,pad=0.02",
+                                    facecolor=_style.node_color(n),
+                                    edgecolor=_style.STORED_BORDER if n.stored else _style.BORDER,
                                     lw=1.4 if n.stored else 0.7, zorder=2))
-        label = n.label if len(n.label) <= 24 else n.label[:22] + "…"
-        shape = n.shape if len(n.shape) <= 26 else n.shape[:24] + "…"
-        text = label + ("\n" + shape if shape else "") + ("\nstored" if n.stored else "")
-        ax.text(x, y, text, ha="center", va="center", fontsize=6.3, zorder=3,
-                fontweight="bold" if n.stored else "normal")
-    fig.savefig(path, format=fmt, dpi=dpi)
+        ax.text(x, y, _style.node_text(n, label_width=24, shape_width=26), ha="center", va="center",
+                fontsize=6.3, zorder=3, fontweight="bold" if n.stored else "normal")

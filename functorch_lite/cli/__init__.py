@@ -3,7 +3,7 @@
 Subcommands:
 
 - ``tour [--out DIR]``: the ideas the library rests on, each computed and checked
-  against its closed form, with pictures written to DIR (see :mod:`functorch_lite.tour`).
+  against its closed form, with pictures written to DIR (see :mod:`functorch_lite.cli.tour`).
 - ``explain [NAME | module:function --shape S ...]``: the ``explain()`` table and picture.
 - ``graph [NAME | module:function --shape S ...]``: the computation graph picture
   (forward ops, backward ops, stored residuals; see :mod:`functorch_lite.viz`).
@@ -11,6 +11,9 @@ Subcommands:
 
 Usage errors (an unknown subcommand, example or ``module:function``, a bad shape) print
 one line to stderr and exit with status 2.
+
+This package is the command line only, apart from the library core: ``tour`` (the
+stops), ``_examples`` (the built-in functions); the core never imports it.
 """
 
 from __future__ import annotations
@@ -149,8 +152,8 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
 
 
 def _cmd_graph(ns: argparse.Namespace) -> int:
-    from ._args import first_line
-    from .viz import graph
+    from .._args import first_line
+    from ..viz import graph
 
     _check_engine(ns.engine)
     name, func, args = _load_target(ns.target, ns.shape)
@@ -171,8 +174,8 @@ def _cmd_graph(ns: argparse.Namespace) -> int:
 
 
 def _cmd_explain(ns: argparse.Namespace) -> int:
-    from ._args import first_line
-    from .explanation import explain
+    from .._args import first_line
+    from ..explanation import explain
 
     name, func, args = _load_target(ns.target, ns.shape)
     _check_float_output(ns.target, func, args, ns.argnums, "explain")
@@ -189,7 +192,7 @@ def _cmd_explain(ns: argparse.Namespace) -> int:
 
 def repo_root() -> Path | None:
     """The source checkout holding ``benchmarks/`` next to the package, if any."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent.parent
     return root if (root / "benchmarks" / "__main__.py").is_file() else None
 
 
