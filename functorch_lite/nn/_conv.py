@@ -156,26 +156,23 @@ def _build_conv(lay, wlay, stride, pads, dilation, groups, has_bias):
         """``P(x) . W`` per group (the linear layer on patches); equals ``conv(x, W)``.
 
         The patches are the ``|kernel|`` strided slices of the padded ``x`` (data
-        movement only; ``lax.conv_general_dilated_patches`` would run a convolution with
-        ``C * |kernel|`` one-hot filters, several times the layer's own FLOPs)."""
+        movement only), taken channels-last with the kernel offset next to the channel,
+        ``(N, *out, K, C)``, so the product contracts one contiguous ``(K, C)`` axis."""
         k = tuple(w.shape[wlay.index(c)] for c in _SPATIAL[n])
-        sp0 = 1 if cl else 2
-        spatial = x.shape[sp0:sp0 + n]
+        xl = x if cl else jnp.moveaxis(x, 1, -1)
+        spatial = xl.shape[1:1 + n]
         out_sp = tuple((size + lo + hi - (kk - 1) * d - 1) // s + 1
                        for size, (lo, hi), kk, d, s in zip(spatial, pads, k, dilation, stride))
-        xp = _pad_spatial(x, sp0, pads, 0)
-        p = _window_slices(xp.astype(acc), sp0, k, stride, dilation, out_sp)  # (K, *x-like)
+        xp = _pad_spatial(xl, 1, pads, 0)
+        p = _window_slices(xp.astype(acc), 1, k, stride, dilation, out_sp, axis=-2)  # (N, *out, K, C)
         w_oi = jnp.transpose(w, to_oi).astype(acc)
         o, cg = w_oi.shape[:2]
-        wg = w_oi.reshape(groups, o // groups, cg, -1)                 # (G, O/G, C/G, K)
+        wg = jnp.moveaxis(w_oi.reshape(groups, o // groups, cg, -1), 2, 3)   # (G, O/G, K, C/G)
         sp = "xyz"[:n]
-        if cl:
-            pg = p.reshape(p.shape[:-1] + (groups, cg))
-            out = jnp.einsum(f"kn{sp}gc,gock->n{sp}go", pg, wg, preferred_element_type=acc)
-            return out.reshape(out.shape[:-2] + (o,))
-        pg = p.reshape((p.shape[0], p.shape[1], groups, cg) + p.shape[3:])
-        out = jnp.einsum(f"kngc{sp},gock->ngo{sp}", pg, wg, preferred_element_type=acc)
-        return out.reshape((out.shape[0], o) + out.shape[3:])
+        pg = p.reshape(p.shape[:-1] + (groups, cg))
+        out = jnp.einsum(f"n{sp}kgc,gokc->n{sp}go", pg, wg, preferred_element_type=acc)
+        out = out.reshape(out.shape[:-2] + (o,))
+        return out if cl else jnp.moveaxis(out, -1, 1)
 
     def primal(x, w, *b):
         acc = _common.acc_dtype(x.dtype)
@@ -340,10 +337,10 @@ def _pool_args(x, window, stride, padding, dilation, layout, where):
                                 pads=pads, out=out, full=full)
 
 
-def _window_slices(x, sp0, window, stride, dilation, out):
+def _window_slices(x, sp0, window, stride, dilation, out, axis=0):
     """The ``|window|`` strided slices ``x[s p + d k]`` (one per window offset ``k``, in
     row-major order) of the padded ``x``, whose spatial axes start at ``sp0``, stacked on
-    a new leading axis: shape ``(|window|, *y.shape)``."""
+    a new axis ``axis`` (default leading: shape ``(|window|, *y.shape)``)."""
     slices = []
     for offs in np.ndindex(*window):
         start, limit, strides = [0] * x.ndim, list(x.shape), [1] * x.ndim
@@ -352,7 +349,7 @@ def _window_slices(x, sp0, window, stride, dilation, out):
             limit[sp0 + i] = o * d + (m - 1) * s + 1
             strides[sp0 + i] = s
         slices.append(lax.slice(x, start, limit, strides))
-    return jnp.stack(slices)
+    return jnp.stack(slices, axis=axis)
 
 
 def _pad_spatial(x, sp0, pads, value):
