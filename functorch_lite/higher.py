@@ -93,8 +93,7 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     ``hessian`` has no such argument). ``holomorphic=True`` is JAX's: the complex
     Hessian ``f''(z)`` of a holomorphic ``f`` (both nested Jacobians get it).
     ``sparse=True`` (or ``sparsity=``): a star-colored sparse Hessian, one HVP per color,
-    as a BCOO (``output="dense"``: dense); see docs/sparse.md.
-    ``hessian`` has no such argument). ``mesh=`` splits the outer Jacobian's passes over
+    as a BCOO (``output="dense"``: dense); see docs/sparse.md. ``mesh=`` splits the outer Jacobian's passes over
     a device mesh, as :func:`functorch_lite.jacrev`.
 
     >>> import jax.numpy as jnp
@@ -105,7 +104,8 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     if sparse or sparsity is not None or output != "bcoo" or check:
         from . import _sparse
         return _sparse.hessian(func, argnums, mode=mode, chunk_size=chunk_size, sparsity=sparsity,
-                               output=output, check=check, sparse=sparse or sparsity is not None)
+                               output=output, check=check, sparse=sparse or sparsity is not None,
+                               mesh=mesh, mesh_axis=mesh_axis, gather=gather)
     _args.check_callable(func, "hessian")
     _args.check_argnums(argnums, "hessian")
     _args.check_choice(mode, HESSIAN_MODES, "hessian", "mode")

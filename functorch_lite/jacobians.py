@@ -429,7 +429,8 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
         from . import _sparse
         return _sparse.jacobian(func, argnums, mode=mode, layout=layout, chunk_size=chunk_size,
                                 has_aux=has_aux, sparsity=sparsity, output=output, check=check,
-                                sparse=sparse or sparsity is not None)
+                                sparse=sparse or sparsity is not None, mesh=mesh,
+                                mesh_axis=mesh_axis, gather=gather)
     _args.check_choice(mode, MODES, transform, "mode")
     _prepare(func, argnums, has_aux, chunk_size, layout, transform, holomorphic)
     _args.check_bool(calibrate, transform, "calibrate")

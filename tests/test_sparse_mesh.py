@@ -5,8 +5,9 @@ start-up). One script runs every check and prints JSON; the tests assert on its 
 The compressed passes (one per color) are split over the devices; each value is compared
 with the single-device sparse result (float64: bitwise, the per-color arithmetic is the
 same) and with the dense ``jax.jacfwd``/``jax.hessian`` (float32: <= 1e-6 relative).
-The transforms are called through ``functorch_lite._sparse`` (``fl.jacobian(...,
-sparse=True)`` forwards there).
+The transforms are called through ``functorch_lite._sparse``, and two cases through the
+public ``fl.jacobian(..., sparse=True, mesh=)`` / ``fl.hessian(..., sparse=True, mesh=)``,
+which must forward ``mesh=`` there (not drop it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = textwrap.dedent(r"""
     import json
     import jax, jax.numpy as jnp, numpy as np
+    import functorch_lite as fl
     from functorch_lite import _sparse
 
     assert jax.device_count() == 4, jax.devices()
@@ -85,6 +87,10 @@ SCRIPT = textwrap.dedent(r"""
             "hessian": (H(rosenbrock, mesh=mesh), H(rosenbrock), jax.hessian(rosenbrock), (x,)),
             "hessian_rev_over_rev": (H(rosenbrock, mode="rev-over-rev", chunk_size=2, mesh=mesh),
                                      H(rosenbrock, mode="rev-over-rev"), jax.hessian(rosenbrock), (x,)),
+            "public_jacobian": (fl.jacobian(arrowhead, sparse=True, mesh=mesh), J(arrowhead),
+                                jax.jacrev(arrowhead), (x,)),
+            "public_hessian": (fl.hessian(rosenbrock, sparse=True, mesh=mesh), H(rosenbrock),
+                               jax.hessian(rosenbrock), (x,)),
             "hessian_tuple": (H(pair, argnums=(0, 1), mesh=mesh), H(pair, argnums=(0, 1)),
                               jax.hessian(pair, argnums=(0, 1)), (a, b)),
         }
@@ -97,6 +103,8 @@ SCRIPT = textwrap.dedent(r"""
     x = jnp.linspace(-1.0, 1.0, 40)
     g = _sparse.jacobian(arrowhead, mesh=mesh, gather=True)(x)
     out["gather_replicated"] = bool(g.data.sharding.is_fully_replicated)
+    gp = fl.jacobian(arrowhead, sparse=True, mesh=mesh, gather=True)(x)
+    out["public_gather_replicated"] = bool(gp.data.sharding.is_fully_replicated)
 
     errors = {}
     def catch(name, fn):
@@ -129,7 +137,7 @@ def result(tmp_path_factory):
 
 
 CASES = ["tridiagonal", "arrowhead_bi", "arrowhead_rev", "blocks_chunk", "blocks_jit",
-         "blocks_dense_out", "mesh2d_axis", "hessian", "hessian_rev_over_rev", "hessian_tuple"]
+         "blocks_dense_out", "mesh2d_axis", "hessian", "hessian_rev_over_rev", "hessian_tuple", "public_jacobian", "public_hessian"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -145,7 +153,7 @@ def test_float64_bitwise_equal_to_one_device(result, case):
     # bitwise where the per-device program keeps the single-device arithmetic; a jitted
     # split program and the Hessian's fused gradient reorder sums: round-off only
     r = result["float64"][case]
-    if case in ("blocks_jit", "hessian", "hessian_rev_over_rev"):
+    if case in ("blocks_jit", "hessian", "hessian_rev_over_rev", "public_hessian"):
         assert r["rel_single"] <= 1e-13, r
     else:
         assert r["bitwise"], r
@@ -160,6 +168,7 @@ def test_color_counts_against_devices(result):
 
 def test_gather_replicates_the_values(result):
     assert result["gather_replicated"] is True
+    assert result["public_gather_replicated"] is True
 
 
 def test_bad_mesh_arguments(result):
