@@ -137,6 +137,12 @@ CASES = [
     ("flip", lambda x: jnp.flip(x) * x, 12, True),
     ("data-dependent gather", lambda x: x[jnp.argsort(x)[:3]], 12, False),
     ("integer and zero-derivative ops", lambda x: x * jnp.floor(x) + jnp.sign(x) + (x > 0), 12, True),
+    # a known mask that takes one case everywhere (select_n once dropped the other case)
+    ("where one-sided constant mask", lambda x: jnp.where(jnp.arange(12) < 0, x ** 2, x[::-1]), 12, True),
+    ("interp at constant points", lambda x: jnp.interp(jnp.array([0.5, 1.5, 7.25]), jnp.arange(12.0), x), 12, True),
+    ("checkpoint (remat)", lambda x: jax.checkpoint(lambda y: jnp.sin(y[1:]) * y[:-1])(x), 12, True),
+    ("tile", lambda x: jnp.tile(x[:3], 2) * x[6:], 12, True),
+    ("PRNG-key constant", lambda x: x[::-1] * jax.random.normal(jax.random.key(0), (12,), x.dtype), 12, True),
 ]
 
 
@@ -275,6 +281,9 @@ HESSIAN_CASES = [
     pytest.param(*("arrowhead", lambda x: x[0] * jnp.sum(x ** 2) + jnp.sum(jnp.sin(x)), 15), marks=_SLOW),
     pytest.param(*("gathered pairs", lambda x: jnp.sum(x[_IDX] * x[jnp.asarray(_IDX[::-1])]), 12), marks=_SLOW),
     pytest.param(*("block quadratic", lambda x: jnp.sum((x.reshape(4, 3) @ jnp.asarray(_W5)) ** 2), 12), marks=_SLOW),
+    # the gradient of a max pool is select_and_scatter_add
+    ("max pool", lambda x: jnp.sum(jax.lax.reduce_window(x.reshape(4, 4), -jnp.inf, jax.lax.max, (2, 2), (2, 2),
+                                                         "SAME") ** 3), 16),
 ]
 
 
@@ -500,3 +509,12 @@ def test_reaction_diffusion_newton_example_converges_quadratically():
     assert norms[3] < 1e-2 * norms[2]
     with jax.enable_x64(True):
         assert module.dense_check(8) < 1e-10
+
+
+def test_max_pool_hessian_needs_no_dense_fallback():
+    f = lambda x: jnp.sum(jax.lax.reduce_window(x.reshape(4, 4), -jnp.inf, jax.lax.max, (2, 2), (2, 2), "SAME") ** 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SparsityWarning)
+        p = fl.sparsity(f, jnp.ones(16), hessian=True)
+    # each output of the pool sees only its own 2x2 window: block diagonal, 4 blocks of 4x4
+    assert p.nnz == 64 and p.passes()["star"] == 4

@@ -75,7 +75,11 @@ class _Entry:
     __slots__ = ("dep", "val", "shape", "dtype")
 
     def __init__(self, dep, val, shape, dtype):
-        self.dep, self.val, self.shape, self.dtype = dep, val, tuple(shape), np.dtype(dtype)
+        self.dep, self.val, self.shape = dep, val, tuple(shape)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:      # extended dtypes (PRNG keys): no NumPy equivalent
+            self.dtype = dtype
 
     @property
     def size(self) -> int:
@@ -237,7 +241,7 @@ _ZERO_DERIVATIVE = frozenset("sign floor ceil round stop_gradient nextafter is_f
 _VALUE_ONLY = frozenset("""lt le gt ge eq ne and or not xor population_count shift_left
 shift_right_logical shift_right_arithmetic""".split())
 _IDENTITY_MULTI = frozenset("optimization_barrier device_put".split())
-_CALLS = frozenset("""jit pjit closed_call core_call remat checkpoint custom_jvp_call
+_CALLS = frozenset("""jit pjit closed_call core_call remat remat2 checkpoint custom_jvp_call
 custom_vjp_call custom_vjp_call_jaxpr custom_lin""".split())
 _REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or "
                         "reduce_xor argmax argmin".split())
@@ -597,7 +601,7 @@ def _rule_select_n(prop, eqn, ins, shapes):
         if d is None:
             continue
         part = _bin(sp.diags((which == c).astype(np.float32)) @ d)
-        out = part if out is None else (part if part is None else out + part)
+        out = part if out is None else (out if part is None else out + part)
     return [_bin(out)]
 
 
@@ -642,6 +646,12 @@ def _rule_concatenate(prop, eqn, ins, shapes):
         stacked.append(e.dep if e.dep is not None else sp.csr_matrix((e.size, prop.n), dtype=np.float32))
         offset += e.size
     return [_rows(_bin(sp.vstack(stacked, format="csr")), np.concatenate(pieces, eqn.params["dimension"]))]
+
+
+def _rule_tile(prop, eqn, ins, shapes):
+    x, reps = ins[0], tuple(eqn.params["reps"])
+    ids = _iota(x.shape)
+    return [_rows(x.dep, np.tile(ids.reshape((1,) * (len(reps) - ids.ndim) + ids.shape), reps))]
 
 
 def _rule_split(prop, eqn, ins, shapes):
@@ -755,6 +765,21 @@ def _rule_reduce_window(prop, eqn, ins, shapes):
     return prop._reduce_window(primitive_name(eqn), eqn, ins, shapes)
 
 
+def _rule_select_and_scatter_add(prop, eqn, ins, shapes):
+    """The transpose of a max/min pooling (its gradient): operand element ``i`` sums the
+    sources of the windows holding it; the selection itself has a zero derivative (it
+    counts only inside a custom rule, ``prop.structural``)."""
+    source, operand, p = ins[0], ins[1], eqn.params
+    m = _kron_all([
+        _window_matrix(source.shape[d], operand.shape[d], p["window_dimensions"][d], p["window_strides"][d],
+                       p["padding"][d][0], 1, 1)
+        for d in range(len(operand.shape))])
+    parts = [_apply(m.T, source.dep)]
+    if prop.structural:
+        parts.append(_apply(m.T @ m, operand.dep))
+    return [_union(parts, _size(shapes), prop.n)]
+
+
 def _rule_call(prop, eqn, ins, shapes):
     return prop._call(eqn, ins)
 
@@ -770,11 +795,11 @@ def _table() -> dict:
         ({"reshape", "squeeze", "expand_dims"}, _rule_reshape),
         ({"broadcast_in_dim"}, _rule_broadcast_in_dim), ({"transpose"}, _rule_transpose),
         ({"rev"}, _rule_rev), ({"slice"}, _rule_slice), ({"concatenate"}, _rule_concatenate),
-        ({"split"}, _rule_split), ({"pad"}, _rule_pad), ({"dynamic_slice"}, _rule_dynamic_slice),
+        ({"split"}, _rule_split), ({"tile"}, _rule_tile), ({"pad"}, _rule_pad), ({"dynamic_slice"}, _rule_dynamic_slice),
         ({"dynamic_update_slice"}, _rule_dynamic_update_slice), ({"gather"}, _rule_gather),
         ({"dot_general"}, _rule_dot_general), (_REDUCTIONS, _rule_reduction),
         (_CUMULATIVE, _rule_cumulative), ({"sort"}, _rule_sort), ({"top_k"}, _rule_top_k),
-        (_REDUCE_WINDOW, _rule_reduce_window), ({"conv_general_dilated"}, _rule_conv),
+        (_REDUCE_WINDOW, _rule_reduce_window), ({"select_and_scatter_add"}, _rule_select_and_scatter_add), ({"conv_general_dilated"}, _rule_conv),
     ]
     for names, fn in families:
         for name in names:
