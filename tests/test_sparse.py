@@ -518,3 +518,55 @@ def test_max_pool_hessian_needs_no_dense_fallback():
         p = fl.sparsity(f, jnp.ones(16), hessian=True)
     # each output of the pool sees only its own 2x2 window: block diagonal, 4 blocks of 4x4
     assert p.nnz == 64 and p.passes()["star"] == 4
+
+
+def test_user_given_pattern_skips_detection(monkeypatch):
+    from functorch_lite._sparse import driver
+
+    def no_detection(*args, **kwargs):
+        raise AssertionError("detection ran although sparsity= was given")
+
+    monkeypatch.setattr(driver, "jacobian_pattern", no_detection)
+    fl.clear_caches()
+    f = lambda x: x[1:] * x[:-1]
+    x = jnp.arange(1.0, 6.0)
+    given = sp.csr_matrix(np.eye(4, 5, dtype=bool) | np.eye(4, 5, k=1, dtype=bool))
+    J = fl.jacobian(f, sparsity=given, output="dense")(x)
+    np.testing.assert_allclose(J, jax.jacfwd(f)(x))
+    with pytest.raises(AssertionError, match="detection ran"):
+        fl.jacobian(f, sparse=True)(x)
+
+
+def test_spy_text_and_plot_colors():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    p = fl.Pattern(np.eye(4, dtype=bool) | np.eye(4, k=1, dtype=bool), name="bidiag")
+    assert p.spy() == "##..\n.##.\n..##\n...#"
+    assert repr(p).endswith(p.spy()) and "Jacobian of bidiag" in repr(p) and "nnz=7" in repr(p)
+    fig = p.plot()
+    points = fig.axes[0].collections[0]
+    np.testing.assert_array_equal(points.get_offsets(), np.stack([p.cols, p.rows], 1))
+    plan = p.plan()
+    assert plan.kind == "fwd"
+    np.testing.assert_array_equal(points.get_array(), plan.col_colors[p.cols])   # a color per JVP
+    arrow = np.eye(12, dtype=bool)
+    arrow[0, :] = arrow[:, 0] = True
+    groups = fl.Pattern(arrow).plot().axes[0].collections[0].get_array()
+    assert len(set(np.asarray(groups).tolist())) == fl.Pattern(arrow).plan().passes == 3
+
+
+def test_error_messages_say_what_to_do():
+    with pytest.raises(TypeError, match=r"jacobian\(<lambda>, sparse=True\).*floating-point output.*astype"):
+        fl.jacobian(lambda x: (x > 0).astype(jnp.int32), sparse=True)(jnp.ones(3))
+    with pytest.raises(TypeError, match=r"jacobian\(<lambda>, sparse=True\).*floating-point inputs.*complex64.*real"):
+        fl.jacobian(lambda x: x * 2, sparse=True)(jnp.ones(3, jnp.complex64))
+    with pytest.raises(TypeError, match=r"sparsity\(<lambda>, \*args\).*one array.*each output separately"):
+        fl.sparsity(lambda x: (x, x), jnp.ones(3))
+    with pytest.raises(ValueError, match=r"hessian\(<lambda>, sparsity=\.\.\.\).*shape \(4, 4\); expected \(3, 3\) \("):
+        fl.hessian(lambda x: jnp.sum(x ** 3), sparsity=np.eye(4, dtype=bool))(jnp.ones(3))
+    for wrong in (jsparse.BCOO.fromdense(jnp.eye(3)), sp.eye(3, format="csr")):
+        with pytest.raises(ValueError, match=r"jacobian\(<lambda>, sparsity=\.\.\.\).*shape \(3, 3\); expected \(2, 3\)"):
+            fl.jacobian(lambda x: x[1:], sparsity=wrong)(jnp.ones(3))
+    with pytest.raises(ValueError, match=r"jacobian\(<lambda>, sparsity=\.\.\.\).*expected \(6, 3\) or \(2, 3, 3\)"):
+        fl.jacobian(lambda x: jnp.outer(x[1:], x), sparsity=np.eye(3, dtype=bool))(jnp.ones(3))

@@ -78,18 +78,22 @@ def _detect(func: Callable, flat: Any, out_shape: tuple, in_shape: tuple, name: 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _check_output(out: Any, where: str) -> None:
+def _check_output(out: Any, where: str, fallback: str = "use sparse=False") -> None:
     if not isinstance(out, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)) and not hasattr(out, "aval"):
         raise TypeError(
-            f"{where}: sparse=True needs f to return one array; got {_args.describe(out)}. "
-            "Return a single array (e.g. jnp.concatenate the pieces) or use sparse=False.")
+            f"{where}: a sparse derivative needs f to return one array; got {_args.describe(out)}. "
+            f"Return a single array (e.g. jnp.concatenate the pieces) or {fallback}.")
     if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise TypeError(f"{where}: sparse=True needs a real floating-point output; got dtype {out.dtype}.")
+        raise TypeError(f"{where}: sparse=True needs a real floating-point output; got dtype {out.dtype}. "
+                        "Return a float array (e.g. out.astype(jnp.float32); for complex outputs "
+                        "stack the real and imaginary parts).")
 
 
 def _check_inputs(flat: Any, where: str) -> None:
     if not jnp.issubdtype(flat.dtype, jnp.floating):
-        raise TypeError(f"{where}: sparse=True needs real floating-point inputs; got dtype {flat.dtype}.")
+        raise TypeError(f"{where}: sparse=True needs real floating-point inputs; got dtype {flat.dtype}. "
+                        "Pass float arrays (complex inputs: differentiate w.r.t. the real and "
+                        "imaginary parts as separate real arguments).")
 
 
 def _seeds(colors: np.ndarray, dtype) -> np.ndarray:
@@ -537,7 +541,7 @@ def sparsity(func: Callable, *args: Any, argnums: _args.Argnums = 0, hessian: bo
 
         return _detect(jax.grad(scalar), prob.flat, prob.in_shape, prob.in_shape, name, symmetric=True)
     out = jax.eval_shape(prob.call, prob.flat)
-    _check_output(out, where)
+    _check_output(out, where, fallback="take the pattern of each output separately")
     return _detect(lambda xf: prob.call(xf).reshape(-1), prob.flat, tuple(out.shape), prob.in_shape, name,
                    symmetric=False)
 

@@ -283,6 +283,7 @@ def as_pattern(given: Any, out_shape: tuple, in_shape: tuple, where: str, symmet
     matrix or a (boolean) array, of shape ``(m, n)`` or ``out_shape + in_shape``."""
     m, n = math.prod(out_shape), math.prod(in_shape)
     full = tuple(out_shape) + tuple(in_shape)
+    expected = f"{(m, n)}" if full == (m, n) else f"{(m, n)} or {full}"
     if isinstance(given, Pattern):
         mat = given.matrix
     elif sp.issparse(given):
@@ -302,8 +303,8 @@ def as_pattern(given: Any, out_shape: tuple, in_shape: tuple, where: str, symmet
                     total = math.prod(flat_shape)
                     if flat_shape not in (full, (m, n)):
                         raise ValueError(
-                            f"{where}: sparsity has shape {flat_shape}; expected {(m, n)} or {full} "
-                            "(outputs x inputs, numerator layout).")
+                            f"{where}: sparsity has shape {flat_shape}; expected {expected} "
+                            "(outputs x inputs, numerator layout); pass the pattern of this derivative.")
                     mat = sp.csr_matrix((data.astype(np.float32), (lin[data] // n, lin[data] % n)),
                                         shape=(m, n)) if total else sp.csr_matrix((m, n))
             else:
@@ -316,12 +317,12 @@ def as_pattern(given: Any, out_shape: tuple, in_shape: tuple, where: str, symmet
                 raise TypeError(f"{where}: sparsity must be a boolean array, a SciPy sparse matrix, a "
                                 f"jax.experimental.sparse.BCOO or a Pattern; got {type(given).__name__}.")
             if arr.shape not in (full, (m, n)):
-                raise ValueError(f"{where}: sparsity has shape {arr.shape}; expected {(m, n)} or {full} "
-                                 "(outputs x inputs, numerator layout).")
+                raise ValueError(f"{where}: sparsity has shape {arr.shape}; expected {expected} "
+                                 "(outputs x inputs, numerator layout); pass the pattern of this derivative.")
             mat = sp.csr_matrix(arr.reshape(m, n) != 0)
     if mat.shape != (m, n):
-        raise ValueError(f"{where}: sparsity has shape {mat.shape}; expected {(m, n)} or {full} "
-                         "(outputs x inputs, numerator layout).")
+        raise ValueError(f"{where}: sparsity has shape {mat.shape}; expected {expected} "
+                         "(outputs x inputs, numerator layout); pass the pattern of this derivative.")
     if symmetric:
         mat = sp.csr_matrix(mat, dtype=bool)
         mat = mat + mat.T
