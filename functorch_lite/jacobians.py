@@ -478,8 +478,10 @@ def _split_planned(func, argnums, args, kwargs, has_aux, chunk_size, where, tran
     from ._planner import api
 
     _args.differentiable_positions(args, argnums, where)
+    axis = options["mesh_axis"]
     plan, _ = api.plan_jacobian(func, args, kwargs, argnums, has_aux=has_aux,
-                                chunk_size=chunk_size, where=where)
+                                chunk_size=chunk_size, where=where,
+                                devices=int(options["mesh"].shape[axis]))
     pure = plan.kind if plan.kind in BY_MODE else min(BY_MODE, key=lambda k: plan.costs[k])
     return pure_mode(pure, func, argnums, transform=transform, **options)(*args, **kwargs)
 

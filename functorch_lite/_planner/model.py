@@ -26,6 +26,19 @@ stage also repeats its primal work and a fixed :data:`STEP_OVERHEAD`, and
 :func:`sparse_cost`) plan is taken only when it is predicted at least ``1 / PAY`` times
 cheaper than the best pure mode: small gains are not worth the extra dispatches.
 
+For a Hessian (the Jacobian of the gradient program ``g: R^n -> R^n``, traced as
+``jacrev`` or ``jacfwd`` of ``f``) each nesting is priced by :func:`nesting_terms` on the
+inner program: the outer forward mode ``n·T + P + L'``, the outer reverse mode
+``n·T + P + S(s)``. ``L'`` is the transposed write ``L(n, n)`` of the Hessian, but only
+where a matrix product (``dot_general``) is active in the gradient program: XLA fuses
+the transpose into the loop that writes an elementwise result (the compiled HLO holds
+one loop fusion with the transpose inside), but a batched matrix product writes its own
+layout and the transpose is a separate copy of ``n²`` elements. Measured on this CPU
+(n = 512, equal XLA FLOPs and bytes): rev-over-rev 1.2-1.65x faster than
+fwd-over-rev for ``sum(tanh(Ax)²)``, ``sum(sin(Bx)³)`` and ``logsumexp(Ax)``;
+fwd-over-rev as fast or faster for elementwise and banded ones (Rosenbrock), where the
+model ties and the tie goes to fwd-over-rev.
+
 With a device mesh (``devices > 1``) each pure mode runs its share of the passes per
 device, ``ceil(n / devices)`` JVPs or ``ceil(m / devices)`` VJPs (the cost per device).
 
@@ -36,6 +49,7 @@ shapes gives the same plan in every process.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,7 +57,7 @@ from .._jaxpr import cuts as _cuts
 from .chain import plan_chain
 from .plans import Cut, JacobianPlan
 
-__all__ = ["decide", "pure_costs", "layout_cost", "store_cost", "sparse_cost", "MAX_CUTS",
+__all__ = ["decide", "pure_costs", "nesting_terms", "NestingTerms", "layout_cost", "store_cost", "sparse_cost", "MAX_CUTS",
            "PAY", "STEP_OVERHEAD", "LAYOUT", "STORE", "CACHE_ELEMENTS", "SPARSE_DEPS"]
 
 MAX_CUTS = 8            # candidate cuts fed to the DP (the narrowest local minima)
@@ -73,6 +87,37 @@ def pure_costs(info: _cuts.Analysis, devices: int = 1) -> dict[str, float]:
     per_n, per_m = -(-n // devices) if n else 0, -(-m // devices) if m else 0
     return {"fwd": per_n * T + P + layout_cost(m, per_n),
             "rev": per_m * T + P + store_cost(info.stored)}
+
+
+class NestingTerms(NamedTuple):
+    """One nesting's static cost, term by term: ``passes`` outer passes of ``per_pass``
+    FLOPs each, the ``primal`` work once, and ``extra`` (named ``extra_name``)."""
+
+    passes: int
+    per_pass: float
+    primal: float
+    extra_name: str
+    extra: float
+
+    @property
+    def total(self) -> float:
+        return self.passes * self.per_pass + self.primal + self.extra
+
+
+def has_active_matmul(info: _cuts.Analysis) -> bool:
+    """Whether tangents pass through a matrix product (an active ``dot_general``)."""
+    return any(name == "dot_general" and t > 0 for name, t in zip(info.names, info.tangent))
+
+
+def nesting_terms(info: _cuts.Analysis, outer: str) -> NestingTerms:
+    """The outer Jacobian (``outer`` ``"fwd"`` or ``"rev"``) of a Hessian's inner
+    gradient program ``info``, priced term by term (see the module docstring)."""
+    n, m = info.in_size, info.out_size
+    P, T = float(sum(info.flops)), float(sum(info.tangent))
+    if outer == "fwd":
+        extra = layout_cost(m, n) if has_active_matmul(info) else 0.0
+        return NestingTerms(n, T, P, "transposed write", extra)
+    return NestingTerms(m, T, P, "store", store_cost(info.stored))
 
 
 def sparse_cost(info: _cuts.Analysis, n_jvp: int, n_vjp: int) -> float:
