@@ -158,7 +158,7 @@ def _decide(func, traced: Traced, args, kwargs, argnums, has_aux, where,
         allow, why = False, f"mesh= splits the pure modes over {devices} devices (a mixed plan is not split)"
     plan = decide(traced.prog, info, unsupported=unsupported, allow_mixed=allow,
                   why_not_mixed=why, devices=devices)
-    if allow and not unsupported and _sparse_applies(traced, argnums):
+    if allow and not unsupported and _sparse_applies(traced, argnums, plan.cost):
         plan = _consider_sparse(plan, func, traced, args, kwargs, argnums)
     if devices > 1:
         passes = plan.in_size if plan.kind == "fwd" else plan.out_size
@@ -167,12 +167,14 @@ def _decide(func, traced: Traced, args, kwargs, argnums, has_aux, where,
     return plan
 
 
-def _sparse_applies(traced: Traced, argnums: Any) -> bool:
+def _sparse_applies(traced: Traced, argnums: Any, dense_cost: float) -> bool:
     """The planner tries sparsity for one array in, one array out (the dense result
-    keeps its layout), when the static dependency bound says it may pay."""
+    keeps its layout), when the static dependency bound and the dense plan's cost say
+    it may pay (:func:`~functorch_lite._planner.model.may_be_sparse`)."""
     return (isinstance(argnums, int) and traced.in_tree.num_leaves == 1
             and traced.in_tree.num_nodes == 1 and traced.n_out == 1
-            and traced.out_tree.num_nodes == 1 and _model.may_be_sparse(traced.info))
+            and traced.out_tree.num_nodes == 1
+            and _model.may_be_sparse(traced.info, dense_cost))
 
 
 def _consider_sparse(plan: JacobianPlan, func, traced: Traced, args, kwargs,
