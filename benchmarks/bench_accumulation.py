@@ -77,16 +77,20 @@ def crossover(quick: bool) -> list[Row]:
         picked = times["jax.jacfwd" if choice.mode == "fwd" else "jax.jacrev"]
         LAST_SWEEP.append(dict(n_in=n_in, n_out=n_out, fwd=times["jax.jacfwd"],
                                rev=times["jax.jacrev"], auto=times["auto"], chosen=choice.mode))
-        rows.append(Row(
-            group="accumulation", job=f"jacobian auto {n_in}->{n_out} (H={HIDDEN})", unit="s",
-            ours=times["auto"], peers={"jax.jacfwd": times["jax.jacfwd"],
-                                       "jax.jacrev": times["jax.jacrev"]},
-            target="auto <= 1.10x best",
-            note=(f"chose {choice.mode} by {choice.source}; auto/best = "
-                  f"{times['auto'] / best:.2f}; chosen pure mode/best = {picked / best:.2f}; "
-                  f"first call (plan+compile) {plan_s:.2f}s"),
-        ))
+        rows.append(_row(
+            f"jacobian auto {n_in}->{n_out} (H={HIDDEN})", times["auto"], times,
+            "auto <= 1.10x best",
+            f"chose {choice.mode} by {choice.source}; auto/best = "
+            f"{times['auto'] / best:.2f}; chosen pure mode/best = {picked / best:.2f}; "
+            f"first call (plan+compile) {plan_s:.2f}s"))
     return rows
+
+
+def _row(job: str, ours: float, times: dict, target: str, note: str) -> Row:
+    """One accumulation row against ``jax.jacfwd`` and ``jax.jacrev``."""
+    return Row(group="accumulation", job=job, unit="s", ours=ours,
+               peers={"jax.jacfwd": times["jax.jacfwd"], "jax.jacrev": times["jax.jacrev"]},
+               target=target, note=note)
 
 
 def autoencoder(key, n, b, hidden):
@@ -134,15 +138,11 @@ def bottleneck(quick: bool) -> list[Row]:
         times = interleaved({k: (lambda g=g: g(x)) for k, g in contenders.items()}, reps=reps)
         best = min(times["jax.jacfwd"], times["jax.jacrev"])
         plan = ch.plan(x)
-        rows.append(Row(
-            group="accumulation", job=f"chain R^{n}->R^{b}->R^{n} (hidden {n})", unit="s",
-            ours=times["mixed"], peers={"jax.jacfwd": times["jax.jacfwd"],
-                                        "jax.jacrev": times["jax.jacrev"]},
-            target=">= 10x best pure",
-            note=(f"{best / times['mixed']:.1f}x over the better pure mode; plan "
-                  f"{plan.bracketing()} ({plan.kind}); max rel. diff vs jacrev {err:.1e} "
-                  f"(float32); first call (plan+compile) {plan_s:.2f}s"),
-        ))
+        rows.append(_row(
+            f"chain R^{n}->R^{b}->R^{n} (hidden {n})", times["mixed"], times, ">= 10x best pure",
+            f"{best / times['mixed']:.1f}x over the better pure mode; plan "
+            f"{plan.bracketing()} ({plan.kind}); max rel. diff vs jacrev {err:.1e} "
+            f"(float32); first call (plan+compile) {plan_s:.2f}s"))
     return rows
 
 

@@ -37,11 +37,10 @@ import numpy as np
 
 from . import _args, _caches, _cost
 from ._jaxpr import cuts as _cuts
-from ._planner.chain import Plan, Step, plan_chain
 from ._planner.plans import JacobianPlan
 from .jacobians import BY_MODE, planned_jacobian
 
-__all__ = ["chain", "Chain", "plan_chain", "Plan", "Step"]
+__all__ = ["chain", "Chain"]
 
 # (chain, input signature) pairs whose stages were checked to compose
 _checked = _caches.weak("accumulation.checked_chains", maxsize=256)
@@ -198,7 +197,7 @@ def chain(*stages: Callable) -> Chain:
 
     ``jacobian(chain(...))`` is planned like any function (the planner finds the
     narrow cuts of the composed program, which include the narrow stage boundaries, and
-    brackets the stages between them in the cheapest order, :func:`plan_chain`);
+    brackets the stages between them in the cheapest order, :func:`functorch_lite.planner.plan_chain`);
     :func:`explain` shows the plan and names the stages.
 
     >>> import jax.numpy as jnp

@@ -20,7 +20,7 @@ import jax
 
 from . import _args, _cost
 from ._cost import format_number as _num
-from ._planner.plans import JacobianPlan
+from ._planner.plans import HessianPlan, JacobianPlan
 from .accumulation import Chain, _describe
 from .jacobians import split_dynamic, tree_size
 
@@ -89,7 +89,12 @@ class Report:
       plan: the planner's plan object itself (what ``jacobian`` runs).
       cuts: the cuts considered (:class:`~functorch_lite._planner.plans.Cut`); the
         chosen ones are ``plan.cuts``.
-      notes: why no cut was taken, or what was kept whole.
+      notes: why no cut was taken, what was kept whole, how the passes are split over
+        a mesh.
+      hessian: for ``explain(..., hessian=True)``, the planner's
+        :class:`~functorch_lite._planner.plans.HessianPlan` (the candidates are then the
+        four nestings).
+      sparse: for ``explain(..., sparse=True)``, the sparse report's text.
     """
 
     name: str
@@ -109,11 +114,31 @@ class Report:
     plan: JacobianPlan | None = None
     cuts: list = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    hessian: HessianPlan | None = None
+    sparse: str = ""
 
     def candidate(self, name: str) -> Candidate:
         return next(c for c in self.candidates if c.name == name)
 
     def __str__(self) -> str:
+        if self.hessian is not None:
+            lines = [f"explain({self.name}, hessian=True), argnums={self.argnums}: Hessian "
+                     f"of R^{self.in_size} -> R ({self.in_size} x {self.in_size})",
+                     f"  inputs:  {', '.join(self.in_shapes)}", ""]
+            lines += self.hessian.table()
+        else:
+            lines = self._jacobian_lines()
+        lines += ["", *self._xla_lines(), "",
+                  f"  chosen: {self.chosen}, by {self.source}: {self.reason}"]
+        lines += [f"  note: {note}" for note in self.notes]
+        if self.bracketing:
+            lines.append(f"  bracketing: {self.bracketing}")
+            lines += [f"    {k}. {step}" for k, step in enumerate(self.steps, start=1)]
+        if self.sparse:
+            lines += ["", self.sparse]
+        return "\n".join(lines)
+
+    def _jacobian_lines(self) -> list[str]:
         lines = [f"explain({self.name}), argnums={self.argnums}: Jacobian of "
                  f"R^{self.in_size} -> R^{self.out_size} ({self.out_size} x {self.in_size})",
                  f"  inputs:  {', '.join(self.in_shapes)}",
@@ -130,28 +155,22 @@ class Report:
             lines.append(f"  width of the program at the cuts considered ({len(self.plan.profile) - 1} "
                          "equations; the active values live there):")
             lines.extend(self.plan.profile_text(labels={c.position: c.label for c in self.cuts if c.label}))
-        lines.append("")
-        head = (f"  {'':<2}{'mode':<6} {'passes':<28} {'static':>10} {'XLA FLOPs':>10} {'bytes':>10} "
-                f"{'temp mem':>10} {'time':>10}")
-        lines.append(head)
-        lines.append("  " + "-" * (len(head) - 2))
+        return lines
+
+    def _xla_lines(self) -> list[str]:
+        w = max([6] + [len(c.name) for c in self.candidates])
+        head = (f"  {'':<2}{'mode':<{w}} {'passes':<28} {'static':>10} {'XLA FLOPs':>10} "
+                f"{'bytes':>10} {'temp mem':>10} {'time':>10}")
+        lines = [head, "  " + "-" * (len(head) - 2)]
         for c in self.candidates:
             mark = "* " if c.chosen else "  "
             if not c.supported:
-                lines.append(f"  {mark}{c.name:<6} cannot run: {c.reason}")
+                lines.append(f"  {mark}{c.name:<{w}} cannot run: {c.reason}")
                 continue
-            lines.append(f"  {mark}{c.name:<6} {c.passes[:28]:<28} {_num(c.static_cost):>10} {_num(c.flops):>10} "
-                         f"{_bytes(c.bytes_accessed):>10} {_bytes(c.temp_bytes):>10} "
-                         f"{_secs(c.seconds):>10}")
-        lines.append("")
-        lines.append(f"  chosen: {self.chosen}, by {self.source}: {self.reason}")
-        for note in self.notes:
-            lines.append(f"  note: {note}")
-        if self.bracketing:
-            lines.append(f"  bracketing: {self.bracketing}")
-            for k, step in enumerate(self.steps, start=1):
-                lines.append(f"    {k}. {step}")
-        return "\n".join(lines)
+            lines.append(f"  {mark}{c.name:<{w}} {c.passes[:28]:<28} {_num(c.static_cost):>10} "
+                         f"{_num(c.flops):>10} {_bytes(c.bytes_accessed):>10} "
+                         f"{_bytes(c.temp_bytes):>10} {_secs(c.seconds):>10}")
+        return lines
 
     def plot(self, path: str) -> str:
         """Draw the report as a PNG at ``path`` (needs matplotlib: the ``plot`` extra)."""
@@ -238,7 +257,8 @@ def _stage_rows(plan: JacobianPlan, info: Any, bounds: list[int], names: list[st
 
 
 def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, calibrate: bool = False,
-            xla: bool = True, **kwargs: Any) -> Report:
+            xla: bool = True, hessian: bool = False, sparse: bool = False, mesh: Any = None,
+            mesh_axis: str | None = None, **kwargs: Any) -> Report:
     """How ``jacobian(func, argnums, mode="auto")`` accumulates at ``args``, and what the
     alternatives cost.
 
@@ -252,21 +272,71 @@ def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, calibrate: b
     cuts at stage boundaries are named after the stages. Keyword arguments are passed to
     ``func`` undifferentiated.
 
+    ``hessian=True`` explains ``hessian(func, mode="auto")`` instead: the four nestings
+    priced term by term and the one that runs. ``sparse=True`` adds the sparse report
+    (the detected pattern, the passes of each coloring against dense forward, reverse
+    and the planner's dense plan). ``mesh=`` (and ``mesh_axis=``) prices the pure modes
+    per device, as ``jacobian(mode="auto", mesh=...)`` runs them, and shows the split.
+
     >>> import jax.numpy as jnp
     >>> A = jnp.ones((50, 2))
     >>> r = explain(lambda x: jnp.tanh(A @ x), jnp.ones(2), xla=False)
     >>> r.in_size, r.out_size, r.candidate("fwd").passes, r.chosen
     (2, 50, '2 JVPs', 'fwd')
     """
-    from ._planner import api
-
     _check_func(func)
     where = f"explain({_args.func_name(func)})"
-    _, as_tuple = _args.check_argnums(argnums, where)
-    _args.check_bool(calibrate, where, "calibrate")
-    _args.check_bool(xla, where, "xla")
-    positions = _args.differentiable_positions(args, argnums, where)
-    primal = tuple(args[p] for p in positions)
+    _args.check_argnums(argnums, where)
+    for option, value in (("calibrate", calibrate), ("xla", xla), ("hessian", hessian),
+                          ("sparse", sparse)):
+        _args.check_bool(value, where, option)
+    devices = _devices(mesh, mesh_axis, where)
+    if hessian and (calibrate or mesh is not None):
+        raise ValueError(f"{where}: hessian=True explains the static choice of nesting; "
+                         "calibrate= and mesh= apply to Jacobians only. Drop them.")
+    _args.differentiable_positions(args, argnums, where)
+    if hessian:
+        report = _hessian_report(func, args, kwargs, argnums, xla, where)
+    else:
+        report = _jacobian_report(func, args, kwargs, argnums, calibrate, xla, where, devices)
+    if sparse:
+        from ._sparse import explain_sparse
+        dense = report.chosen if hessian else _dense_kind(report.plan)
+        report.sparse = explain_sparse(func, *args, argnums=argnums, hessian=hessian,
+                                       dense_plan=dense, **kwargs)
+    return report
+
+
+def _dense_kind(plan: JacobianPlan) -> str:
+    """The planner's dense choice (``fwd``, ``rev`` or ``mixed``), sparse set aside."""
+    if plan.kind != "sparse":
+        return plan.kind
+    return min((k for k in ("fwd", "rev", "mixed") if k in plan.costs),
+               key=lambda k: (plan.costs[k], k))
+
+
+def _devices(mesh: Any, mesh_axis: str | None, where: str) -> int:
+    """The number of devices along ``mesh``'s axis ``mesh_axis`` (1 without a mesh)."""
+    from . import _mesh
+
+    axis = _mesh.check(mesh, mesh_axis, False, where)
+    return 1 if mesh is None else int(mesh.shape[axis])
+
+
+def _chain_labels(func: Callable, args: tuple, profile: tuple) -> tuple[list[int], dict]:
+    """For a :func:`chain`: where its stages end in the composed program, and the cut
+    labels naming them (empty when the stages traced apart do not add up)."""
+    ends = func.stage_positions(args[0]) if isinstance(func, Chain) else []
+    if ends and ends[-1] != len(profile) - 1:
+        ends = []
+    labels = {end: f"after stage {k} ({func.names[k - 1]})"
+              for k, end in enumerate(ends[:-1], start=1)}
+    return ends, labels
+
+
+def _jacobian_report(func, args, kwargs, argnums, calibrate, xla, where, devices) -> Report:
+    from ._planner import api
+
     if isinstance(func, Chain):
         if kwargs or len(args) != 1:
             raise TypeError(f"{where}: a chain takes exactly one positional argument (stage "
@@ -274,81 +344,121 @@ def explain(func: Callable, *args: Any, argnums: _args.Argnums = 0, calibrate: b
         args = (_args.cast_python_scalars(args[0], args[0]),)
         func.boundaries(args[0], where)  # names the stage that does not compose
     plan, traced = api.plan_jacobian(func, args, kwargs, argnums, calibrate=calibrate,
-                                     where=where)
+                                     where=where, devices=devices)
     if traced is None:
         traced = api.trace(func, args, kwargs, argnums, False, where)
-    dynamic, rebuild = split_dynamic(args, kwargs)
-    abstract = _cost.abstract(dynamic)
-    in_size, out_size = tree_size(primal), plan.out_size
-    out_shapes = [_describe(a) for a in traced.out_avals]
+    primal = tuple(args[p] for p in _args.normalize_argnums(argnums, len(args), where))
     report = Report(name=_args.func_name(func), argnums=argnums, in_shapes=_shapes(primal),
-                    out_shapes=out_shapes, in_size=in_size, out_size=out_size,
-                    candidates=[], chosen="", source=plan.source, reason="", plan=plan,
-                    notes=list(plan.reasons))
-    labels: dict[int, str] = {}
-    ends = func.stage_positions(args[0]) if isinstance(func, Chain) else []
-    if ends and ends[-1] != len(plan.profile) - 1:
-        ends = []  # the stages traced apart do not add up to the composed program
-    if ends:
-        for k, end in enumerate(ends[:-1], start=1):
-            labels[end] = f"after stage {k} ({func.names[k - 1]})"
+                    out_shapes=[_describe(a) for a in traced.out_avals],
+                    in_size=tree_size(primal), out_size=plan.out_size, candidates=[],
+                    chosen=_NAMES[plan.kind], source=plan.source, reason=_reason(plan),
+                    plan=plan, notes=list(plan.reasons) + ([plan.split] if plan.split else []))
+    ends, labels = _chain_labels(func, args, plan.profile)
     report.cuts = [dataclasses.replace(c, label=labels.get(c.position, c.label))
                    for c in plan.candidates]
+    run = _runner(func, args, kwargs, argnums, where) if xla else None
+    report.candidates = [_candidate(plan, kind, run) for kind in _NAMES if kind in plan.costs]
+    report.predicted_flops = {_NAMES[k]: v for k, v in plan.costs.items()}
+    if plan.kind == "mixed":
+        bounds = [0] + list(plan.cuts) + [len(plan.profile) - 1]
+        names = [labels.get(b, f"eqns {a}..{b - 1}") for a, b in zip(bounds, bounds[1:])]
+        report.stages = _stage_rows(plan, traced.info, bounds, names)
+        report.bracketing, report.steps = plan.bracketing(), plan.describe_steps()
+    if ends:
+        report.stages = _stage_rows(plan, traced.info, [0] + ends, list(func.names))
+    return report
 
-    def runner(variant: JacobianPlan) -> Callable:
+
+_NAMES = {"fwd": "fwd", "rev": "rev", "mixed": "plan", "sparse": "sparse"}
+
+
+def _runner(func, args, kwargs, argnums, where) -> tuple[Callable, list]:
+    """``(make, abstract)``: ``make(variant)`` is a function of the call's array leaves
+    running the plan ``variant``; ``abstract`` their shapes (for compiling, not running)."""
+    from ._planner import api
+
+    dynamic, rebuild = split_dynamic(args, kwargs)
+
+    def make(variant: JacobianPlan) -> Callable:
         def run(*dyn):
             a, kw = rebuild(list(dyn))
             return api.run_jacobian(variant, None, func, a, kw, argnums, has_aux=False,
                                     chunk_size=None, layout="numerator", where=where)
         return run
 
-    names = {"fwd": "fwd", "rev": "rev", "mixed": "plan", "sparse": "sparse"}
-    positions_all = tuple(c.position for c in plan.candidates)
-    for kind in ("fwd", "rev", "mixed", "sparse"):
-        if kind not in plan.costs:
-            continue
-        if kind == "sparse":
-            passes = f"{plan.sparse['n_jvp']} JVP, {plan.sparse['n_vjp']} VJP (nnz {plan.sparse['nnz']})"
-        elif kind == "mixed":
-            counts = plan.chain.passes()
-            passes = f"{counts['jvp']} JVP, {counts['vjp']} VJP, {counts['matmul']} matmul"
-        else:
-            passes = f"{in_size} JVPs" if kind == "fwd" else f"{out_size} VJPs"
-        c = Candidate(names[kind], passes, static_cost=plan.costs[kind],
-                      seconds=plan.seconds.get(kind, math.nan), chosen=plan.kind == kind)
-        if kind in plan.unsupported:
-            c.supported, c.reason = False, plan.unsupported[kind]
-        elif math.isinf(plan.costs[kind]):
-            c.supported, c.reason = False, "a stage cannot run this mode"
-        elif xla:
-            variant = dataclasses.replace(plan, kind=kind,
-                                          cuts=positions_all if kind == "mixed" else ())
-            _fill(c, runner(variant), abstract)
-        report.candidates.append(c)
-    report.chosen = names[plan.kind]
-    costs = ", ".join(f"{names[k]} {_num(v)}" for k, v in plan.costs.items())
+    return make, _cost.abstract(dynamic)
+
+
+def _passes(plan: JacobianPlan, kind: str) -> str:
+    if kind == "sparse":
+        s = plan.sparse
+        return f"{s['n_jvp']} JVP, {s['n_vjp']} VJP (nnz {s['nnz']})"
+    if kind == "mixed":
+        counts = plan.chain.passes()
+        return f"{counts['jvp']} JVP, {counts['vjp']} VJP, {counts['matmul']} matmul"
+    return f"{plan.in_size} JVPs" if kind == "fwd" else f"{plan.out_size} VJPs"
+
+
+def _candidate(plan: JacobianPlan, kind: str, run: tuple | None) -> Candidate:
+    """The row of ``kind``, with XLA's figures of its compiled program when ``run``."""
+    c = Candidate(_NAMES[kind], _passes(plan, kind), static_cost=plan.costs[kind],
+                  seconds=plan.seconds.get(kind, math.nan), chosen=plan.kind == kind)
+    if kind in plan.unsupported:
+        c.supported, c.reason = False, plan.unsupported[kind]
+    elif math.isinf(plan.costs[kind]):
+        c.supported, c.reason = False, "a stage cannot run this mode"
+    elif run is not None:
+        cuts = tuple(x.position for x in plan.candidates) if kind == "mixed" else ()
+        make, abstract = run
+        _fill(c, make(dataclasses.replace(plan, kind=kind, cuts=cuts)), abstract)
+    return c
+
+
+def _reason(plan: JacobianPlan) -> str:
+    costs = ", ".join(f"{_NAMES[k]} {_num(v)}" for k, v in plan.costs.items())
     if plan.kind == "mixed":
         widths = ", ".join(str(plan.profile[p]) for p in plan.cuts)
-        report.reason = (f"mixed mode at {len(plan.cuts)} cut(s) of width {widths}; static "
-                         f"costs {costs}")
+        reason = f"mixed mode at {len(plan.cuts)} cut(s) of width {widths}; static costs {costs}"
     elif plan.kind == "sparse":
-        report.reason = (f"sparse Jacobian ({plan.sparse['plan']}, nnz {plan.sparse['nnz']}), "
-                         f"decompressed to dense; static costs {costs}")
+        reason = (f"sparse Jacobian ({plan.sparse['plan']}, nnz {plan.sparse['nnz']}), "
+                  f"decompressed to dense; static costs {costs}")
     else:
-        report.reason = f"{'forward' if plan.kind == 'fwd' else 'reverse'} mode; static costs {costs}"
+        reason = f"{'forward' if plan.kind == 'fwd' else 'reverse'} mode; static costs {costs}"
     for m, why in plan.unsupported.items():
-        report.reason += f"; {m} cannot run: {why}"
+        reason += f"; {m} cannot run: {why}"
     if plan.seconds:
-        report.reason += "; measured " + ", ".join(
-            f"{names[k]} {t * 1e3:.3g} ms" for k, t in plan.seconds.items())
-    report.predicted_flops = {names[k]: v for k, v in plan.costs.items()}
-    if plan.kind == "mixed":
-        bounds = [0] + list(plan.cuts) + [len(plan.profile) - 1]
-        stage_names = [labels.get(b, f"eqns {a}..{b - 1}") for a, b in zip(bounds, bounds[1:])]
-        report.stages = _stage_rows(plan, traced.info, bounds, stage_names)
-        report.bracketing = plan.bracketing()
-        report.steps = plan.describe_steps()
-    if ends:
-        bounds = [0] + ends
-        report.stages = _stage_rows(plan, traced.info, bounds, list(func.names))
-    return report
+        reason += "; measured " + ", ".join(
+            f"{_NAMES[k]} {t * 1e3:.3g} ms" for k, t in plan.seconds.items())
+    return reason
+
+
+def _on_leaves(g: Callable, rebuild: Callable) -> Callable:
+    """``g`` as a function of the call's array leaves (the rest closed over)."""
+    def run(*dyn):
+        a, kw = rebuild(list(dyn))
+        return g(*a, **kw)
+    return run
+
+
+def _hessian_report(func, args, kwargs, argnums, xla, where) -> Report:
+    """The report of ``hessian(func, mode="auto")``: the four nestings priced."""
+    from ._planner import api
+    from .higher import _nesting
+
+    plan = api.plan_hessian(func, args, kwargs, argnums, where=where)
+    primal = tuple(args[p] for p in _args.normalize_argnums(argnums, len(args), where))
+    out = jax.eval_shape(lambda *a: func(*a, **kwargs), *args)
+    dynamic, rebuild = split_dynamic(args, kwargs)
+    candidates = []
+    for mode, cost in plan.costs.items():
+        c = Candidate(mode, f"{plan.n} outer passes", static_cost=cost, chosen=mode == plan.mode)
+        if mode in plan.unsupported:
+            c.supported, c.reason = False, plan.unsupported[mode]
+        elif xla:
+            _fill(c, _on_leaves(_nesting(func, mode, argnums, None), rebuild),
+                  _cost.abstract(dynamic))
+        candidates.append(c)
+    return Report(name=_args.func_name(func), argnums=argnums, in_shapes=_shapes(primal),
+                  out_shapes=_shapes(out), in_size=plan.n, out_size=plan.n,
+                  candidates=candidates, chosen=plan.mode, source=plan.source,
+                  reason=f"the cheapest nesting that runs: {plan.describe()}", hessian=plan)

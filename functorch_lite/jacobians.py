@@ -209,10 +209,14 @@ def _map_basis(fn, n: int, chunk_size: int, specs: list) -> list:
             for k, (shape, dtype) in enumerate(specs)]
 
 
+def _flat_pair(out: Any, primal: Any) -> tuple:
+    """``(out_leaves, out_tree, in_leaves, in_tree)``."""
+    return (*jax.tree_util.tree_flatten(out), *jax.tree_util.tree_flatten(primal))
+
+
 def _jacrev_chunked(g, primal, chunk_size):
     out, pullback, aux = jax.vjp(g, primal, has_aux=True)
-    out_leaves, out_tree = jax.tree_util.tree_flatten(out)
-    in_leaves, in_tree = jax.tree_util.tree_flatten(primal)
+    out_leaves, out_tree, in_leaves, in_tree = _flat_pair(out, primal)
     sizes = [math.prod(np.shape(x)) for x in out_leaves]
 
     def row(i):
@@ -263,8 +267,7 @@ def _jacfwd_engine(g, primal, chunk_size, holomorphic=False):
 
 def _jacfwd_chunked(g, primal, chunk_size):
     out, lin, aux = jax.linearize(g, primal, has_aux=True)
-    out_leaves, out_tree = jax.tree_util.tree_flatten(out)
-    in_leaves, in_tree = jax.tree_util.tree_flatten(primal)
+    out_leaves, out_tree, in_leaves, in_tree = _flat_pair(out, primal)
     sizes = [math.prod(np.shape(x)) for x in in_leaves]
 
     def column(j):
@@ -399,9 +402,8 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     the inputs from the outputs; for an autoencoder R^2000 -> R^8 -> R^2000 written as
     one function, 8 VJPs, 8 JVPs and one product instead of 2000 passes). Modes the
     function cannot run (a ``custom_vjp`` has no forward mode) are ruled out by tracing.
-    The decision is deterministic (same program, same plan, same compiled code in every
-    process) and remembered per signature. ``calibrate=True`` instead compiles and
-    times the candidates once (opt-in; needs concrete arguments).
+    Deterministic (same program, same plan and compiled code in every process), cached
+    per signature. ``calibrate=True`` compiles and times the candidates (opt-in).
 
     :func:`functorch_lite.explain` shows the plan that runs, with its cuts and costs.
     Output structure, ``layout``, ``has_aux`` and ``holomorphic`` as :func:`jacrev`
@@ -412,8 +414,8 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     a BCOO (``output="dense"``: dense); ``check=True`` compares the pattern with a dense
     Jacobian at a random point. See :func:`functorch_lite.sparsity` and docs/sparse.md.
 
-    ``mesh=`` splits the passes over a device mesh as :func:`jacrev` does; under
-    ``mode="auto"`` the planner's cheaper pure mode is split (a mixed plan is not).
+    ``mesh=`` splits the passes over a device mesh as :func:`jacrev`; ``mode="auto"``
+    splits the planner's cheaper pure mode, priced per device (a mixed plan is not split).
 
     >>> import jax.numpy as jnp
     >>> A = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
@@ -424,51 +426,65 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     >>> jacobian(lambda x: A @ x, mode="rev", layout="denominator")(jnp.zeros(2)).shape
     (2, 3)
     """
-    transform = "jacobian"
     if sparse or sparsity is not None or output != "bcoo" or check:
         from . import _sparse
         return _sparse.jacobian(func, argnums, mode=mode, layout=layout, chunk_size=chunk_size,
                                 has_aux=has_aux, sparsity=sparsity, output=output, check=check,
                                 sparse=sparse or sparsity is not None, mesh=mesh,
                                 mesh_axis=mesh_axis, gather=gather)
-    _args.check_choice(mode, MODES, transform, "mode")
-    _prepare(func, argnums, has_aux, chunk_size, layout, transform, holomorphic)
-    _args.check_bool(calibrate, transform, "calibrate")
+    mesh_axis = _check_jacobian(func, argnums, mode, layout, chunk_size, has_aux, calibrate,
+                                holomorphic, mesh, mesh_axis, gather)
+    hook = getattr(func, "__fl_jacobian__", None)
+    if hook is not None and mesh is None:  # a chain's mixed mode is not split; mesh= runs a pure mode
+        return _chain_jacobian(hook, holomorphic, argnums=argnums, mode=mode, layout=layout,
+                               chunk_size=chunk_size, has_aux=has_aux, calibrate=calibrate)
+    name = _args.func_name(func)
+    options = dict(has_aux=has_aux, chunk_size=chunk_size, layout=layout, holomorphic=holomorphic,
+                   **({} if mesh is None else dict(mesh=mesh, mesh_axis=mesh_axis, gather=gather)))
+    jac_f = (_auto(func, argnums, name, calibrate, options) if mode == "auto"
+             else pure_mode(mode, func, argnums, transform="jacobian", **options))
+    jac_f.__name__, jac_f.__doc__ = (f"jacobian({name})",
+                                     f"Jacobian of {name} ({mode} mode) w.r.t. argnums={argnums}.")
+    return jac_f
+
+
+def _chain_jacobian(hook: Callable, holomorphic: bool, **options: Any) -> Callable:
+    """``jacobian`` of a :func:`~functorch_lite.chain`: its own ``__fl_jacobian__``."""
+    if holomorphic:
+        raise ValueError("jacobian: holomorphic=True is not supported on a chain; "
+                         "use jacobian(lambda x: chain(x), holomorphic=True).")
+    return hook(**options)
+
+
+def _check_jacobian(func, argnums, mode, layout, chunk_size, has_aux, calibrate, holomorphic,
+                    mesh, mesh_axis, gather) -> str | None:
+    """``jacobian``'s checks when the transform is built; returns the mesh axis name."""
+    _args.check_choice(mode, MODES, "jacobian", "mode")
+    _prepare(func, argnums, has_aux, chunk_size, layout, "jacobian", holomorphic)
+    _args.check_bool(calibrate, "jacobian", "calibrate")
     if calibrate and mode != "auto":
         raise ValueError(f"jacobian: calibrate=True times the candidates of mode='auto'; "
                          f"with mode={mode!r} there is nothing to choose. Drop calibrate or "
                          "use mode='auto'.")
-    mesh_axis = _mesh.check(mesh, mesh_axis, gather, transform)
-    hook = getattr(func, "__fl_jacobian__", None)
-    if hook is not None and mesh is None:  # a chain's mixed mode is not split; mesh= runs a pure mode
-        if holomorphic:
-            raise ValueError("jacobian: holomorphic=True is not supported on a chain; "
-                             "use jacobian(lambda x: chain(x), holomorphic=True).")
-        return hook(argnums=argnums, mode=mode, layout=layout, chunk_size=chunk_size,
-                    has_aux=has_aux, calibrate=calibrate)
-    name = _args.func_name(func)
-    # holomorphic is threaded to the pure-mode transform that runs (jacrev/jacfwd).
-    options = dict(has_aux=has_aux, chunk_size=chunk_size, layout=layout,
-                   holomorphic=holomorphic)
-    if mesh is not None:
-        options.update(mesh=mesh, mesh_axis=mesh_axis, gather=gather)
-    if mode != "auto":
-        jac_f = pure_mode(mode, func, argnums, transform=transform, **options)
-    else:
-        def jac_f(*args, **kwargs):
-            where = f"jacobian({name})(*args)"
-            if holomorphic:
-                _args.differentiable_positions(args, argnums, where)
-                return pure_mode("rev", func, argnums, transform=transform, **options)(*args, **kwargs)
-            if mesh is not None:
-                return _split_planned(func, argnums, args, kwargs, has_aux, chunk_size, where,
-                                      transform, options)
-            return planned_jacobian(func, argnums, args, kwargs, has_aux=has_aux,
-                                    chunk_size=chunk_size, layout=layout,
-                                    calibrate=calibrate, where=where)
+    return _mesh.check(mesh, mesh_axis, gather, "jacobian")
 
-    jac_f.__name__ = f"jacobian({name})"
-    jac_f.__doc__ = f"Jacobian of {name} ({mode} mode) w.r.t. argnums={argnums}."
+
+def _auto(func: Callable, argnums: Any, name: str, calibrate: bool, options: dict) -> Callable:
+    """``jacobian(func, mode="auto")``: planned at each call's signature (cached)."""
+    has_aux, chunk_size = options["has_aux"], options["chunk_size"]
+
+    def jac_f(*args, **kwargs):
+        where = f"jacobian({name})(*args)"
+        if options["holomorphic"]:
+            _args.differentiable_positions(args, argnums, where)
+            return pure_mode("rev", func, argnums, transform="jacobian", **options)(*args, **kwargs)
+        if "mesh" in options:
+            return _split_planned(func, argnums, args, kwargs, has_aux, chunk_size, where,
+                                  "jacobian", options)
+        return planned_jacobian(func, argnums, args, kwargs, has_aux=has_aux,
+                                chunk_size=chunk_size, layout=options["layout"],
+                                calibrate=calibrate, where=where)
+
     return jac_f
 
 
@@ -478,8 +494,10 @@ def _split_planned(func, argnums, args, kwargs, has_aux, chunk_size, where, tran
     from ._planner import api
 
     _args.differentiable_positions(args, argnums, where)
+    axis = options["mesh_axis"]
     plan, _ = api.plan_jacobian(func, args, kwargs, argnums, has_aux=has_aux,
-                                chunk_size=chunk_size, where=where)
+                                chunk_size=chunk_size, where=where,
+                                devices=int(options["mesh"].shape[axis]))
     pure = plan.kind if plan.kind in BY_MODE else min(BY_MODE, key=lambda k: plan.costs[k])
     return pure_mode(pure, func, argnums, transform=transform, **options)(*args, **kwargs)
 

@@ -66,6 +66,61 @@ def test_hessian_auto_is_fwd_over_rev_for_plain_functions():
     assert higher.resolve_hessian_mode(f) == "fwd-over-rev"
 
 
+N_DENSE = 80   # n x n = 6400 elements: past the model's cache bound, the layout term counts
+B_LOW = np.random.default_rng(3).normal(size=(4, N_DENSE)) / np.sqrt(N_DENSE)
+
+
+def _dense_lowrank(x):       # tangents pass through B (dot_general): rev-over-rev wins
+    return jnp.sum(jnp.sin(B_LOW @ x) ** 3)
+
+
+def _rosenbrock(x):          # elementwise and banded: fwd-over-rev wins (ties break to it)
+    return jnp.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+
+
+@pytest.mark.parametrize("func, expected", [(_dense_lowrank, "rev-over-rev"),
+                                            (_rosenbrock, "fwd-over-rev")])
+def test_hessian_auto_prices_four_nestings_and_each_pure_nesting_can_win(x64, func, expected):
+    from functorch_lite._planner import model
+
+    x = jnp.linspace(-0.5, 0.7, N_DENSE)
+    fl.clear_caches()
+    plan = api.plan_hessian(func, (x,))
+    assert plan.mode == expected and set(plan.costs) == set(MODES)
+    fwd, rev = plan.terms["fwd-over-rev"], plan.terms["rev-over-rev"]
+    assert fwd.passes == rev.passes == N_DENSE and fwd.per_pass == rev.per_pass
+    # the one static term that separates them: the Hessian's transposed write, counted
+    # only where a matrix product is active in the gradient program
+    assert (fwd.extra > 0) == (expected == "rev-over-rev")
+    assert fwd.extra == (model.layout_cost(N_DENSE, N_DENSE) if fwd.extra else 0.0)
+    assert plan.costs["fwd-over-fwd"] > plan.costs[expected]       # n tangents inside
+    # deterministic: a fresh closure on a cold cache gets the identical plan
+    fl.clear_caches()
+    again = api.plan_hessian(lambda v: func(v), (x,))
+    assert again.mode == plan.mode and again.costs == plan.costs
+    ref = np.asarray(jax.hessian(func)(x))
+    np.testing.assert_allclose(np.asarray(fl.hessian(func)(x)), ref, rtol=1e-10, atol=1e-12)
+    for mode in MODES:
+        np.testing.assert_allclose(np.asarray(fl.hessian(func, mode=mode)(x)), ref,
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_explain_hessian_shows_the_four_priced_nestings_and_the_choice(x64):
+    x = jnp.linspace(-0.5, 0.7, N_DENSE)
+    r = fl.explain(_dense_lowrank, x, hessian=True, xla=False)
+    text = str(r)
+    assert r.hessian is api.plan_hessian(_dense_lowrank, (x,)) and r.chosen == "rev-over-rev"
+    assert f"Hessian of R^{N_DENSE} -> R ({N_DENSE} x {N_DENSE})" in text
+    for mode in MODES:
+        assert [line for line in text.splitlines() if line.strip(" *").startswith(mode)], mode
+    assert "* rev-over-rev" in text and "transposed write 6.4e+05" in text
+    assert "chosen: rev-over-rev, by static cost model" in text
+    with pytest.raises(ValueError, match=r"explain\(_dense_lowrank\): hessian=True explains"):
+        fl.explain(_dense_lowrank, x, hessian=True, calibrate=True)
+    with pytest.raises(TypeError, match=r"explain\(_dense_lowrank\): expected hessian to be True or False"):
+        fl.explain(_dense_lowrank, x, hessian="yes")
+
+
 def _reverse_only_sin():
     """``sin`` as a custom_vjp whose backward rule calls another custom_vjp (``cos``):
     forward mode cannot differentiate that backward pass."""

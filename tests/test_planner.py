@@ -487,8 +487,8 @@ def test_exact_flop_tie_with_a_large_result_goes_to_reverse(x64):
 @pytest.mark.parametrize("case", ["elementwise", "batched"])
 def test_planner_picks_sparse_for_a_sparse_jacobian_and_returns_dense(x64, case):
     W = jax.random.normal(jax.random.key(1), (64, 32))
-    if case == "elementwise":
-        f, x = (lambda x: jnp.sin(x) * x), jnp.linspace(-1.0, 1.0, 500)
+    if case == "elementwise":   # 2000: the dense plan is large enough to detect (DETECT_MIN)
+        f, x = (lambda x: jnp.sin(x) * x), jnp.linspace(-1.0, 1.0, 2000)
     else:
         f, x = (lambda X: jnp.tanh(X @ W.T)), jax.random.normal(jax.random.key(2), (16, 32))
     plan = api.plan_jacobian(f, (x,))[0]
@@ -499,6 +499,20 @@ def test_planner_picks_sparse_for_a_sparse_jacobian_and_returns_dense(x64, case)
     assert isinstance(J, jax.Array) and J.shape == jax.jacrev(f)(x).shape     # dense, as asked
     np.testing.assert_allclose(np.asarray(J), np.asarray(jax.jacrev(f)(x)), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(np.asarray(jax.jit(fl.jacobian(f))(x)), np.asarray(jax.jacfwd(f)(x)),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_small_dense_plans_skip_detection(x64):
+    # elementwise 500 -> 500: the bound says sparse, but the dense plan (500 fused JVPs,
+    # no matrix product: no transposed-write term, the tie goes to forward) costs less
+    # than DETECT_MIN, less than detecting and coloring the pattern would
+    f, x = (lambda x: jnp.sin(x) * x), jnp.linspace(-1.0, 1.0, 500)
+    info = cuts.analyse(cuts.flatten(jax.make_jaxpr(f)(x)), 1)
+    plan = api.plan_jacobian(f, (x,))[0]
+    assert model.may_be_sparse(info) and not model.may_be_sparse(info, plan.cost)
+    assert plan.kind == "fwd" and "sparse" not in plan.costs and plan.cost < model.DETECT_MIN
+    assert plan.costs["fwd"] == plan.costs["rev"]        # no layout term without a matmul
+    np.testing.assert_allclose(np.asarray(fl.jacobian(f)(x)), np.asarray(jax.jacrev(f)(x)),
                                rtol=1e-12, atol=1e-14)
 
 

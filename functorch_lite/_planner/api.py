@@ -158,17 +158,23 @@ def _decide(func, traced: Traced, args, kwargs, argnums, has_aux, where,
         allow, why = False, f"mesh= splits the pure modes over {devices} devices (a mixed plan is not split)"
     plan = decide(traced.prog, info, unsupported=unsupported, allow_mixed=allow,
                   why_not_mixed=why, devices=devices)
-    if allow and not unsupported and _sparse_applies(traced, argnums):
+    if allow and not unsupported and _sparse_applies(traced, argnums, plan.cost):
         plan = _consider_sparse(plan, func, traced, args, kwargs, argnums)
+    if devices > 1:
+        passes = plan.in_size if plan.kind == "fwd" else plan.out_size
+        plan.split = (f"{passes} {'JVP' if plan.kind == 'fwd' else 'VJP'} passes over "
+                      f"{devices} devices: {-(-passes // devices)} per device")
     return plan
 
 
-def _sparse_applies(traced: Traced, argnums: Any) -> bool:
+def _sparse_applies(traced: Traced, argnums: Any, dense_cost: float) -> bool:
     """The planner tries sparsity for one array in, one array out (the dense result
-    keeps its layout), when the static dependency bound says it may pay."""
+    keeps its layout), when the static dependency bound and the dense plan's cost say
+    it may pay (:func:`~functorch_lite._planner.model.may_be_sparse`)."""
     return (isinstance(argnums, int) and traced.in_tree.num_leaves == 1
             and traced.in_tree.num_nodes == 1 and traced.n_out == 1
-            and traced.out_tree.num_nodes == 1 and _model.may_be_sparse(traced.info))
+            and traced.out_tree.num_nodes == 1
+            and _model.may_be_sparse(traced.info, dense_cost))
 
 
 def _consider_sparse(plan: JacobianPlan, func, traced: Traced, args, kwargs,
@@ -203,12 +209,14 @@ def _fits(plan: JacobianPlan, traced: Traced) -> bool:
 def plan_jacobian(func: Callable, args: tuple, kwargs: dict | None = None,
                   argnums: Any = 0, *, has_aux: bool = False, chunk_size: int | None = None,
                   calibrate: bool = False, where: str | None = None,
-                  traced: Traced | None = None) -> tuple[JacobianPlan, Traced | None]:
+                  traced: Traced | None = None,
+                  devices: int = 1) -> tuple[JacobianPlan, Traced | None]:
     """The plan for ``jacobian(func, argnums, mode="auto")`` at ``args`` (cached), and the
-    program traced to make it (``None`` when the plan came from the cache)."""
+    program traced to make it (``None`` when the plan came from the cache). ``devices``:
+    the device count of the mesh axis the passes are split over (``mesh=``)."""
     kwargs = dict(kwargs or {})
     where = where or f"jacobian({_args.func_name(func)})(*args)"
-    key = plan_key(args, kwargs, argnums, has_aux, chunk_size, bool(calibrate))
+    key = plan_key(args, kwargs, argnums, has_aux, chunk_size, bool(calibrate), devices)
     plan = _jacobian_plans.get(func, key) if key is not None else None
     if plan is not None:
         return plan, traced
@@ -218,7 +226,7 @@ def plan_jacobian(func: Callable, args: tuple, kwargs: dict | None = None,
         traced = trace(func, args, kwargs, argnums, has_aux, where)
     if calibrate:
         _check_no_closed_tracers(traced, where)
-    plan = _decide(func, traced, args, kwargs, argnums, has_aux, where)
+    plan = _decide(func, traced, args, kwargs, argnums, has_aux, where, devices)
     if calibrate:
         plan = _calibrated(plan, func, args, kwargs, argnums, has_aux, chunk_size, where)
     if key is not None:
@@ -324,12 +332,13 @@ def plan_hessian(func: Callable, args: tuple, kwargs: dict | None = None,
 
     The inner derivative (``jacrev`` or ``jacfwd`` of ``func``) is traced; a nesting
     whose inner derivative does not trace cannot run. On each inner program the static
-    model prices the outer Jacobian forward (``n`` JVPs) and reverse (``n`` VJPs): the
-    inner ``jacfwd`` program carries ``n`` tangents, so the nestings over it cost about
-    ``n`` times more. Outer modes the program makes doubtful (a ``custom_vjp`` inside
-    the gradient, a ``while_loop``) are probed by tracing the whole nesting. The
-    cheapest nesting that runs wins; ties go to the order fwd-over-rev, rev-over-rev,
-    fwd-over-fwd, rev-over-fwd.
+    model prices the outer Jacobian forward and reverse
+    (:func:`~functorch_lite._planner.model.nesting_terms`: ``n`` passes, the primal, and
+    the transposed write or the store): the inner ``jacfwd`` program carries ``n``
+    tangents, so the nestings over it cost about ``n`` times more. Outer modes the
+    program makes doubtful (a ``custom_vjp`` inside the gradient, a ``while_loop``) are
+    probed by tracing the whole nesting. The cheapest nesting that runs wins; ties go
+    to the order fwd-over-rev, rev-over-rev, fwd-over-fwd, rev-over-fwd.
     """
     kwargs = dict(kwargs or {})
     where = where or f"hessian({_args.func_name(func)})(*args)"
@@ -339,42 +348,35 @@ def plan_hessian(func: Callable, args: tuple, kwargs: dict | None = None,
         return plan
     positions = _args.normalize_argnums(argnums, len(args), where)
     n = sum(math.prod(np.shape(x)) for p in positions for x in jax.tree_util.tree_leaves(args[p]))
-    costs: dict[str, float] = {}
-    unsupported: dict[str, str] = {}
-    probed: list[str] = []
-    first_error: Exception | None = None
-    inner_failures = 0
+    costs, terms, unsupported, probed, errors = {}, {}, {}, [], []
     for inner in ("rev", "fwd"):
-        inner_f = pure_mode(inner, func, argnums, transform="hessian")
         try:
-            traced = trace(inner_f, args, kwargs, argnums, False, where)
+            traced = trace(pure_mode(inner, func, argnums, transform="hessian"), args, kwargs,
+                           argnums, False, where)
         except Exception as exc:  # noqa: BLE001 - this inner mode cannot run
-            first_error = first_error or exc
-            inner_failures += 1
+            errors.append(exc)
             for outer in ("fwd", "rev"):
                 unsupported[f"{outer}-over-{inner}"] = _args.first_line(exc)
                 costs[f"{outer}-over-{inner}"] = math.inf
             continue
         info = traced.info
-        P, T = sum(info.flops), sum(info.tangent)
         for outer, doubtful in (("fwd", info.no_forward), ("rev", info.no_reverse)):
             mode = f"{outer}-over-{inner}"
-            costs[mode] = n * T + P
-            if doubtful:
-                probed.append(mode)
-                reason = _probe_nesting(func, mode, args, kwargs, argnums)
-                if reason is not None:
-                    unsupported[mode] = reason
-                    costs[mode] = math.inf
+            terms[mode] = _model.nesting_terms(info, outer)
+            costs[mode] = terms[mode].total
+            reason = _probe_nesting(func, mode, args, kwargs, argnums) if doubtful else None
+            probed += [mode] if doubtful else []
+            if reason is not None:
+                unsupported[mode], costs[mode] = reason, math.inf
     ok = [m for m in NESTINGS if m not in unsupported]
     if not ok:
-        if inner_failures == 2:
-            raise first_error  # the function itself fails: its own error, unchanged
+        if len(errors) == 2:
+            raise errors[0]  # the function itself fails: its own error, unchanged
         raise TypeError(f"{where}: no nesting of forward and reverse mode can take this "
                         "Hessian: " + "; ".join(f"{m}: {r}" for m, r in unsupported.items()))
     chosen = min(ok, key=lambda m: (costs[m], NESTINGS.index(m)))
     plan = HessianPlan(mode=chosen, n=n, costs={m: costs[m] for m in NESTINGS},
-                       unsupported=unsupported, probed=tuple(probed))
+                       unsupported=unsupported, probed=tuple(probed), terms=terms)
     if key is not None:
         _hessian_plans.put(func, key, plan)
     return plan

@@ -163,7 +163,11 @@ class HessianPlan:
 
     Attributes:
       mode: the chosen nesting, e.g. ``"fwd-over-rev"``.
+      n: the number of differentiated input elements (the Hessian is ``n x n``).
       costs: static cost per nesting (``inf`` where it cannot run).
+      terms: nesting -> its cost term by term
+        (:class:`~functorch_lite._planner.model.NestingTerms`), for the nestings whose
+        inner program traced.
       unsupported: nesting -> the first line of the error tracing it raised.
       probed: the nestings that were traced to check that they run.
     """
@@ -174,6 +178,7 @@ class HessianPlan:
     unsupported: dict[str, str] = dataclasses.field(default_factory=dict)
     probed: tuple[str, ...] = ()
     source: str = "static cost model"
+    terms: dict = dataclasses.field(default_factory=dict)
 
     def describe(self) -> str:
         costs = ", ".join(f"{k} {_num(v)}" for k, v in self.costs.items())
@@ -182,3 +187,18 @@ class HessianPlan:
             text += f"; {m} cannot run: {reason}"
         return text + ")"
 
+    def table(self) -> list[str]:
+        """The four nestings priced, one row each, the chosen one starred."""
+        lines = [f"  {'':<2}{'nesting':<13} {'outer passes':>12} {'per pass':>10} "
+                 f"{'primal':>10} {'extra term':>26} {'static':>10}"]
+        lines.append("  " + "-" * (len(lines[0]) - 2))
+        for mode, cost in self.costs.items():
+            mark = "* " if mode == self.mode else "  "
+            t = self.terms.get(mode)
+            if mode in self.unsupported or t is None:
+                lines.append(f"  {mark}{mode:<13} cannot run: {self.unsupported.get(mode, '')}")
+                continue
+            extra = f"{t.extra_name} {_num(t.extra)}"
+            lines.append(f"  {mark}{mode:<13} {t.passes:>12} {_num(t.per_pass):>10} "
+                         f"{_num(t.primal):>10} {extra:>26} {_num(cost):>10}")
+        return lines
