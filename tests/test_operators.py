@@ -365,7 +365,9 @@ def test_stochastic_laplacian_mean_within_four_standard_errors(x64):
         est, se, plain = (np.asarray(a) for a in jax.jit(jax.vmap(both))(keys))
         assert np.all(se > 0)
         assert np.all(np.abs(est - exact) < 4 * se), (dist, est, se, exact)
-        np.testing.assert_allclose(plain, est, rtol=1e-12)
+        # the plain estimate sums the directions before scaling, return_std averages them:
+        # the same value up to float64 rounding of terms of size ~1 (one lands near 0)
+        np.testing.assert_allclose(plain, est, rtol=1e-12, atol=1e-14)
 
 
 def test_stochastic_standard_error_falls_as_one_over_sqrt_k(x64):
