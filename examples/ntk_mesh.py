@@ -110,8 +110,7 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=20)
-    parser.add_argument("--test", type=int, default=5)
-    parser.add_argument("--size", type=int, default=32)
+    for flag, default in (("--train", 20), ("--test", 5), ("--size", 32)):
+        parser.add_argument(flag, type=int, default=default)
     a = parser.parse_args()
     main(a.train, a.test, a.size)
