@@ -285,10 +285,12 @@ def test_per_device_temp_memory_of_the_wide_jacobian(slow_result):
 
 @pytest.mark.slow
 def test_per_device_temp_memory_of_the_ntk(slow_result):
-    """The NTK's kernel is computed blockwise: no device holds all of J(x1) or J(x2), so
-    its temp memory falls as 1/d too (an all-gathered J(x2) left it at 0.44x)."""
+    """The NTK's kernel is computed blockwise over a ring: no device holds all of J(x1) or
+    J(x2), so its temp memory falls as 1/d too (an all-gathered J(x2) left it at 0.44x).
+    A device holds the Jacobians of (N + 2M) / d = (8 + 2 * 4) / 4 = 4 of the 12 samples
+    (its 2 of x1, the x2 block it combines and the one arriving): about 1/3, measured 0.32x."""
     m = slow_result["ntk"]
-    assert m["mesh"] <= 0.3 * m["single"], m
+    assert m["mesh"] <= 0.35 * m["single"], m
     assert m["accuracy"]["rel"] <= 1e-6, m["accuracy"]
 
 
