@@ -6,8 +6,9 @@ start-up, ``XLA_FLAGS=train.cpu_device_flags(d)``):
 1. ``jacrev`` of the wide function R^512 -> R^8192 -> R^512 (``W2 tanh(W1 x)``), the
    512 VJPs split over the mesh, against the same Jacobian on one device (no mesh).
 2. The NTK of examples/ntk_mesh.py (the torch.func tutorial's CNN, 16 x 16 images, 8
-   training against 4 test samples): the per-sample Jacobians split with
-   ``vmap(mesh=)``, then contracted.
+   training against 4 test samples), computed blockwise over the mesh
+   (``_mesh.sharded_pairs``: each device computes the Jacobians of its share of both sets;
+   the test blocks travel around the devices, a ring), against one device's.
 
 Memory is XLA's own plan, ``memory_analysis().temp_size_in_bytes`` of the compiled SPMD
 program, which is per device; the figure that must hold is memory per device ~ 1/d.

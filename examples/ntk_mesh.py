@@ -9,9 +9,10 @@ on 3 x 32 x 32 images. For inputs x1, x2 the NTK is
 the contraction of the two per-sample Jacobians over the parameters (the tutorial's
 "Jacobian contraction" method). Each per-sample Jacobian is ``jacrev`` of the network in
 its parameters (10 rows, 10 x 235k floats at 32 x 32). Over a mesh the kernel is computed
-blockwise (``functorch_lite._mesh.sharded_pairs``): each device keeps the Jacobians of its
-share of x1 and visits x2 one block at a time, so no device holds all of either set's
-Jacobians (an all-gathered J(x2) would put all of them on every device).
+blockwise (``functorch_lite._mesh.sharded_pairs``): each device computes the Jacobians of
+its share of x1 and of x2, and the x2 blocks travel around the devices (a ring), so no
+device holds all of either set's Jacobians (an all-gathered J(x2) would put all of them on
+every device) and none computes more than its share.
 
 On a CPU-only machine JAX shows one device, so this script asks for 4 simulated ones
 (set before JAX starts; `train.cpu_device_flags` also raises XLA's in-process collective
@@ -79,15 +80,14 @@ def contract(j1: dict, j2: dict) -> jax.Array:
 
 def ntk(params: dict, x1: jax.Array, x2: jax.Array, mesh=None) -> jax.Array:
     """NTK (N, M, 10, 10) of the samples x1 (N, ...) against x2 (M, ...): per-sample
-    Jacobians contracted over every parameter. With ``mesh``, blockwise: each device
-    holds the Jacobians of its N / d samples of x1 and, one block of M / d samples of x2
-    at a time, computes theirs and contracts (``sharded_pairs``); no device holds all
-    of either, so memory per device falls as 1 / d."""
+    Jacobians contracted over every parameter. With ``mesh``, blockwise over a ring
+    (``sharded_pairs``): each device computes the Jacobians of its N / d samples of x1
+    and M / d of x2, contracts, and passes its x2 block on to the next device, d times;
+    no device holds all of either set, so memory (and work) per device falls as 1 / d."""
     per_sample = fl.vmap(fl.jacrev(cnn), in_dims=(None, 0))
     if mesh is None:
         return contract(per_sample(params, x1), per_sample(params, x2))
-    return sharded_pairs(per_sample, lambda p, j1, b: contract(j1, per_sample(p, b)), x1, x2,
-                         mesh=mesh, operands=(params,))
+    return sharded_pairs(per_sample, contract, x1, x2, mesh=mesh, operands=(params,))
 
 
 def main(n_train: int = 20, n_test: int = 5, size: int = 32) -> float:
@@ -110,8 +110,7 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=20)
-    parser.add_argument("--test", type=int, default=5)
-    parser.add_argument("--size", type=int, default=32)
+    for flag, default in (("--train", 20), ("--test", 5), ("--size", 32)):
+        parser.add_argument(flag, type=int, default=default)
     a = parser.parse_args()
     main(a.train, a.test, a.size)

@@ -583,55 +583,55 @@ def _pad_rows(tree: Any, padded: int) -> Any:
     return jax.tree_util.tree_map(pad, tree)
 
 
-def sharded_pairs(left: Callable, pair: Callable, x1: Any, x2: Any, *, mesh: Mesh,
+def sharded_pairs(embed: Callable, combine: Callable, x1: Any, x2: Any, *, mesh: Mesh,
                   axis: str | None = None, operands: tuple = (), where: str = "sharded_pairs") -> Any:
-    """``K[a, b] = pair(*operands, left(*operands, x1[a]), x2[b])`` for all rows ``a`` of
-    ``x1`` and ``b`` of ``x2``, with ``x1``'s rows split over ``mesh`` and no device
-    holding more than its own blocks (an NTK: ``left`` the per-sample Jacobians of
-    ``x1``'s rows, ``pair`` the Jacobians of ``x2``'s contracted with them).
+    """``K = combine(embed(*operands, x1), embed(*operands, x2))`` computed blockwise over
+    ``mesh``, with no device holding all of either embedding (an NTK:
+    ``embed`` the per-sample Jacobians, ``combine`` their contraction over the parameters,
+    ``(n, m, ...)`` for ``n`` and ``m`` rows).
 
-    Device ``k`` runs ``left`` once on its ``ceil(N / d)`` rows of ``x1`` (``state``), then
-    visits ``x2`` (replicated: inputs are small) ``d`` blocks of ``ceil(M / d)`` rows one
-    after another (``lax.fori_loop``), computing ``pair(*operands, state, block)`` of
-    shape ``(ceil(N / d), ceil(M / d), ...)`` and writing it into its rows of ``K``. So a
-    device holds ``state`` and one block's work at a time: memory per device ~ 1/d of one
-    device's; the price is that every device runs ``pair`` over all of ``x2`` (compute
-    ``N / d + M`` rows per device rather than ``(N + M) / d``: put the larger set first).
-    ``x1``, ``x2``: arrays or pytrees with a common leading axis (padded by repeating
-    their last row, results dropped). Returns ``K`` ``(N, M, ...)`` sharded along axis 0
-    when ``d`` divides ``N``, else replicated.
+    Both row sets are split over the ``d`` devices (``ceil(N / d)`` and ``ceil(M / d)``
+    rows each, padded by repeating the last row, results dropped). Device ``k`` embeds
+    its rows of ``x1`` and of ``x2`` once, then for ``d`` steps (``lax.fori_loop``)
+    combines its ``x1`` embedding with the ``x2`` block it holds and passes that block to
+    its neighbour (``lax.ppermute``, a ring), so it sees every block once. Each device
+    computes ``(N + M) / d`` embeddings and holds its ``x1`` share, two ``x2`` blocks (the
+    one it combines and the one arriving) and its rows of ``K``: ``(N + 2M) / d`` rows'
+    embeddings, so memory per device falls as 1/d. ``x1``, ``x2``: arrays or
+    pytrees with a common leading axis. Returns ``K`` ``(N, M, ...)`` sharded along axis
+    0 when ``d`` divides ``N``, else replicated.
 
     >>> import jax, jax.numpy as jnp
     >>> mesh = jax.make_mesh((1,), ("data",))
-    >>> sharded_pairs(lambda a: 2 * a, lambda s, b: s @ b.T, jnp.eye(2), jnp.ones((3, 2)), mesh=mesh)
-    Array([[2., 2., 2.],
-           [2., 2., 2.]], dtype=float32)
+    >>> sharded_pairs(lambda a: 2 * a, lambda s, t: s @ t.T, jnp.eye(2), jnp.ones((3, 2)), mesh=mesh)
+    Array([[4., 4., 4.],
+           [4., 4., 4.]], dtype=float32)
     """
     axis = check(mesh, axis, False, where)
     _check_context(mesh, axis, where)
     rows = [_check_concrete_size(np.shape(jax.tree_util.tree_leaves(x)[0])[0], where, "the row count")
             for x in (x1, x2)]
     s1, s2 = (split_plan(n, mesh, axis) for n in rows)
-    d = s1.devices
+    d, p2 = s1.devices, s2.per_device
+    ring = [(k, (k - 1) % d) for k in range(d)]      # device k passes its block to k - 1
 
     def body(ops, a, b):
-        state = left(*ops, a)
-        block = lambda j: jax.tree_util.tree_map(  # noqa: E731
-            lambda x: jax.lax.dynamic_slice_in_dim(x, j * s2.per_device, s2.per_device), b)
-        shape = jax.eval_shape(lambda s, c: pair(*ops, s, c), state, block(0))
-        out = jnp.zeros((shape.shape[0], d * s2.per_device) + shape.shape[2:], shape.dtype)
+        state, block = embed(*ops, a), embed(*ops, b)
+        shape = jax.eval_shape(combine, state, block)
+        out = jnp.zeros((shape.shape[0], d * p2) + shape.shape[2:], shape.dtype)
+        me = jax.lax.axis_index(axis)
 
-        def step(j, out):
-            return jax.lax.dynamic_update_slice_in_dim(out, pair(*ops, state, block(j)),
-                                                       j * s2.per_device, axis=1)
-        return jax.lax.fori_loop(0, d, step, out)
+        def step(j, carry):          # at step j device k holds the block of device k + j
+            out, block = carry
+            out = jax.lax.dynamic_update_slice_in_dim(out, combine(state, block), ((me + j) % d) * p2, axis=1)
+            return out, jax.tree_util.tree_map(lambda x: jax.lax.ppermute(x, axis, ring), block)
+        return jax.lax.fori_loop(0, d, step, (out, block))[0]
 
     def run(ops, a, b):
-        a, b = _pad_rows(a, s1.per_device * d), _pad_rows(b, s2.per_device * d)
-        out = jax.shard_map(body, mesh=_auto(mesh), in_specs=(P(), P(axis), P()), out_specs=P(axis),
+        a, b = _pad_rows(a, s1.per_device * d), _pad_rows(b, p2 * d)
+        out = jax.shard_map(body, mesh=_auto(mesh), in_specs=(P(), P(axis), P(axis)), out_specs=P(axis),
                             check_vma=False)(ops, a, b)
-        out = out[:rows[0], :rows[1]]
-        return _place([out], [0], mesh, axis, False, where)[0]
+        return _place([out[:rows[0], :rows[1]]], [0], mesh, axis, False, where)[0]
 
     return _jit_call(run, mesh, tuple(operands), x1, x2)
 

@@ -60,8 +60,7 @@ from jax.flatten_util import ravel_pytree
 
 from . import _args
 from ._cost import analyse
-from ._jaxpr import stage
-from ._jaxpr.taylor import UnsupportedPrimitiveError, propagate
+from ._jaxpr.taylor import UnsupportedPrimitiveError, propagate, stage_with_tree
 from .higher import _check_key
 
 __all__ = ["laplacian", "diff_operator", "biharmonic", "divergence", "OperatorCost",
@@ -100,7 +99,6 @@ def _problem(func: Callable, args: tuple, argnums, where: str, check_out: Callab
             live.extend(range(len(flat_args), len(flat_args) + len(leaves)))
         flat_args.extend(leaves)
     treedef = jax.tree_util.tree_structure(tuple(args))
-    out_store = {}
 
     def flat(*leaves):
         out = func(*jax.tree_util.tree_unflatten(treedef, list(leaves)))
@@ -108,14 +106,13 @@ def _problem(func: Callable, args: tuple, argnums, where: str, check_out: Callab
         _args.check_inexact_output(out, where)
         if check_out is not None:
             check_out(out)
-        leaves_out, out_store["tree"] = jax.tree_util.tree_flatten(out)
-        return [jnp.asarray(x) for x in leaves_out]
+        return jax.tree_util.tree_map(jnp.asarray, out)
 
-    closed = stage(flat, *flat_args)
+    closed, out_tree = stage_with_tree(flat, *flat_args)   # the jaxpr's outputs: out's leaves
     shapes = [tuple(np.shape(flat_args[i])) for i in live]
     dtype = jnp.result_type(*[flat_args[i] for i in live])
     dim = sum(math.prod(s) for s in shapes)
-    return _Problem(closed, flat_args, live, shapes, dtype, dim, out_store["tree"],
+    return _Problem(closed, flat_args, live, shapes, dtype, dim, out_tree,
                     [v.aval for v in closed.jaxpr.outvars])
 
 
@@ -390,6 +387,16 @@ def _check_coefficients(where, dim, coefficients, factor):
     return value
 
 
+def _check_weights_given(where, coefficients, factor, method):
+    """``diff_operator`` needs ``C`` (or its factor), and a factor to draw directions."""
+    if coefficients is None and factor is None:
+        raise ValueError(f"{where}: pass coefficients (the matrix C) or factor "
+                         "(sigma with C = sigma sigma^T).")
+    if method == "stochastic" and factor is None:
+        raise ValueError(f"{where}: method='stochastic' needs factor=sigma "
+                         "(C = sigma sigma^T): directions sigma z have E[(sigma z)(sigma z)^T] = C.")
+
+
 def diff_operator(func: Callable, coefficients: Any = None, *, factor: Any = None,
                   argnums: _args.Argnums = 0, method: str = "exact", num_samples: int | None = None,
                   key: Any = None, distribution: str = "rademacher", return_std: bool = False) -> Callable:
@@ -420,12 +427,7 @@ def diff_operator(func: Callable, coefficients: Any = None, *, factor: Any = Non
     name = _args.func_name(func)
     where = f"diff_operator({name})(*args)"
     k = _check_stochastic(f"diff_operator({name})", method, num_samples, key, distribution, return_std)
-    if coefficients is None and factor is None:
-        raise ValueError(f"diff_operator({name}): pass coefficients (the matrix C) or factor "
-                         "(sigma with C = sigma sigma^T).")
-    if method == "stochastic" and factor is None:
-        raise ValueError(f"diff_operator({name}): method='stochastic' needs factor=sigma "
-                         "(C = sigma sigma^T): directions sigma z have E[(sigma z)(sigma z)^T] = C.")
+    _check_weights_given(f"diff_operator({name})", coefficients, factor, method)
 
     def impl(*args):
         prob = _problem(func, args, argnums, where)
@@ -439,10 +441,7 @@ def diff_operator(func: Callable, coefficients: Any = None, *, factor: Any = Non
         return _unflatten(prob, [2 * t for t in _top(prob, Q.T, lam, 2, where)])
 
     def reference(*args):
-        if factor is not None:
-            C = jnp.asarray(factor) @ jnp.asarray(factor).T
-        else:
-            C = jnp.asarray(coefficients)
+        C = jnp.asarray(coefficients) if factor is None else jnp.asarray(factor) @ jnp.asarray(factor).T
         return _hessian_trace(func, args, argnums, weight=C)
 
     r = "r" if factor is None else np.shape(factor)[-1] if np.ndim(factor) == 2 else "r"
@@ -536,6 +535,34 @@ def biharmonic(func: Callable, argnums: _args.Argnums = 0, *, method: str = "exa
 
 # ----------------------------------------------------------------------- divergence
 
+def _field_check(args: tuple, argnums, where: str) -> Callable:
+    """A check that the field's output has the structure and shapes of the differentiated
+    arguments (``F: R^d -> R^d``)."""
+    positions = _args.normalize_argnums(argnums, len(args), where)
+    like = tuple(args[p] for p in positions)
+    like = like if isinstance(argnums, (tuple, list)) else like[0]
+    ref = jax.tree_util.tree_structure(like)
+    shapes_ref = [np.shape(x) for x in jax.tree_util.tree_leaves(like)]
+
+    def check_out(out):
+        got = jax.tree_util.tree_structure(out)
+        shapes_out = [np.shape(x) for x in jax.tree_util.tree_leaves(out)]
+        if ref != got or shapes_ref != shapes_out:
+            raise ValueError(f"{where}: expected field to return a vector field shaped like the "
+                             f"differentiated argument(s) ({ref} with shapes {shapes_ref}), got "
+                             f"{got} with shapes {shapes_out}; the divergence needs F: R^d -> R^d.")
+    return check_out
+
+
+def _tangents(prob: _Problem, V, identity: bool, where: str):
+    """``J v`` for each direction ``v`` (the rows of ``V``): one forward pass, ``(R, D)``."""
+    outs = propagate(prob.closed, prob.leaves, order=1, with_top=False, where=where,
+                     **_seeds(prob, V, identity))
+    R = V.shape[0]
+    return jnp.concatenate([jnp.zeros((R, math.prod(a.shape)), a.dtype) if o.lo[0] is None
+                            else o.lo[0].reshape(R, -1) for o, a in zip(outs, prob.out_avals)], axis=1)
+
+
 def divergence(field: Callable, argnums: _args.Argnums = 0, *, method: str = "exact",
                num_samples: int | None = None, key: Any = None, distribution: str = "rademacher",
                return_std: bool = False) -> Callable:
@@ -557,30 +584,12 @@ def divergence(field: Callable, argnums: _args.Argnums = 0, *, method: str = "ex
     k = _check_stochastic(f"divergence({name})", method, num_samples, key, distribution, return_std)
 
     def impl(*args):
-        positions = _args.normalize_argnums(argnums, len(args), where)
-        like = tuple(args[p] for p in positions)
-        like = like if isinstance(argnums, (tuple, list)) else like[0]
-
-        def check_out(out):
-            ref = jax.tree_util.tree_structure(like)
-            got = jax.tree_util.tree_structure(out)
-            shapes_ref = [np.shape(x) for x in jax.tree_util.tree_leaves(like)]
-            shapes_out = [np.shape(x) for x in jax.tree_util.tree_leaves(out)]
-            if ref != got or shapes_ref != shapes_out:
-                raise ValueError(f"{where}: expected field to return a vector field shaped like the "
-                                 f"differentiated argument(s) ({ref} with shapes {shapes_ref}), got "
-                                 f"{got} with shapes {shapes_out}; the divergence needs F: R^d -> R^d.")
-
-        prob = _problem(field, args, argnums, where, check_out)
+        prob = _problem(field, args, argnums, where, _field_check(args, argnums, where))
         if method == "exact":
             V = jnp.eye(prob.dim, dtype=prob.dtype)
         else:
             V = _directions(key, k, prob.dim, prob.dtype, distribution)
-        outs = propagate(prob.closed, prob.leaves, order=1, with_top=False, where=where,
-                         **_seeds(prob, V, method == "exact"))
-        R = V.shape[0]
-        JV = jnp.concatenate([jnp.zeros((R, math.prod(a.shape)), a.dtype) if o.lo[0] is None
-                              else o.lo[0].reshape(R, -1) for o, a in zip(outs, prob.out_avals)], axis=1)
+        JV = _tangents(prob, V, method == "exact", where)
         if method == "exact":
             return jnp.trace(JV)
         samples = jnp.sum(V.astype(JV.dtype) * JV, axis=1)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import runpy
+import types
 
 import numpy as np
 import pytest
@@ -12,10 +13,9 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examp
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The example's module namespace (run as a module, not as __main__)."""
+    path = os.path.join(EXAMPLES, f"{name}.py")
+    return types.SimpleNamespace(**runpy.run_path(path, run_name=f"example_{name}"))
 
 
 def test_poisson_pinn_trains_and_plots_its_residual(tmp_path):

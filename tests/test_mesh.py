@@ -173,30 +173,32 @@ SCRIPT = textwrap.dedent(r"""
 
     def bad_input_checks():
         # bad input on the 4-device mesh
-        errors = {}
-        def catch(name, fn):
+        def outcome(fn):     # [exception type, message], or None when fn() succeeds
             try:
                 fn()
-                errors[name] = None
             except (TypeError, ValueError) as e:
-                errors[name] = [type(e).__name__, str(e)]
+                return [type(e).__name__, str(e)]
+            return None
         big = lambda x: jnp.sin(x) * 2.0
         xb = jax.ShapeDtypeStruct((300_000,), jnp.float32)   # J: 300000^2 float32 = 335 GiB
-        catch("gather_too_large", lambda: jax.eval_shape(fl.jacrev(big, mesh=mesh, gather=True), xb))
-        catch("uneven_too_large", lambda: jax.eval_shape(fl.jacfwd(big, mesh=mesh), jax.ShapeDtypeStruct((300_001,), jnp.float32)))
-        catch("inside_shard_map", lambda: jax.shard_map(lambda v: fl.jacrev(f, mesh=mesh)(v), mesh=mesh,
-                                                         in_specs=P(), out_specs=P())(x))
         other = jax.make_mesh((2,), ("data",), devices=jax.devices()[:2])
         def under_other_mesh():
             with jax.set_mesh(other):
                 jax.jit(fl.jacrev(f, mesh=mesh))(x)
-        catch("other_mesh_context", under_other_mesh)
-        catch("missing_axis", lambda: fl.hessian(h, mesh=mesh, mesh_axis="model"))
-        catch("laplacian_missing_axis", lambda: fl.laplacian(h, mesh=mesh, mesh_axis="model"))
-        catch("laplacian_small_basis", lambda: fl.laplacian(h, mesh=mesh)(x[:3]))
-        catch("laplacian_few_samples", lambda: fl.laplacian(h, method="stochastic", num_samples=2,
-                                                            key=jax.random.key(0), mesh=mesh)(x))
-        out["errors"] = errors
+        cases = {
+            "gather_too_large": lambda: jax.eval_shape(fl.jacrev(big, mesh=mesh, gather=True), xb),
+            "uneven_too_large": lambda: jax.eval_shape(fl.jacfwd(big, mesh=mesh),
+                                                       jax.ShapeDtypeStruct((300_001,), jnp.float32)),
+            "inside_shard_map": lambda: jax.shard_map(lambda v: fl.jacrev(f, mesh=mesh)(v), mesh=mesh,
+                                                      in_specs=P(), out_specs=P())(x),
+            "other_mesh_context": under_other_mesh,
+            "missing_axis": lambda: fl.hessian(h, mesh=mesh, mesh_axis="model"),
+            "laplacian_missing_axis": lambda: fl.laplacian(h, mesh=mesh, mesh_axis="model"),
+            "laplacian_small_basis": lambda: fl.laplacian(h, mesh=mesh)(x[:3]),
+            "laplacian_few_samples": lambda: fl.laplacian(h, method="stochastic", num_samples=2,
+                                                          key=jax.random.key(0), mesh=mesh)(x),
+        }
+        out["errors"] = {name: outcome(fn) for name, fn in cases.items()}
     jax.config.update("jax_enable_x64", False)
     f, h, x, X, tree, p, y = problems(jnp.float32)
     spec = lambda a: [str(e) for e in a.sharding.spec]
@@ -283,10 +285,12 @@ def test_per_device_temp_memory_of_the_wide_jacobian(slow_result):
 
 @pytest.mark.slow
 def test_per_device_temp_memory_of_the_ntk(slow_result):
-    """The NTK's kernel is computed blockwise: no device holds all of J(x1) or J(x2), so
-    its temp memory falls as 1/d too (an all-gathered J(x2) left it at 0.44x)."""
+    """The NTK's kernel is computed blockwise over a ring: no device holds all of J(x1) or
+    J(x2), so its temp memory falls as 1/d too (an all-gathered J(x2) left it at 0.44x).
+    A device holds the Jacobians of (N + 2M) / d = (8 + 2 * 4) / 4 = 4 of the 12 samples
+    (its 2 of x1, the x2 block it combines and the one arriving): about 1/3, measured 0.32x."""
     m = slow_result["ntk"]
-    assert m["mesh"] <= 0.3 * m["single"], m
+    assert m["mesh"] <= 0.35 * m["single"], m
     assert m["accuracy"]["rel"] <= 1e-6, m["accuracy"]
 
 

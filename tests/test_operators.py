@@ -349,11 +349,16 @@ def _step(loss, opt, params, state):
 
 # -------------------------------------------------------------------------- stochastic
 
+def _mlp_point(seed, d, act):
+    """A scalar MLP R^d -> R (width 16), a float64 point and its exact Laplacian."""
+    params = init_mlp(jax.random.key(seed), [d, 16, 1])
+    f = lambda x: mlp_apply(params, x, act)[0]  # noqa: E731
+    x = jax.random.normal(jax.random.key(seed + 1), (d,), jnp.float64)
+    return f, x, float(jax.jit(fl.laplacian(f))(x))
+
+
 def test_stochastic_laplacian_mean_within_four_standard_errors(x64):
-    params = init_mlp(jax.random.key(15), [6, 16, 1])
-    f = lambda x: mlp_apply(params, x, jnp.tanh)[0]  # noqa: E731
-    x = jax.random.normal(jax.random.key(16), (6,), jnp.float64)
-    exact = float(jax.jit(fl.laplacian(f))(x))
+    f, x, exact = _mlp_point(15, 6, jnp.tanh)
     keys = jax.random.split(jax.random.key(0), 5)
     for dist in ("rademacher", "gaussian"):
         def both(key, dist=dist):
@@ -365,14 +370,13 @@ def test_stochastic_laplacian_mean_within_four_standard_errors(x64):
         est, se, plain = (np.asarray(a) for a in jax.jit(jax.vmap(both))(keys))
         assert np.all(se > 0)
         assert np.all(np.abs(est - exact) < 4 * se), (dist, est, se, exact)
-        np.testing.assert_allclose(plain, est, rtol=1e-12)
+        # the plain estimate sums the directions before scaling, return_std averages them:
+        # the same value up to float64 rounding of terms of size ~1 (one lands near 0)
+        np.testing.assert_allclose(plain, est, rtol=1e-12, atol=1e-14)
 
 
 def test_stochastic_standard_error_falls_as_one_over_sqrt_k(x64):
-    params = init_mlp(jax.random.key(17), [8, 16, 1])
-    f = lambda x: mlp_apply(params, x, jnp.sin)[0]  # noqa: E731
-    x = jax.random.normal(jax.random.key(18), (8,), jnp.float64)
-    exact = float(jax.jit(fl.laplacian(f))(x))
+    f, x, exact = _mlp_point(17, 8, jnp.sin)
     keys = jax.random.split(jax.random.key(0), 200)
 
     def stats(k):

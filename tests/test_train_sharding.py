@@ -40,11 +40,11 @@ SCRIPT = textwrap.dedent("""
         return jnp.mean(((h @ params["W2"])[:, 0] - y) ** 2)
 
     rng = np.random.RandomState(0)
-    x = rng.randn(128, 5).astype(np.float32)
-    y = np.sin(x @ rng.randn(5)).astype(np.float32)
-    k1, k2 = jax.random.split(jax.random.key(0))
-    params = {"W1": jax.random.normal(k1, (5, 32)) / 2, "b1": jnp.zeros(32),
-              "W2": jax.random.normal(k2, (32, 1)) / 6}
+    x, w_true = rng.randn(128, 5).astype(np.float32), rng.randn(5)
+    y = np.sin(x @ w_true).astype(np.float32)
+    W1, W2 = (jax.random.normal(k, shape) / scale for k, shape, scale in
+              zip(jax.random.split(jax.random.key(0)), [(5, 32), (32, 1)], [2, 6]))
+    params = {"W1": W1, "b1": jnp.zeros(32), "W2": W2}
     kw = dict(steps=12, batch_size=32, accumulate=2, steps_per_call=3, progress=False)
     meshes = {
         "explicit": jax.make_mesh((4,), ("data",)),
