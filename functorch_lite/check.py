@@ -330,7 +330,7 @@ def _split_complex(a: Any) -> Any:
 
 
 def _join_complex(a: Any, like: Any) -> Any:
-    return a[..., 0] + 1j * a[..., 1] if jnp.iscomplexobj(like) else a
+    return jax.lax.complex(a[..., 0], a[..., 1]) if jnp.iscomplexobj(like) else a
 
 
 def _check_settings(eps: Any, rtol: Any, atol: Any, where: str) -> None:

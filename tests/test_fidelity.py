@@ -17,18 +17,9 @@ from jax.lax import while_loop
 import functorch_lite as fl
 from functorch_lite.higher import NestingFallbackWarning
 
-from conftest import assert_tree_allclose
+from conftest import assert_tree_allclose, keys_at_every_depth
 
 X = jnp.array([1.0, 2.0, 3.0])
-
-
-def keys_at_every_depth(tree):
-    """Every dict's key list, depth first: order-sensitive, unlike tree equality."""
-    if isinstance(tree, dict):
-        return [list(tree)] + [k for v in tree.values() for k in keys_at_every_depth(v)]
-    if isinstance(tree, (tuple, list)):
-        return [k for v in tree for k in keys_at_every_depth(v)]
-    return []
 
 
 # ----------------------------------------------------------------------------- dict order

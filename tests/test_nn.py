@@ -393,24 +393,15 @@ def test_norm_bad_input():
 # --------------------------------------------------------------- what reverse mode stores
 
 
-def residual_bytes(f, *args) -> int:
-    """Bytes of the distinct arrays a ``jax.vjp`` closure keeps (its pytree leaves)."""
-    _, pullback = jax.vjp(f, *args)
+def residual_bytes(f, *args, vjp=jax.vjp) -> int:
+    """Bytes of the distinct arrays a ``vjp`` closure keeps (its pytree leaves)."""
+    _, pullback = vjp(f, *args)
     seen = {id(leaf): leaf for leaf in jax.tree_util.tree_leaves(pullback)}
     return sum(leaf.size * leaf.dtype.itemsize for leaf in seen.values())
 
 
-@pytest.mark.parametrize("kind", ["layer", "rms"])
-def test_norms_store_at_most_055_of_autodiff(kind):
-    x = rand(0, (64, 128))
-    scale, offset = 1 + rand(1, (128,)), rand(2, (128,))
-    if kind == "layer":
-        ours = residual_bytes(lambda x, s, o: nn.layer_norm(x, s, o), x, scale, offset)
-        plain = residual_bytes(ref_layer_norm, x, scale, offset)
-    else:
-        ours = residual_bytes(nn.rms_norm, x, scale)
-        plain = residual_bytes(ref_rms_norm, x, scale)
-    assert ours <= 0.55 * plain, (ours, plain)
+# The norms' residuals (at most 0.55x of autodiff's): tests/test_nn_raw.py, under both
+# jax.vjp and functorch_lite's vjp.
 
 
 def test_linear_stores_only_its_inputs():
