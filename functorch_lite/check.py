@@ -228,6 +228,29 @@ def check_grad(func: Callable, *args: Any, argnums: _args.Argnums | None = None,
     """
     _args.check_callable(func, "check_grad")
     where = f"check_grad({_args.func_name(func)}, *args)"
+    args, modes = _check_inputs(func, args, kwargs, order, modes, eps, rtol, atol, where)
+    positions = _args.differentiable_positions(
+        args, tuple(range(len(args))) if argnums is None else argnums, where)
+    with jax.enable_x64(True):
+        flat_func, x = _flat_problem(func, args, positions, where)
+        k1, k2 = jax.random.split(jax.random.key(seed))
+        comparisons, u, v = _first_order(flat_func, x, k1, modes, eps, rtol, atol, "d1", where)
+        if order == 2:
+            if "fwd" in modes:
+                d_fwd = lambda y: jvp(flat_func, (y,), (u,))[1]
+                comparisons += _first_order(d_fwd, x, k2, modes, eps, rtol, atol, "d2 of fwd", where)[0]
+            if "rev" in modes:
+                d_rev = lambda y: vjp(flat_func, y)[1](v)[0]
+                comparisons += _first_order(d_rev, x, k2, modes, eps, rtol, atol, "d2 of rev", where)[0]
+    report = GradCheckReport(tuple(comparisons))
+    if raise_on_error and not report.passed:
+        _raise_mismatch(report, where)
+    return report
+
+
+def _check_inputs(func: Callable, args: tuple, kwargs: dict, order: Any, modes: Any, eps: Any, rtol: Any,
+                  atol: Any, where: str) -> tuple[tuple, tuple]:
+    """``check_grad``'s checks of its arguments: the point ``args`` and the ``modes``."""
     if "args" in kwargs:
         if args:
             raise TypeError(f"{where}: pass the point either positionally, check_grad(f, x, y), or as "
@@ -248,62 +271,56 @@ def check_grad(func: Callable, *args: Any, argnums: _args.Argnums | None = None,
         raise ValueError(f"{where}: modes must be a non-empty subset of {MODES}, got {modes!r}.")
     if not args:
         raise ValueError(f"{where}: give the point to check at, e.g. check_grad(f, x).")
-    positions = _args.differentiable_positions(
-        args, tuple(range(len(args))) if argnums is None else argnums, where)
+    return args, modes
 
-    with jax.enable_x64(True):
-        def to64(a):
-            a = jnp.asarray(a)
-            return a.astype(jnp.complex128 if jnp.iscomplexobj(a) else jnp.float64)
 
-        def inexact_to64(a):
-            # every float argument, perturbed or not, so dtypes still match inside func
-            dtype = _args.leaf_dtype(a)
-            return to64(a) if dtype is not None and jnp.issubdtype(dtype, jnp.inexact) else a
+def _to64(a: Any) -> jax.Array:
+    a = jnp.asarray(a)
+    return a.astype(jnp.complex128 if jnp.iscomplexobj(a) else jnp.float64)
 
-        args = jax.tree_util.tree_map(inexact_to64, tuple(args))
-        diff = tuple(args[p] for p in positions)
-        # complex leaves are checked as (real, imaginary) pairs: a real vector in, a real
-        # vector out, where <u, v> is the real inner product the check needs
-        real_diff = jax.tree_util.tree_map(_split_complex, diff)
-        x, unravel = ravel_pytree(real_diff)
 
-        def flat_func(x_flat):
-            point = jax.tree_util.tree_map(_join_complex, unravel(x_flat), diff)
-            out = _args.closed_over(func, args, positions)(point)
-            if not jax.tree_util.tree_leaves(out):
-                raise ValueError(f"{where}: expected func to return at least one float array, got "
-                                 f"{out!r}; there is no derivative to check.")
-            _args.check_inexact_output(out, where)
-            out = jax.tree_util.tree_map(lambda o: _split_complex(to64(o)), out)
-            return ravel_pytree(out)[0]
+def _inexact_to64(a: Any) -> Any:
+    # every float argument, perturbed or not, so dtypes still match inside func
+    dtype = _args.leaf_dtype(a)
+    return _to64(a) if dtype is not None and jnp.issubdtype(dtype, jnp.inexact) else a
 
-        key = jax.random.key(seed)
-        k1, k2 = jax.random.split(key)
-        comparisons, u, v = _first_order(flat_func, x, k1, modes, eps, rtol, atol, "d1", where)
-        if order == 2:
-            if "fwd" in modes:
-                d_fwd = lambda y: jvp(flat_func, (y,), (u,))[1]
-                comparisons += _first_order(d_fwd, x, k2, modes, eps, rtol, atol, "d2 of fwd", where)[0]
-            if "rev" in modes:
-                d_rev = lambda y: vjp(flat_func, y)[1](v)[0]
-                comparisons += _first_order(d_rev, x, k2, modes, eps, rtol, atol, "d2 of rev", where)[0]
 
-    report = GradCheckReport(tuple(comparisons))
-    if raise_on_error and not report.passed:
-        w = report.worst
-        if not (math.isfinite(w.got) and math.isfinite(w.expected)):
-            bad = [name for name, val in ((f"{w.method}", w.got), (w.reference, w.expected)) if not math.isfinite(val)]
-            raise GradCheckError(
-                f"{where}: {w.derivative} is not finite at this point: {w.method} gives {w.got:.10g}, "
-                f"{w.reference} give {w.expected:.10g} (non-finite: {', '.join(bad)}). The function "
-                "or its derivative is singular here (sqrt or log at 0?); check at another point."
-                f"\n{report}", report)
+def _flat_problem(func: Callable, args: tuple, positions: tuple, where: str) -> tuple[Callable, jax.Array]:
+    """``func`` of the ``positions`` arguments as a function of one flat real float64 vector
+    to one flat real vector, and the point ``x`` (under ``jax.enable_x64``)."""
+    args = jax.tree_util.tree_map(_inexact_to64, tuple(args))
+    diff = tuple(args[p] for p in positions)
+    # complex leaves are checked as (real, imaginary) pairs: a real vector in, a real
+    # vector out, where <u, v> is the real inner product the check needs
+    real_diff = jax.tree_util.tree_map(_split_complex, diff)
+    x, unravel = ravel_pytree(real_diff)
+
+    def flat_func(x_flat):
+        point = jax.tree_util.tree_map(_join_complex, unravel(x_flat), diff)
+        out = _args.closed_over(func, args, positions)(point)
+        if not jax.tree_util.tree_leaves(out):
+            raise ValueError(f"{where}: expected func to return at least one float array, got "
+                             f"{out!r}; there is no derivative to check.")
+        _args.check_inexact_output(out, where)
+        out = jax.tree_util.tree_map(lambda o: _split_complex(_to64(o)), out)
+        return ravel_pytree(out)[0]
+
+    return flat_func, x
+
+
+def _raise_mismatch(report: GradCheckReport, where: str) -> None:
+    w = report.worst
+    if not (math.isfinite(w.got) and math.isfinite(w.expected)):
+        bad = [name for name, val in ((f"{w.method}", w.got), (w.reference, w.expected)) if not math.isfinite(val)]
         raise GradCheckError(
-            f"{where}: derivatives disagree: {w.derivative} by {w.method} = {w.got:.10g} but "
-            f"{w.reference} give {w.expected:.10g} (error {w.error:.3g} > tolerance "
-            f"{w.tolerance:.3g}).\n{report}", report)
-    return report
+            f"{where}: {w.derivative} is not finite at this point: {w.method} gives {w.got:.10g}, "
+            f"{w.reference} give {w.expected:.10g} (non-finite: {', '.join(bad)}). The function "
+            "or its derivative is singular here (sqrt or log at 0?); check at another point."
+            f"\n{report}", report)
+    raise GradCheckError(
+        f"{where}: derivatives disagree: {w.derivative} by {w.method} = {w.got:.10g} but "
+        f"{w.reference} give {w.expected:.10g} (error {w.error:.3g} > tolerance "
+        f"{w.tolerance:.3g}).\n{report}", report)
 
 
 def _split_complex(a: Any) -> Any:
@@ -313,7 +330,7 @@ def _split_complex(a: Any) -> Any:
 
 
 def _join_complex(a: Any, like: Any) -> Any:
-    return a[..., 0] + 1j * a[..., 1] if jnp.iscomplexobj(like) else a
+    return jax.lax.complex(a[..., 0], a[..., 1]) if jnp.iscomplexobj(like) else a
 
 
 def _check_settings(eps: Any, rtol: Any, atol: Any, where: str) -> None:

@@ -300,6 +300,25 @@ def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "e
     transform = "hessian_diag"
     _args.check_callable(func, transform)
     _, as_tuple = _args.check_argnums(argnums, transform)
+    chunk_size, num_samples = _hessian_diag_options(method, key, num_samples, chunk_size, transform)
+    mesh_axis = _mesh.check(mesh, mesh_axis, gather, transform)
+    name = _args.func_name(func)
+
+    def diag_f(*args, **kwargs):
+        if mesh is not None:
+            return _mesh.hessian_diag(func, args, kwargs, argnums=argnums, method=method, key=key,
+                                      num_samples=num_samples, chunk_size=chunk_size, mesh=mesh,
+                                      mesh_axis=mesh_axis, gather=gather)
+        return _hessian_diag_at(func, args, kwargs, argnums, as_tuple, f"{transform}({name})(*args)", method=method,
+                                key=key, num_samples=num_samples, chunk_size=chunk_size)
+
+    return _args.named(diag_f, func, f"hessian_diag({name})",
+                       f"Diagonal of the Hessian of {name} w.r.t. argnums={argnums} ({method}).")
+
+
+def _hessian_diag_options(method: Any, key: Any, num_samples: Any, chunk_size: Any,
+                          transform: str) -> tuple[int | None, int]:
+    """``hessian_diag``'s checks of ``method``, ``key``, ``num_samples`` and ``chunk_size``."""
     _args.check_choice(method, HESSIAN_DIAG_METHODS, transform, "method")
     chunk_size = _args.check_chunk_size(chunk_size, transform)
     num_samples = _args.check_positive_int(
@@ -317,64 +336,68 @@ def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "e
             f"{transform}: key is only used by method='hutchinson'; method='exact' is "
             "deterministic. Drop key, or pass method='hutchinson'."
         )
-    mesh_axis = _mesh.check(mesh, mesh_axis, gather, transform)
-    name = _args.func_name(func)
+    return chunk_size, num_samples
 
-    def diag_f(*args, **kwargs):
-        if mesh is not None:
-            return _mesh.hessian_diag(func, args, kwargs, argnums=argnums, method=method, key=key,
-                                      num_samples=num_samples, chunk_size=chunk_size, mesh=mesh,
-                                      mesh_axis=mesh_axis, gather=gather)
-        where = f"{transform}({name})(*args)"
-        positions = _args.differentiable_positions(args, argnums, where)
-        diff = tuple(args[p] for p in positions)
-        flat, unravel = ravel_pytree(diff)
-        order = _args.order_of(diff)
 
-        call = _args.closed_over(func, args, positions, kwargs, order)  # caller's dict order
+def _hessian_diag_at(func: Callable, args: tuple, kwargs: dict, argnums: Any, as_tuple: bool, where: str,
+                     **options: Any) -> Any:
+    """``hessian_diag(func, argnums, **options)(*args, **kwargs)`` without a mesh."""
+    positions = _args.differentiable_positions(args, argnums, where)
+    diff = tuple(args[p] for p in positions)
+    flat, unravel = ravel_pytree(diff)
+    order = _args.order_of(diff)
 
-        def g(v):
-            out = call(unravel(v))
-            _args.check_scalar(out, where, "jacrev")
-            return out
+    call = _args.closed_over(func, args, positions, kwargs, order)  # caller's dict order
 
-        n = flat.shape[0]
-        if n == 0:
-            # nothing to differentiate: still run f once for its checks
-            g(flat)
-            out = _args.reorder(order, unravel(flat))
-            return out if as_tuple else out[0]
+    def g(v):
+        out = call(unravel(v))
+        _args.check_scalar(out, where, "jacrev")
+        return out
+
+    if flat.shape[0] == 0:
+        g(flat)  # nothing to differentiate: still run f once for its checks
+        diag = flat
+    else:
+        values = _hessian_diag_values(g, flat, lambda hv, n, dtype: _hessian_diag_run(hv, n, dtype, **options),
+                                      "hessian_diag")
+        diag = values if options["method"] == "exact" else values.mean(axis=0)
+    out = _args.reorder(order, unravel(diag))
+    return out if as_tuple else out[0]
+
+
+def _hessian_diag_values(g: Callable, flat: jax.Array, run: Callable, transform: str) -> jax.Array:
+    """``run(hv, n, dtype)`` with ``hv(v) = H v`` of the scalar ``g`` at ``flat``: the
+    gradient linearized once (forward-over-reverse), or reverse-over-reverse with a warning
+    where forward mode cannot run."""
+    n = flat.shape[0]
+    try:
+        with forward_mode():
+            _, hv = jax.linearize(jax.grad(g), flat)
+            return run(hv, n, flat.dtype)
+    except (TypeError, NotImplementedError) as err:
+        if not _forward_unsupported(err):
+            raise
         try:
-            with forward_mode():
-                _, hv = jax.linearize(jax.grad(g), flat)
-                values = run(hv, n, flat.dtype)
-        except (TypeError, NotImplementedError) as err:
-            if not _forward_unsupported(err):
-                raise
-            try:
-                _, pullback = jax.vjp(jax.grad(g), flat)
-                values = run(lambda v: pullback(v)[0], n, flat.dtype)
-            except (TypeError, ValueError, NotImplementedError) as err2:
-                raise _neither(transform, err, err2) from None
-            _fall_back(transform, err)
-        diag = values if method == "exact" else values.mean(axis=0)
-        out = _args.reorder(order, unravel(diag))
-        return out if as_tuple else out[0]
+            _, pullback = jax.vjp(jax.grad(g), flat)
+            values = run(lambda v: pullback(v)[0], n, flat.dtype)
+        except (TypeError, ValueError, NotImplementedError) as err2:
+            raise _neither(transform, err, err2) from None
+        _fall_back(transform, err)
+        return values
 
-    def run(hv, n, dtype):
-        """``diag(H)`` entries (exact) or ``z ⊙ H z`` samples from ``hv(v) = H v``."""
-        if method == "exact":
-            def one(i):
-                return hv((jnp.arange(n) == i).astype(dtype))[i]
-            items = jnp.arange(n)
-        else:
-            def one(i):
-                z = jax.random.rademacher(jax.random.fold_in(key, i), (n,), dtype=dtype)
-                return z * hv(z)
-            items = jnp.arange(num_samples)
-        if chunk_size is None:
-            return jax.vmap(one)(items)
-        return jax.lax.map(one, items, batch_size=chunk_size)
 
-    return _args.named(diag_f, func, f"hessian_diag({name})",
-                       f"Diagonal of the Hessian of {name} w.r.t. argnums={argnums} ({method}).")
+def _hessian_diag_run(hv: Callable, n: int, dtype: Any, *, method: str, key: Any, num_samples: int,
+                      chunk_size: int | None) -> jax.Array:
+    """``diag(H)`` entries (exact) or ``z ⊙ H z`` samples from ``hv(v) = H v``."""
+    if method == "exact":
+        def one(i):
+            return hv((jnp.arange(n) == i).astype(dtype))[i]
+        items = jnp.arange(n)
+    else:
+        def one(i):
+            z = jax.random.rademacher(jax.random.fold_in(key, i), (n,), dtype=dtype)
+            return z * hv(z)
+        items = jnp.arange(num_samples)
+    if chunk_size is None:
+        return jax.vmap(one)(items)
+    return jax.lax.map(one, items, batch_size=chunk_size)

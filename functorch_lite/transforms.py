@@ -401,12 +401,7 @@ def vmap(func: Callable, in_dims: Any = _UNSET, out_dims: Any = _UNSET,
     in_dims = _alias(in_dims, in_axes, "in_dims", "in_axes", 0)
     out_dims = _alias(out_dims, out_axes, "out_dims", "out_axes", 0)
     chunk_size = _args.check_chunk_size(chunk_size, "vmap")
-    if randomness == "different":
-        raise ValueError(
-            "vmap: randomness='different' has no meaning in JAX, which has no hidden random "
-            "state; pass a batch of PRNG keys (jax.random.split(key, n)) as a batched argument."
-        )
-    _args.check_choice(randomness, ("error", "same"), "vmap", "randomness")
+    _check_randomness(randomness)
     for d in jax.tree_util.tree_leaves((in_dims, out_dims), is_leaf=lambda x: x is None):
         _check_dim(d, "vmap", "in_dims/out_dims")
     mesh_axis = _mesh.check(mesh, mesh_axis, gather, "vmap")
@@ -417,49 +412,7 @@ def vmap(func: Callable, in_dims: Any = _UNSET, out_dims: Any = _UNSET,
             return _mesh.vmap(func, args, kwargs, in_dims=in_dims, out_dims=out_dims,
                               chunk_size=chunk_size, mesh=mesh, mesh_axis=mesh_axis, gather=gather)
         where = f"vmap({name}, in_dims={in_dims!r})(*args)"
-        if not args:
-            raise ValueError(f"{where}: expected at least one positional argument to map over.")
-        dims_prefix = in_dims if isinstance(in_dims, (tuple, list)) else (in_dims,) * len(args)
-        if isinstance(in_dims, (tuple, list)) and len(in_dims) != len(args):
-            raise ValueError(
-                f"{where}: in_dims has {len(in_dims)} entries but the function was called "
-                f"with {len(args)} positional argument(s); give one entry per argument."
-            )
-        dims_prefix = tuple(dims_prefix)
-        dims = _broadcast_prefix(dims_prefix, args, where, "in_dims")
-        size, first = None, None
-        for keypath_leaf, d in zip(jax.tree_util.tree_leaves_with_path(args), dims):
-            keypath, leaf = keypath_leaf
-            if d is None:
-                continue
-            label = "args" + jax.tree_util.keystr(keypath)
-            if _args.leaf_dtype(leaf) is None:
-                raise TypeError(f"{where}: {label} is a {type(leaf).__name__}, not an array; "
-                                "only arrays can be batched (use in_dims=None for it).")
-            ndim = np.ndim(leaf)
-            if ndim == 0:
-                raise ValueError(
-                    f"{where}: {label} is a scalar (shape ()), which has no axis to map "
-                    f"over; pass an array with a batch axis, or use in_dims=None for it."
-                )
-            if not -ndim <= d < ndim:
-                raise ValueError(
-                    f"{where}: in_dims={d} for {label} of shape {tuple(np.shape(leaf))} is out "
-                    f"of range; use an axis in [{-ndim}, {ndim - 1}] or None."
-                )
-            n = np.shape(leaf)[d]
-            if size is None:
-                size, first = n, label
-            elif n != size:
-                raise ValueError(
-                    f"{where}: batch sizes differ: {first} has {size} along its mapped axis but "
-                    f"{label} has {n}; all batched inputs must share one batch size."
-                )
-        if size is None:
-            raise ValueError(
-                f"{where}: no input is batched (every in_dims entry is None); batch at least "
-                "one argument."
-            )
+        dims_prefix, dims, size = _batch_dims(args, in_dims, where)
         f = (lambda *a: func(*a, **kwargs)) if kwargs else func
         f = _args.keep_order(f, args)
         orders: dict = {}
@@ -474,3 +427,65 @@ def vmap(func: Callable, in_dims: Any = _UNSET, out_dims: Any = _UNSET,
         return _args.reorder(orders["out"], out)
 
     return _named(vmapped, func, "vmap", f"{name} mapped over in_dims={in_dims}.")
+
+
+def _check_randomness(randomness: Any) -> None:
+    if randomness == "different":
+        raise ValueError(
+            "vmap: randomness='different' has no meaning in JAX, which has no hidden random "
+            "state; pass a batch of PRNG keys (jax.random.split(key, n)) as a batched argument."
+        )
+    _args.check_choice(randomness, ("error", "same"), "vmap", "randomness")
+
+
+def _batch_dims(args: tuple, in_dims: Any, where: str) -> tuple[tuple, list, int]:
+    """``vmap``'s checks of its arguments against ``in_dims``: the per-argument prefix of
+    ``in_dims``, the batch axis of each leaf, and the common batch size."""
+    if not args:
+        raise ValueError(f"{where}: expected at least one positional argument to map over.")
+    dims_prefix = in_dims if isinstance(in_dims, (tuple, list)) else (in_dims,) * len(args)
+    if isinstance(in_dims, (tuple, list)) and len(in_dims) != len(args):
+        raise ValueError(
+            f"{where}: in_dims has {len(in_dims)} entries but the function was called "
+            f"with {len(args)} positional argument(s); give one entry per argument."
+        )
+    dims_prefix = tuple(dims_prefix)
+    dims = _broadcast_prefix(dims_prefix, args, where, "in_dims")
+    size, first = None, None
+    for (keypath, leaf), d in zip(jax.tree_util.tree_leaves_with_path(args), dims):
+        if d is None:
+            continue
+        label = "args" + jax.tree_util.keystr(keypath)
+        n = _batch_axis_size(leaf, d, label, where)
+        if size is None:
+            size, first = n, label
+        elif n != size:
+            raise ValueError(
+                f"{where}: batch sizes differ: {first} has {size} along its mapped axis but "
+                f"{label} has {n}; all batched inputs must share one batch size."
+            )
+    if size is None:
+        raise ValueError(
+            f"{where}: no input is batched (every in_dims entry is None); batch at least "
+            "one argument."
+        )
+    return dims_prefix, dims, size
+
+
+def _batch_axis_size(leaf: Any, d: int, label: str, where: str) -> int:
+    """The length of ``leaf``'s batch axis ``d``, checked."""
+    if _args.leaf_dtype(leaf) is None:
+        raise TypeError(f"{where}: {label} is a {type(leaf).__name__}, not an array; "
+                        "only arrays can be batched (use in_dims=None for it).")
+    ndim = np.ndim(leaf)
+    if ndim == 0:
+        raise ValueError(
+            f"{where}: {label} is a scalar (shape ()), which has no axis to map "
+            f"over; pass an array with a batch axis, or use in_dims=None for it."
+        )
+    if not -ndim <= d < ndim:
+        raise ValueError(
+            f"{where}: in_dims={d} for {label} of shape {tuple(np.shape(leaf))} is out "
+            f"of range; use an axis in [{-ndim}, {ndim - 1}] or None."
+        )
+    return np.shape(leaf)[d]

@@ -17,18 +17,11 @@ from jax.lax import while_loop
 import functorch_lite as fl
 from functorch_lite.higher import NestingFallbackWarning
 
-from conftest import assert_tree_allclose
+from conftest import assert_tree_allclose, keys_at_every_depth
+
+FLOAT_TO_COMPLEX = "the test's own function promotes a real input to complex on purpose"
 
 X = jnp.array([1.0, 2.0, 3.0])
-
-
-def keys_at_every_depth(tree):
-    """Every dict's key list, depth first: order-sensitive, unlike tree equality."""
-    if isinstance(tree, dict):
-        return [list(tree)] + [k for v in tree.values() for k in keys_at_every_depth(v)]
-    if isinstance(tree, (tuple, list)):
-        return [k for v in tree for k in keys_at_every_depth(v)]
-    return []
 
 
 # ----------------------------------------------------------------------------- dict order
@@ -156,6 +149,7 @@ def test_complex_gradient_is_torch_convention():
     assert abs(complex(z)) < 1e-3
 
 
+@pytest.mark.standard_promotion(FLOAT_TO_COMPLEX)
 def test_complex_against_torch():
     torch = pytest.importorskip("torch")
     tf = torch.func
@@ -207,6 +201,7 @@ def test_complex_messages_suggest_holomorphic_that_exists():
 
 
 @pytest.mark.parametrize("chunk_size", [None, 1, 2])
+@pytest.mark.standard_promotion(FLOAT_TO_COMPLEX)
 def test_jacobians_reject_complex_chunked_or_not(chunk_size):
     """Issue 13 item 8: chunked jacrev returned the real identity, chunked jacfwd the
     real-axis derivative only; now all agree with the unchunked checks."""

@@ -393,24 +393,15 @@ def test_norm_bad_input():
 # --------------------------------------------------------------- what reverse mode stores
 
 
-def residual_bytes(f, *args) -> int:
-    """Bytes of the distinct arrays a ``jax.vjp`` closure keeps (its pytree leaves)."""
-    _, pullback = jax.vjp(f, *args)
+def residual_bytes(f, *args, vjp=jax.vjp) -> int:
+    """Bytes of the distinct arrays a ``vjp`` closure keeps (its pytree leaves)."""
+    _, pullback = vjp(f, *args)
     seen = {id(leaf): leaf for leaf in jax.tree_util.tree_leaves(pullback)}
     return sum(leaf.size * leaf.dtype.itemsize for leaf in seen.values())
 
 
-@pytest.mark.parametrize("kind", ["layer", "rms"])
-def test_norms_store_at_most_055_of_autodiff(kind):
-    x = rand(0, (64, 128))
-    scale, offset = 1 + rand(1, (128,)), rand(2, (128,))
-    if kind == "layer":
-        ours = residual_bytes(lambda x, s, o: nn.layer_norm(x, s, o), x, scale, offset)
-        plain = residual_bytes(ref_layer_norm, x, scale, offset)
-    else:
-        ours = residual_bytes(nn.rms_norm, x, scale)
-        plain = residual_bytes(ref_rms_norm, x, scale)
-    assert ours <= 0.55 * plain, (ours, plain)
+# The norms' residuals (at most 0.55x of autodiff's): tests/test_nn_raw.py, under both
+# jax.vjp and functorch_lite's vjp.
 
 
 def test_linear_stores_only_its_inputs():
@@ -421,17 +412,16 @@ def test_linear_stores_only_its_inputs():
 # ------------------------------------------------------------------------------ blocks
 
 
+_REF_NORMS = {None: lambda h, p: h, "layer": lambda h, p: ref_layer_norm(h, p["scale"], p["offset"]),
+              "rms": lambda h, p: ref_rms_norm(h, p["scale"])}
+
+
 def plain_mlp(params, x, norm, activation=jax.nn.relu):
-    h = x
-    for i, p in enumerate(params):
-        h = ref_linear(h, p["w"], p["b"])
-        if i < len(params) - 1:
-            if norm == "layer":
-                h = ref_layer_norm(h, p["scale"], p["offset"])
-            elif norm == "rms":
-                h = ref_rms_norm(h, p["scale"])
-            h = activation(h)
-    return h
+    """The MLP in plain jax.numpy: each hidden layer linear -> norm -> activation."""
+    *hidden, last = params
+    for p in hidden:
+        x = activation(_REF_NORMS[norm](ref_linear(x, p["w"], p["b"]), p))
+    return ref_linear(x, last["w"], last["b"])
 
 
 @pytest.mark.parametrize("norm", [pytest.param(None, marks=pytest.mark.slow), "layer", "rms"])
@@ -458,6 +448,10 @@ def test_mlp_matches_plain_and_gives_per_sample_grads(x64, norm):
         fl.check_grad(lambda p: block.apply(p, x), params, order=1)
 
 
+OPTAX_ADAM = "optax.adam's bias correction takes a Python float to an int32 power (optax's code, not strict-clean)"
+
+
+@pytest.mark.standard_promotion(OPTAX_ADAM)
 def test_mlp_trains_with_optax():
     optax = pytest.importorskip("optax")
     block = nn.mlp([2, 16, 1], norm="layer", activation=jnp.tanh)

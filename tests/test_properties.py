@@ -1,10 +1,12 @@
 """Property tests: random shapes, dtypes and pytrees; modes agree with each other and JAX."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_tree_allclose
+from conftest import assert_tree_allclose, keys_at_every_depth
 from hypothesis import given, settings, strategies as st
 
 import functorch_lite as fl
@@ -44,14 +46,19 @@ def scalar(tree):
     return smooth(tree)["scalar"]
 
 
+@contextlib.contextmanager
+def drawn_case(data):
+    """A drawn dtype, a pytree of it and the dtype's tolerance, float64 enabled for float64."""
+    dtype = data.draw(dtypes)
+    with jax.enable_x64(dtype == jnp.float64):
+        yield dtype, data.draw(pytrees(dtype)), TOLERANCE[dtype]
+
+
 @pytest.mark.slow  # long: CI's slow step runs it
 @SETTINGS
 @given(data=st.data())
 def test_jacobians_agree_across_modes_and_chunks(data):
-    dtype = data.draw(dtypes)
-    with jax.enable_x64(dtype == jnp.float64):
-        tree = data.draw(pytrees(dtype))
-        tol = TOLERANCE[dtype]
+    with drawn_case(data) as (dtype, tree, tol):
         want = jax.jacrev(smooth)(tree)
         chunk = data.draw(st.sampled_from([None, 1, 2, 5]))
         rev = fl.jacrev(smooth, chunk_size=chunk)(tree)
@@ -65,10 +72,7 @@ def test_jacobians_agree_across_modes_and_chunks(data):
 @SETTINGS
 @given(data=st.data())
 def test_grad_equals_jacrev_and_vjp_of_one(data):
-    dtype = data.draw(dtypes)
-    with jax.enable_x64(dtype == jnp.float64):
-        tree = data.draw(pytrees(dtype))
-        tol = TOLERANCE[dtype]
+    with drawn_case(data) as (dtype, tree, tol):
         g = fl.grad(scalar)(tree)
         assert jax.tree_util.tree_structure(g) == jax.tree_util.tree_structure(tree)
         assert_tree_allclose(g, jax.grad(scalar)(tree), **tol)
@@ -116,12 +120,7 @@ def ordered_dicts(draw, depth=2):
     return out
 
 
-def _key_orders(tree):
-    if isinstance(tree, dict):
-        return [list(tree)] + [k for v in tree.values() for k in _key_orders(v)]
-    if isinstance(tree, (tuple, list)):
-        return [k for v in tree for k in _key_orders(v)]
-    return []
+_key_orders = keys_at_every_depth
 
 
 @pytest.mark.slow  # long: CI's slow step runs it

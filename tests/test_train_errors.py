@@ -38,6 +38,45 @@ def test_batch_that_does_not_fit_the_loss_names_shapes():
         step(jnp.zeros(3), optax.sgd(0.1).init(jnp.zeros(3)), (jnp.ones((2, 5)), jnp.ones(2)))
 
 
+def test_broadcast_and_index_mismatches_name_shapes():
+    def broadcast(w, batch):                 # (8, 3) @ (3,) is (8,), minus y of (4,)
+        return jnp.mean((batch[0] @ w - batch[1][:4]) ** 2)
+
+    with pytest.raises(ValueError, match=FIT.replace("loss", "broadcast") + r"loss_fn\(params, batch\) failed on a "
+                                         r"batch with shapes \(\(8, 3\), \(8,\)\) .*TypeError: .*broadcasting"):
+        fit(broadcast, W, optax.sgd(0.1), (X, Y), batch_size=8)
+
+    def index(w, batch):
+        return jnp.mean(batch[0][:, :, 0] @ w)
+
+    with pytest.raises(ValueError, match=r"failed on a batch with shapes \(\(16, 3\), \(16,\)\) .*IndexError: Too many indices"):
+        fit(index, W, optax.sgd(0.1), (X, Y))
+
+
+class _Oops(Exception):
+    pass
+
+
+@pytest.mark.parametrize("error, message", [
+    (TypeError, "unsupported operand type(s) for +: 'dict' and 'int'"),
+    (IndexError, "list index out of range"),
+    (ValueError, "the temperature must be positive"),
+    (KeyError, "'labels'"),
+    (_Oops, "a bug of the user's own"),
+])
+def test_other_errors_of_the_loss_propagate_unchanged(error, message):
+    def failing(w, batch):
+        raise error(message)
+
+    with pytest.raises(error) as info:
+        fit(failing, W, optax.sgd(0.1), (X, Y))
+    assert type(info.value) is error and str(info.value) in (message, repr(message))
+    step = train.train_step(failing, optax.sgd(0.1))
+    with pytest.raises(error) as info:
+        step(jnp.zeros(3), optax.sgd(0.1).init(jnp.zeros(3)), (jnp.ones((2, 3)), jnp.ones(2)))
+    assert type(info.value) is error and "failed on a batch" not in str(info.value)
+
+
 def test_loss_must_be_a_scalar():
     with pytest.raises(ValueError, match=r"fit\(<lambda>, params, optimizer, data\): loss_fn must return a scalar loss, got shape \(16,\)"):
         fit(lambda w, b: (b[0] @ w - b[1]) ** 2, W, optax.sgd(0.1), (X, Y))

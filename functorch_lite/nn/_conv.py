@@ -35,6 +35,7 @@ G[p]/|window|`` (``lax.reduce_window``, which JAX transposes into the same sum).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import Any
@@ -135,36 +136,50 @@ def _conv_rule(lay: str, wlay: str, stride, pads, dilation, groups, has_bias):
         key, lambda: _build_conv(lay, wlay, stride, pads, dilation, groups, has_bias))
 
 
-def _build_conv(lay, wlay, stride, pads, dilation, groups, has_bias):
-    n = len(stride)
-    cl = lay.endswith("C")
-    dn = (lay, wlay, lay)
-    caxis = n + 1 if cl else 1
-    to_oi = tuple(wlay.index(c) for c in "OI" + _SPATIAL[n])    # user weight -> (O, I, *k)
+@dataclasses.dataclass(frozen=True)
+class _ConvSpec:
+    """One convolution's static settings, and the pieces its rules are made of."""
 
-    def conv_(x, w, acc):
-        return lax.conv_general_dilated(x, w, stride, pads, rhs_dilation=dilation,
-                                        dimension_numbers=dn, feature_group_count=groups,
-                                        preferred_element_type=acc)
+    lay: str
+    wlay: str
+    stride: tuple
+    pads: tuple
+    dilation: tuple
+    groups: int
 
-    def bias(b, acc):
-        shape = [1] * (n + 2)
-        shape[caxis] = b.shape[0]
+    @property
+    def n(self) -> int:
+        return len(self.stride)
+
+    @property
+    def caxis(self) -> int:
+        return self.n + 1 if self.lay.endswith("C") else 1
+
+    def conv(self, x, w, acc):
+        return lax.conv_general_dilated(x, w, self.stride, self.pads, rhs_dilation=self.dilation,
+                                        dimension_numbers=(self.lay, self.wlay, self.lay),
+                                        feature_group_count=self.groups, preferred_element_type=acc)
+
+    def bias(self, b, acc):
+        shape = [1] * (self.n + 2)
+        shape[self.caxis] = b.shape[0]
         return b.astype(acc).reshape(shape)
 
-    def patch_product(x, w, acc):
+    def patch_product(self, x, w, acc):
         """``P(x) . W`` per group (the linear layer on patches); equals ``conv(x, W)``.
 
         The patches are the ``|kernel|`` strided slices of the padded ``x`` (data
         movement only), taken channels-last with the kernel offset next to the channel,
         ``(N, *out, K, C)``, so the product contracts one contiguous ``(K, C)`` axis."""
+        n, cl, wlay, groups = self.n, self.lay.endswith("C"), self.wlay, self.groups
         k = tuple(w.shape[wlay.index(c)] for c in _SPATIAL[n])
         xl = x if cl else jnp.moveaxis(x, 1, -1)
         spatial = xl.shape[1:1 + n]
         out_sp = tuple((size + lo + hi - (kk - 1) * d - 1) // s + 1
-                       for size, (lo, hi), kk, d, s in zip(spatial, pads, k, dilation, stride))
-        xp = _pad_spatial(xl, 1, pads, 0)
-        p = _window_slices(xp.astype(acc), 1, k, stride, dilation, out_sp, axis=-2)  # (N, *out, K, C)
+                       for size, (lo, hi), kk, d, s in zip(spatial, self.pads, k, self.dilation, self.stride))
+        xp = _pad_spatial(xl, 1, self.pads, 0)
+        p = _window_slices(xp.astype(acc), 1, k, self.stride, self.dilation, out_sp, axis=-2)  # (N, *out, K, C)
+        to_oi = tuple(wlay.index(c) for c in "OI" + _SPATIAL[n])    # user weight -> (O, I, *k)
         w_oi = jnp.transpose(w, to_oi).astype(acc)
         o, cg = w_oi.shape[:2]
         wg = jnp.moveaxis(w_oi.reshape(groups, o // groups, cg, -1), 2, 3)   # (G, O/G, K, C/G)
@@ -173,6 +188,11 @@ def _build_conv(lay, wlay, stride, pads, dilation, groups, has_bias):
         out = jnp.einsum(f"n{sp}kgc,gokc->n{sp}go", pg, wg, preferred_element_type=acc)
         out = out.reshape(out.shape[:-2] + (o,))
         return out if cl else jnp.moveaxis(out, -1, 1)
+
+
+def _build_conv(lay, wlay, stride, pads, dilation, groups, has_bias):
+    spec = _ConvSpec(lay, wlay, stride, pads, dilation, groups)
+    conv_, bias, patch_product, caxis = spec.conv, spec.bias, spec.patch_product, spec.caxis
 
     def primal(x, w, *b):
         acc = _common.acc_dtype(x.dtype)
@@ -255,24 +275,48 @@ def conv(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: Any 
         raise ValueError(f"{where}: w must have 3, 4 or 5 axes (1-D, 2-D, 3-D convolution: "
                          f"out, in, *kernel), got shape {tuple(np.shape(w))}.")
     lay, n, cl = _layouts(layout, n, where)
-    if weight_layout is None:
-        wlay = (_SPATIAL[n] + "IO") if cl else ("OI" + _SPATIAL[n])
-    else:
-        wlay = str(weight_layout).upper()
-        if sorted(wlay) != sorted("OI" + _SPATIAL[n]):
-            raise ValueError(f"{where}: weight_layout={weight_layout!r} must order the letters "
-                             f"O, I and {', '.join(_SPATIAL[n])} (e.g. {'OI' + _SPATIAL[n]!r}, "
-                             f"torch's, or {_SPATIAL[n] + 'IO'!r}).")
-    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, numbers.Integral) or groups < 1:
-        raise ValueError(f"{where}: groups must be a positive int, got {groups!r}.")
-    groups = int(groups)
+    wlay = _weight_layout(weight_layout, n, cl, where)
+    groups = _check_groups(groups, where)
     unbatched = np.ndim(x) == n + 1
     if np.ndim(x) not in (n + 1, n + 2):
         raise ValueError(
             f"{where}: x has shape {tuple(np.shape(x))} ({np.ndim(x)} axes) but the kernel has "
             f"{n} spatial axes; x must have {n + 2} axes ({lay}) or {n + 1} for one sample.")
     xb = x[None] if unbatched else x
-    c_in = xb.shape[-1] if cl else xb.shape[1]
+    _check_channels(xb.shape[-1] if cl else xb.shape[1], x, w, b, wlay, groups, where)
+    stride = _ints(stride, n, where, "stride")
+    dilation = _ints(dilation, n, where, "dilation")
+    spatial = tuple(xb.shape[1:-1]) if cl else tuple(xb.shape[2:])
+    ksize = tuple(w.shape[wlay.index(c)] for c in _SPATIAL[n])
+    eff = tuple((k - 1) * d + 1 for k, d in zip(ksize, dilation))
+    pads = _pads(padding, spatial, eff, stride, where)
+    _out_spatial(spatial, pads, eff, stride, where)
+    fn = _conv_rule(lay, wlay, stride, pads, dilation, groups, b is not None)
+    y = fn(xb, w) if b is None else fn(xb, w, b)
+    return y[0] if unbatched else y
+
+
+def _check_groups(groups: Any, where: str) -> int:
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ValueError(f"{where}: groups must be a positive int, got {groups!r}.")
+    return int(groups)
+
+
+def _weight_layout(weight_layout: Any, n: int, cl: bool, where: str) -> str:
+    """The weight's layout string: the default for the data layout, or ``weight_layout`` checked."""
+    if weight_layout is None:
+        return (_SPATIAL[n] + "IO") if cl else ("OI" + _SPATIAL[n])
+    wlay = str(weight_layout).upper()
+    if sorted(wlay) != sorted("OI" + _SPATIAL[n]):
+        raise ValueError(f"{where}: weight_layout={weight_layout!r} must order the letters "
+                         f"O, I and {', '.join(_SPATIAL[n])} (e.g. {'OI' + _SPATIAL[n]!r}, "
+                         f"torch's, or {_SPATIAL[n] + 'IO'!r}).")
+    return wlay
+
+
+def _check_channels(c_in: int, x: jax.Array, w: jax.Array, b: Any, wlay: str, groups: int, where: str) -> None:
+    """``w``'s input channels times ``groups`` match ``x``'s ``c_in``; ``b`` has one entry per
+    output; all share one dtype."""
     wshape = dict(zip(wlay, w.shape))
     out_ch, in_per_group = wshape["O"], wshape["I"]
     if in_per_group * groups != c_in:
@@ -290,16 +334,6 @@ def conv(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: Any 
     if len(dtypes) > 1:
         raise TypeError(f"{where}: x, w and b must share one dtype, got {sorted(dtypes)}; cast "
                         "them, e.g. w.astype(x.dtype).")
-    stride = _ints(stride, n, where, "stride")
-    dilation = _ints(dilation, n, where, "dilation")
-    spatial = tuple(xb.shape[1:-1]) if cl else tuple(xb.shape[2:])
-    ksize = tuple(wshape[c] for c in _SPATIAL[n])
-    eff = tuple((k - 1) * d + 1 for k, d in zip(ksize, dilation))
-    pads = _pads(padding, spatial, eff, stride, where)
-    _out_spatial(spatial, pads, eff, stride, where)
-    fn = _conv_rule(lay, wlay, stride, pads, dilation, groups, b is not None)
-    y = fn(xb, w) if b is None else fn(xb, w, b)
-    return y[0] if unbatched else y
 
 
 # ---------------------------------------------------------------------------- pooling

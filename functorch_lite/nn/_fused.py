@@ -48,30 +48,45 @@ def _make(norm: str, activation: Callable, eps: float, has_offset: bool):
     return _FUSED.get_or_compute(activation, key, lambda: _build(norm, activation, eps, has_offset))
 
 
+def _linear_acc(x, w, b, acc):
+    return _xw(x, w, acc) + _bias(b, x.ndim, acc)
+
+
+def _dh(x, w, tx, tw, tb, acc, shape):
+    """The tangent ``dh = dx W + x dW + db`` of ``h = xW + b`` (``None``: no such tangent)."""
+    dh = jnp.zeros(shape, acc)
+    if tx is not None:
+        dh = dh + _xw(tx, w, acc)
+    if tw is not None:
+        dh = dh + _xw(x, tw, acc)
+    if tb is not None:
+        dh = dh + _bias(tb, x.ndim, acc)
+    return dh
+
+
+def _post(h, mu, rstd, scale, offset, centre: bool):
+    """``(x_hat, y)``: the normalised rows and the affine output (before activation)."""
+    xhat = ((h - mu) if centre else h) * rstd
+    shape = (1,) * (h.ndim - 1) + scale.shape
+    y = xhat * scale.astype(h.dtype).reshape(shape)
+    if offset is not None:
+        y = y + offset.astype(h.dtype).reshape(shape)
+    return xhat, y
+
+
 def _build(norm: str, activation: Callable, eps: float, has_offset: bool):
     centre = norm == "layer"
 
-    def linear_acc(x, w, b, acc):
-        return _xw(x, w, acc) + _bias(b, x.ndim, acc)
-
     def pre(x, w, b):
         """``h = xW + b`` and its row statistics, in the accumulation dtype."""
-        h = linear_acc(x, w, b, _common.acc_dtype(x.dtype))
+        h = _linear_acc(x, w, b, _common.acc_dtype(x.dtype))
         return (h,) + row_stats(h, (-1,), eps, centre)
 
     def post(h, mu, rstd, scale, offset):
-        """``(x_hat, y)``: the normalised rows and the affine output (before activation)."""
-        xhat = ((h - mu) if centre else h) * rstd
-        shape = (1,) * (h.ndim - 1) + scale.shape
-        y = xhat * scale.astype(h.dtype).reshape(shape)
-        if has_offset:
-            y = y + offset.astype(h.dtype).reshape(shape)
-        return xhat, y
+        return _post(h, mu, rstd, scale, offset, centre)
 
-    def primal(x, w, b, scale, *offset):
-        h, mu, rstd = pre(x, w, b)
-        _, y = post(h, mu, rstd, scale, offset[0] if has_offset else None)
-        return activation(y).astype(x.dtype)
+    def primal(*args):
+        return fwd(*args)[0]
 
     def fwd(x, w, b, scale, *offset):
         h, mu, rstd = pre(x, w, b)
@@ -86,18 +101,12 @@ def _build(norm: str, activation: Callable, eps: float, has_offset: bool):
         acc = rstd.dtype
         tx, tw, tb, tscale = tangents[:4]
         toffset = tangents[4] if has_offset else None
-        h = linear_acc(x, w, b, acc)                                       # recomputed
+        h = _linear_acc(x, w, b, acc)                                       # recomputed
         xhat, y = post(h, mu, rstd, scale, offset[0] if has_offset else None)
         shape = (1,) * (x.ndim - 1) + scale.shape
         dy = jnp.zeros(y.shape, acc)
         if tx is not None or tw is not None or tb is not None:
-            dh = jnp.zeros(h.shape, acc)
-            if tx is not None:
-                dh = dh + _xw(tx, w, acc)
-            if tw is not None:
-                dh = dh + _xw(x, tw, acc)
-            if tb is not None:
-                dh = dh + _bias(tb, x.ndim, acc)
+            dh = _dh(x, w, tx, tw, tb, acc, h.shape)
             dy = dy + through_xhat(dh, xhat, rstd, (-1,), centre) * scale.astype(acc).reshape(shape)
         if tscale is not None:
             dy = dy + xhat * tscale.astype(acc).reshape(shape)
@@ -108,7 +117,7 @@ def _build(norm: str, activation: Callable, eps: float, has_offset: bool):
     def bwd(res, da):
         x, w, b, mu, rstd, scale, offset = res
         acc = rstd.dtype
-        h = linear_acc(x, w, b, acc)                                       # recomputed
+        h = _linear_acc(x, w, b, acc)                                       # recomputed
         xhat, y = post(h, mu, rstd, scale, offset[0] if has_offset else None)
         _, act_vjp = jax.vjp(activation, y)
         (dy,) = act_vjp(da.astype(acc))

@@ -161,20 +161,10 @@ def mlp(sizes: Sequence[int], *, norm: str | None = None,
                          "norm='layer' or 'rms', or use fused=False.")
     dtype = _check_dtype(dtype, where)
     sizes = [int(s) for s in sizes]
-    norm_kwargs = {} if eps is None else {"eps": eps}
 
     def init(key):
         _check_key(key, f"nn.mlp(sizes={sizes}).init(key)")
-        keys = jax.random.split(key, len(sizes) - 1)
-        params = []
-        for i, k in enumerate(keys):
-            p = _dense_init(k, sizes[i], sizes[i + 1], dtype)
-            if norm is not None and i < len(sizes) - 2:
-                p["scale"] = jnp.ones((sizes[i + 1],), dtype)
-                if norm == "layer":
-                    p["offset"] = jnp.zeros((sizes[i + 1],), dtype)
-            params.append(p)
-        return params
+        return _mlp_init(key, sizes, norm, dtype)
 
     def apply(params, x):
         where_apply = f"nn.mlp(sizes={sizes}).apply(params, x)"
@@ -182,19 +172,38 @@ def mlp(sizes: Sequence[int], *, norm: str | None = None,
         if np.ndim(x) < 1 or np.shape(x)[-1] != sizes[0]:
             raise ValueError(f"{where_apply}: x has shape {tuple(np.shape(x))}; its last axis "
                              f"must be the input width {sizes[0]}.")
-        h = x
-        for i, p in enumerate(params):
-            if fused and i < len(params) - 1:
-                h = linear_norm_act(h, p["w"], p["b"], p["scale"], p.get("offset"), norm=norm,
-                                    activation=activation, eps=eps)
-                continue
-            h = linear(h, p["w"], p["b"])
-            if i < len(params) - 1:
-                if norm == "layer":
-                    h = layer_norm(h, p["scale"], p["offset"], **norm_kwargs)
-                elif norm == "rms":
-                    h = rms_norm(h, p["scale"], **norm_kwargs)
-                h = activation(h)
-        return h
+        return _mlp_apply(params, x, norm, activation, eps, fused)
 
     return Block(init, apply)
+
+
+def _mlp_init(key: jax.Array, sizes: list[int], norm: str | None, dtype: Any) -> list[dict]:
+    keys = jax.random.split(key, len(sizes) - 1)
+    params = []
+    for i, k in enumerate(keys):
+        p = _dense_init(k, sizes[i], sizes[i + 1], dtype)
+        if norm is not None and i < len(sizes) - 2:
+            p["scale"] = jnp.ones((sizes[i + 1],), dtype)
+            if norm == "layer":
+                p["offset"] = jnp.zeros((sizes[i + 1],), dtype)
+        params.append(p)
+    return params
+
+
+def _mlp_apply(params: list[dict], x: jax.Array, norm: str | None, activation: Callable,
+               eps: float | None, fused: bool) -> jax.Array:
+    norm_kwargs = {} if eps is None else {"eps": eps}
+    h = x
+    for i, p in enumerate(params):
+        if fused and i < len(params) - 1:
+            h = linear_norm_act(h, p["w"], p["b"], p["scale"], p.get("offset"), norm=norm,
+                                activation=activation, eps=eps)
+            continue
+        h = linear(h, p["w"], p["b"])
+        if i < len(params) - 1:
+            if norm == "layer":
+                h = layer_norm(h, p["scale"], p["offset"], **norm_kwargs)
+            elif norm == "rms":
+                h = rms_norm(h, p["scale"], **norm_kwargs)
+            h = activation(h)
+    return h

@@ -160,6 +160,15 @@ def _make_norm(kind: str, axes: tuple[int, ...], eps: float, has_scale: bool, ha
         key, lambda: _build_norm(kind, axes, eps, has_scale, has_offset))
 
 
+def _bcast(p, x, acc, axes):
+    return p.astype(acc).reshape(_common.broadcast_shape(x.shape, axes))
+
+
+def _normalise(x, mu, rstd, centre):
+    xf = x.astype(rstd.dtype)
+    return ((xf - mu) if centre else xf) * rstd
+
+
 def _build_norm(kind, axes, eps, has_scale, has_offset):
     centre = kind == "layer"
 
@@ -167,23 +176,18 @@ def _build_norm(kind, axes, eps, has_scale, has_offset):
         return row_stats(x.astype(_common.acc_dtype(x.dtype)), axes, eps, centre)
 
     def normalise(x, mu, rstd):
-        xf = x.astype(rstd.dtype)
-        return ((xf - mu) if centre else xf) * rstd
-
-    def bcast(p, x, acc):
-        return p.astype(acc).reshape(_common.broadcast_shape(x.shape, axes))
+        return _normalise(x, mu, rstd, centre)
 
     def affine(xhat, x, params):
         y = xhat
         if has_scale:
-            y = y * bcast(params[0], x, xhat.dtype)
+            y = y * _bcast(params[0], x, xhat.dtype, axes)
         if has_offset:
-            y = y + bcast(params[-1], x, xhat.dtype)
+            y = y + _bcast(params[-1], x, xhat.dtype, axes)
         return y.astype(x.dtype)
 
     def primal(x, *params):
-        mu, rstd = stats(x)
-        return affine(normalise(x, mu, rstd), x, params)
+        return fwd(x, *params)[0]
 
     def fwd(x, *params):
         mu, rstd = stats(x)
@@ -195,7 +199,7 @@ def _build_norm(kind, axes, eps, has_scale, has_offset):
         acc = rstd.dtype
         xhat = normalise(x, mu, rstd)
         dyf = dy.astype(acc)
-        g = dyf * bcast(scale, x, acc) if has_scale else dyf            # dL/dx_hat
+        g = dyf * _bcast(scale, x, acc, axes) if has_scale else dyf            # dL/dx_hat
         grads = (through_xhat(g, xhat, rstd, axes, centre).astype(x.dtype),)   # dL/dx
         rows = _common.other_axes(x.ndim, axes)
         shape = _common.param_shape(x.shape, axes)
@@ -215,11 +219,11 @@ def _build_norm(kind, axes, eps, has_scale, has_offset):
         terms = []
         if tangents[0] is not None:
             dxhat = through_xhat(tangents[0].astype(acc), xhat, rstd, axes, centre)
-            terms.append(dxhat * bcast(scale, x, acc) if has_scale else dxhat)
+            terms.append(dxhat * _bcast(scale, x, acc, axes) if has_scale else dxhat)
         if has_scale and tangents[1] is not None:
-            terms.append(xhat * bcast(tangents[1], x, acc))
+            terms.append(xhat * _bcast(tangents[1], x, acc, axes))
         if has_offset and tangents[-1] is not None:
-            terms.append(jnp.broadcast_to(bcast(tangents[-1], x, acc), x.shape))
+            terms.append(jnp.broadcast_to(_bcast(tangents[-1], x, acc, axes), x.shape))
         return sum(terms[1:], terms[0])
 
     return _common.rule(primal, fwd, tangent, seed=(fwd, bwd))

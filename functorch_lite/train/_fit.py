@@ -94,79 +94,71 @@ def _check_callbacks(callbacks: Any, where: str) -> tuple:
     return callbacks
 
 
-def fit(
-    loss_fn: Callable,
-    params: Any,
-    optimizer: optax.GradientTransformation,
-    data: tuple | Iterable,
-    *,
-    steps: int,
-    batch_size: int | None = None,
-    key: Any = None,
-    accumulate: int = 1,
-    steps_per_call: int = 1,
-    checkpoint_dir: Any = None,
-    checkpoint_every: int | None = None,
-    resume: bool | str = True,
-    mesh: jax.sharding.Mesh | None = None,
-    data_axis: str = "data",
-    progress: bool = True,
-    callbacks: Iterable[Callable] = (),
-) -> FitResult:
+def fit(loss_fn: Callable, params: Any, optimizer: optax.GradientTransformation, data: tuple | Iterable, *, steps: int,
+        batch_size: int | None = None, key: Any = None, accumulate: int = 1, steps_per_call: int = 1,
+        checkpoint_dir: Any = None, checkpoint_every: int | None = None, resume: bool | str = True,
+        mesh: jax.sharding.Mesh | None = None, data_axis: str = "data", progress: bool = True,
+        callbacks: Iterable[Callable] = ()) -> FitResult:
     """Train ``params`` to minimise ``loss_fn(params, batch)`` with an optax optimizer.
 
-    Each step is ``g = ∇ loss_fn(params, batch)``, ``updates, opt_state =
-    optimizer.update(g, opt_state, params)``, ``params += updates`` (see
-    :func:`train_step`), compiled with ``jax.jit`` and run ``steps_per_call`` at a time.
+    Each step is ``g = ∇ loss_fn(params, batch)``, ``updates, opt_state = optimizer.update(g, opt_state,
+    params)``, ``params += updates`` (see :func:`train_step`), compiled with ``jax.jit``.
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar`` (a mean over the batch).
       params: a pytree of float arrays; it is copied, never donated.
       optimizer: an ``optax.GradientTransformation``.
-      data: a tuple of arrays ``(x, y, ...)`` with a common leading axis of examples
-        (batches are drawn from ``key`` and the step number, reproducibly; ``batch`` is
-        then a tuple like ``data``), or an iterable yielding one batch per step.
+      data: a tuple of arrays ``(x, y, ...)`` with a common leading axis of examples (batches are drawn from
+        ``key`` and the step number, reproducibly; ``batch`` is then a tuple like ``data``), or an iterable
+        yielding one batch per step.
       steps: the total number of optimizer steps (including those of a resumed run).
       batch_size: rows per step (default: all rows); with an iterable, its batches' size.
       key: PRNG key (or int seed) that orders the examples; default ``jax.random.key(0)``.
-      accumulate: split each batch into this many micro-batches and average their
-        gradients (the same result as one large batch, less memory).
+      accumulate: split each batch into this many micro-batches and average their gradients (as one large
+        batch, in less memory).
       steps_per_call: steps per compiled dispatch (a ``lax.scan``).
-      checkpoint_dir: directory for orbax checkpoints; with ``resume=True`` a run
-        continues from its newest intact checkpoint (a damaged newer one is moved to
-        ``checkpoint_dir/damaged/`` with a warning). Locked while ``fit`` runs: a second
-        ``fit`` on it is refused.
-      checkpoint_every: save every this many steps (a multiple of ``steps_per_call``);
-        with ``checkpoint_dir`` and no ``checkpoint_every``, only the end is saved.
-      resume: continue from ``checkpoint_dir``'s latest checkpoint, if it was written by
-        the same run (optimizer hyper-parameters, loss function, data, batch size, key...;
-        a mismatch is refused naming the setting). ``"force"``: continue even with such
-        settings changed. With ``False`` a directory that already holds checkpoints is an
-        error (nothing is overwritten).
-      mesh: a ``jax.sharding.Mesh`` for data parallelism: parameters replicated, batches
-        sharded over ``data_axis``.
+      checkpoint_dir: directory for orbax checkpoints, locked while ``fit`` runs; with ``resume=True`` a run
+        continues from its newest intact checkpoint (a damaged newer one goes to ``checkpoint_dir/damaged/``,
+        with a warning); a second ``fit`` on a locked directory is refused.
+      checkpoint_every: save every this many steps (a multiple of ``steps_per_call``); default: at the end.
+      resume: continue from ``checkpoint_dir``'s latest checkpoint, if it was written by the same run
+        (optimizer hyper-parameters, loss function, data, batch size, key...; a mismatch is refused naming
+        the setting). ``"force"``: continue even with such settings changed. ``False``: a directory that
+        already holds checkpoints is an error (nothing is overwritten).
+      mesh: a ``jax.sharding.Mesh`` for data parallelism: parameters replicated, batches sharded.
       data_axis: the mesh axis to shard batches over.
       progress: show a tqdm progress bar with the loss and steps/s.
-      callbacks: each is called as ``cb(step, params, metrics)`` after every dispatch,
-        ``metrics = {"loss": float}`` of the last step.
+      callbacks: each is called as ``cb(step, params, {"loss": loss of the last step})`` after every dispatch.
 
     Returns:
       A :class:`FitResult` with ``params``, ``opt_state``, ``step`` and ``history``.
 
     Raises:
-      FloatingPointError: a loss, the parameters or the optimizer state became
-        non-finite; the message names the step(s), no checkpoint after it was written and
-        no non-finite parameters are returned.
-      ValueError: ``checkpoint_dir`` is in use by another ``fit``, not writable, holds
-        another run's checkpoints, or holds none that is intact.
+      FloatingPointError: a loss, the parameters or the optimizer state became non-finite (the message names
+        the step(s); no checkpoint after it was written and no non-finite parameters are returned).
+      ValueError: ``checkpoint_dir`` is in use, not writable, holds another run's or no intact checkpoints.
 
     >>> import jax.numpy as jnp, optax
     >>> X = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]); y = X @ jnp.array([2.0, -1.0])
-    >>> loss = lambda w, batch: jnp.mean((batch[0] @ w - batch[1]) ** 2)
-    >>> result = fit(loss, jnp.zeros(2), optax.sgd(0.3), (X, y), steps=200, progress=False)
-    >>> result.params.round(4), result.step
-    (Array([ 2., -1.], dtype=float32), 200)
+    >>> fit(lambda w, b: jnp.mean((b[0] @ w - b[1]) ** 2), jnp.zeros(2), optax.sgd(0.3), (X, y), steps=200,
+    ...     progress=False).params.round(4)
+    Array([ 2., -1.], dtype=float32)
     """
+    where, steps, batch_size, accumulate, spc, checkpoint_every, callbacks = _check_options(
+        loss_fn, params, optimizer, steps, batch_size, accumulate, steps_per_call, checkpoint_dir,
+        checkpoint_every, resume, progress, callbacks)
+    order, placement = _args.order_of(params), Placement(mesh, data_axis, where)  # dicts come back in their order
+    key = _args.as_key(key, where)
+    source = make_source(data, batch_size, accumulate, placement, where)
+    ckpt = Checkpoints(checkpoint_dir, where) if checkpoint_dir is not None else None
+    with _Run(source, placement, key, steps, spc, ckpt, checkpoint_every, progress, callbacks, where) as run:
+        result = run.loop(*run.begin(params, optimizer, loss_fn, accumulate, resume))
+    return dataclasses.replace(result, params=_args.reorder(order, result.params))
+
+
+def _check_options(loss_fn, params, optimizer, steps, batch_size, accumulate, steps_per_call, checkpoint_dir,
+                   checkpoint_every, resume, progress, callbacks) -> tuple:
+    """``fit``'s checks of its options, in the order it makes them; the checked values."""
     check_loss_fn(loss_fn, "fit(loss_fn, params, optimizer, data)")
     where = f"fit({_args.func_name(loss_fn)}, params, optimizer, data)"
     check_optimizer(optimizer, where)
@@ -189,45 +181,7 @@ def fit(
             "run must split its steps into the same calls to reproduce the uninterrupted run."
         )
     _args.check_differentiable(params, where, "params")
-
-    order = _args.order_of(params)  # dicts come back in the caller's key order, as torch's
-    placement = Placement(mesh, data_axis, where)
-    key = _args.as_key(key, where)
-    source = make_source(data, batch_size, accumulate, placement, where)
-    ckpt = Checkpoints(checkpoint_dir, where) if checkpoint_dir is not None else None
-    try:
-        params = placement.replicate(params)
-        opt_state = placement.replicate(_init_state(optimizer, params, where))
-        key = placement.put(key)
-        key_data = np.asarray(jax.random.key_data(key))
-        build = functools.partial(_chunk, loss_fn, optimizer, accumulate, mesh, data_axis, source.sampler)
-        history: dict[str, list] = {"loss": []}
-        start = 0
-        expected = None
-        if ckpt is not None:
-            expected = {"params": fingerprint(params), "opt_state": fingerprint(opt_state),
-                        "config": _run_settings(source, accumulate, spc, key_data, optimizer, opt_state, loss_fn)}
-            if not resume and (latest := ckpt.latest_step()) is not None:
-                raise ValueError(
-                    f"{where}: checkpoint_dir={ckpt.path!r} already holds checkpoints (latest step "
-                    f"{latest}) and resume=False; nothing was overwritten. Pass resume=True to "
-                    "continue that run, or choose a new checkpoint_dir."
-                )
-            like = {"params": params, "opt_state": opt_state,
-                    "step": placement.put(np.int32(0)), "key": placement.put(key_data)}
-            point = ckpt.resume_point(steps, like, expected, force=resume == "force")
-            if point is not None:
-                start, state, meta = point
-                params, opt_state = state["params"], state["opt_state"]
-                history = {k: list(v) for k, v in meta["history"].items()}
-        if not isinstance(source, ArraySource):
-            source.skip(start)
-        result = _loop(build, source, placement, params, opt_state, key, key_data, start, steps, spc,
-                       ckpt, checkpoint_every, expected, history, progress, callbacks, where)
-    finally:
-        if ckpt is not None:
-            ckpt.close()
-    return dataclasses.replace(result, params=_args.reorder(order, result.params))
+    return where, steps, batch_size, accumulate, spc, checkpoint_every, callbacks
 
 
 # The host looks at the losses of dispatched chunks (all at once: one transfer, one check)
@@ -324,91 +278,157 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
-def _check_finite(params, opt_state, first, last, where, last_saved, ckpt) -> None:
-    """Before a checkpoint and before returning: a finite loss with non-finite gradients
-    leaves non-finite parameters that the losses do not show yet; never save or return
-    those."""
-    if not bool(_all_finite((params, opt_state))):
-        kept = (f"The last checkpoint (step {last_saved}) in {ckpt.path!r} is intact."
-                if last_saved is not None else "No checkpoint was written.")
-        raise FloatingPointError(
-            f"{where}: the parameters or optimizer state became non-finite in steps {first}..{last - 1} "
-            f"although the loss was finite (non-finite gradients?); training stopped. {kept}"
-        )
+@dataclasses.dataclass
+class _Run:
+    """One ``fit`` run: what stays fixed while it runs (the first fields), and the host's
+    bookkeeping: the history of losses, the dispatched chunks whose losses are not checked
+    yet, the last checkpoint and the last step whose parameters are known to be finite."""
 
+    source: Any
+    placement: Placement
+    key: Any
+    steps: int
+    spc: int
+    ckpt: Checkpoints | None
+    checkpoint_every: int | None
+    progress: bool
+    callbacks: tuple
+    where: str
+    build: Callable | None = None  # the compiled chunk of n steps: build(n)
+    key_data: Any = None
+    expected: dict | None = None
+    history: dict = dataclasses.field(default_factory=lambda: {"loss": []})
+    pending: list = dataclasses.field(default_factory=list)
+    last_saved: int | None = None
+    verified: int = 0
+    last_drain: float = 0.0
+    bar: Any = None
 
-def _loop(build, source, placement, params, opt_state, key, key_data, start, steps, spc,
-          ckpt, checkpoint_every, expected, history, progress, callbacks, where) -> FitResult:
-    from tqdm.auto import tqdm
+    def __enter__(self) -> _Run:
+        return self
 
-    arrays = isinstance(source, ArraySource)
-    compiled: dict[int, Callable] = {}
-    t = start
-    t_dev = placement.put(np.int32(t))
-    last_saved = start if ckpt is not None and start > 0 else None
-    verified = start  # the parameters after this step are known to be finite
-    pending: list = []
-    last_drain = time.monotonic()
-    bar = tqdm(total=steps, initial=start, unit="step", desc="fit", disable=not progress, dynamic_ncols=True)
+    def __exit__(self, *exc) -> None:
+        if self.ckpt is not None:
+            self.ckpt.close()
 
-    def drain(keep: int = 0) -> None:
-        """Check and record the metrics of all dispatched chunks but the last ``keep``
+    def begin(self, params, optimizer, loss_fn, accumulate, resume) -> tuple[Any, Any, int]:
+        """Place the parameters and the optimizer state, and resume from the checkpoint
+        directory when it holds this run: ``(params, opt_state, first step)``."""
+        self.build = functools.partial(_chunk, loss_fn, optimizer, accumulate, self.placement.mesh,
+                                       self.placement.axis, self.source.sampler)
+        params = self.placement.replicate(params)
+        opt_state = self.placement.replicate(_init_state(optimizer, params, self.where))
+        self.key = self.placement.put(self.key)
+        self.key_data = np.asarray(jax.random.key_data(self.key))
+        start = 0
+        if self.ckpt is not None:
+            settings = _run_settings(self.source, accumulate, self.spc, self.key_data, optimizer, opt_state, loss_fn)
+            self.expected = {"params": fingerprint(params), "opt_state": fingerprint(opt_state), "config": settings}
+            if not resume and (latest := self.ckpt.latest_step()) is not None:
+                raise ValueError(
+                    f"{self.where}: checkpoint_dir={self.ckpt.path!r} already holds checkpoints (latest step "
+                    f"{latest}) and resume=False; nothing was overwritten. Pass resume=True to "
+                    "continue that run, or choose a new checkpoint_dir."
+                )
+            like = {"params": params, "opt_state": opt_state,
+                    "step": self.placement.put(np.int32(0)), "key": self.placement.put(self.key_data)}
+            point = self.ckpt.resume_point(self.steps, like, self.expected, force=resume == "force")
+            if point is not None:
+                start, state, meta = point
+                params, opt_state = state["params"], state["opt_state"]
+                self.history = {k: list(v) for k, v in meta["history"].items()}
+        if not isinstance(self.source, ArraySource):
+            self.source.skip(start)
+        return params, opt_state, start
+
+    def loop(self, params, opt_state, start: int) -> FitResult:
+        """Dispatch the chunks from step ``start`` to ``steps``; save and call back between them."""
+        from tqdm.auto import tqdm
+
+        compiled: dict[int, Callable] = {}
+        t, t_dev = start, self.placement.put(np.int32(start))
+        self.last_saved = start if self.ckpt is not None and start > 0 else None
+        self.verified = start  # the parameters after this step are known to be finite
+        self.last_drain = time.monotonic()
+        self.bar = tqdm(total=self.steps, initial=start, unit="step", desc="fit", disable=not self.progress,
+                        dynamic_ncols=True)
+        try:
+            while t < self.steps:
+                n = min((t // self.spc + 1) * self.spc, self.steps) - t
+                run = compiled.get(n) or compiled.setdefault(n, self.build(n))
+                if isinstance(self.source, ArraySource):
+                    inputs = (self.source.perms(self.key, t, n), self.source.arrays)
+                else:
+                    inputs = (self.source.take(n),)
+                (params, opt_state, t_dev), m = run(params, opt_state, t_dev, *inputs)
+                self.dispatched(t, m)
+                t += n
+                self.boundary(t, params, opt_state, t_dev)
+            self.drain()
+            if t > self.verified:  # never hand back non-finite parameters either
+                self.check_finite(params, opt_state, t)
+        finally:
+            self.bar.close()
+        hist = {"step": np.arange(len(self.history["loss"])),
+                "loss": np.asarray(self.history["loss"], dtype=np.float64)}
+        return FitResult(params=params, opt_state=opt_state, step=t, history=hist)
+
+    def dispatched(self, t: int, losses: jax.Array) -> None:
+        """Note a chunk dispatched at step ``t``; check the older ones now and then."""
+        self.pending.append((t, losses))
+        now = time.monotonic()
+        if len(self.pending) > _IN_FLIGHT or now - self.last_drain > _DRAIN_SECONDS:
+            self.drain(keep=1)  # older chunks, finished or nearly, while the newest runs
+            self.last_drain = now
+
+    def boundary(self, t: int, params, opt_state, t_dev) -> None:
+        """After the chunk that ends at step ``t``: save a checkpoint if one is due, call the callbacks."""
+        save = self.ckpt is not None and (
+            t == self.steps or (self.checkpoint_every is not None and t % self.checkpoint_every == 0))
+        if save or self.callbacks:
+            self.drain()
+        if save:
+            self.check_finite(params, opt_state, t)
+            state = {"params": params, "opt_state": opt_state, "step": t_dev,
+                     "key": self.placement.put(self.key_data)}
+            self.ckpt.save(t, state, {**self.expected, "history": self.history})
+            self.last_saved = self.verified = t
+        if self.callbacks:
+            metrics = {"loss": self.history["loss"][-1]}
+            for cb in self.callbacks:
+                cb(t, params, metrics)
+
+    def drain(self, keep: int = 0) -> None:
+        """Check and record the losses of all dispatched chunks but the last ``keep``
         (one transfer and one check for the lot)."""
-        if len(pending) <= keep:
+        if len(self.pending) <= keep:
             return
-        done = pending[:len(pending) - keep]
-        del pending[:len(done)]
-        t0 = done[0][0]
+        done = self.pending[:len(self.pending) - keep]
+        del self.pending[:len(done)]
         m = np.concatenate([np.asarray(x) for _, x in done]).astype(np.float64)
         bad = ~np.isfinite(m)
         if bad.any():
             i = int(np.argmax(bad))
-            kept = (f"The last checkpoint (step {last_saved}) in {ckpt.path!r} is intact; fix the "
+            kept = (f"The last checkpoint (step {self.last_saved}) in {self.ckpt.path!r} is intact; fix the "
                     "cause (learning rate, data, loss) and call fit again to resume from it."
-                    if last_saved is not None else
+                    if self.last_saved is not None else
                     "No checkpoint was written; pass checkpoint_dir= to keep progress.")
+            raise FloatingPointError(f"{self.where}: non-finite loss {m[i]} at step {done[0][0] + i}; "
+                                     f"training stopped. {kept}")
+        self.history["loss"].extend(m.tolist())
+        self.bar.update(len(m))
+        if self.progress:
+            self.bar.set_postfix(loss=f"{m[-1]:.4g}", refresh=False)
+
+    def check_finite(self, params, opt_state, last: int) -> None:
+        """Before a checkpoint and before returning: a finite loss with non-finite gradients
+        leaves non-finite parameters that the losses do not show yet; never save or return
+        those."""
+        if not bool(_all_finite((params, opt_state))):
+            kept = (f"The last checkpoint (step {self.last_saved}) in {self.ckpt.path!r} is intact."
+                    if self.last_saved is not None else "No checkpoint was written.")
             raise FloatingPointError(
-                f"{where}: non-finite loss {m[i]} at step {t0 + i}; "
+                f"{self.where}: the parameters or optimizer state became non-finite in steps "
+                f"{self.verified}..{last - 1} although the loss was finite (non-finite gradients?); "
                 f"training stopped. {kept}"
             )
-        history["loss"].extend(m.tolist())
-        bar.update(len(m))
-        if progress:
-            bar.set_postfix(loss=f"{m[-1]:.4g}", refresh=False)
-
-    try:
-        while t < steps:
-            n = min((t // spc + 1) * spc, steps) - t
-            run = compiled.get(n) or compiled.setdefault(n, build(n))
-            if arrays:
-                (params, opt_state, t_dev), m = run(params, opt_state, t_dev, source.perms(key, t, n), source.arrays)
-            else:
-                batches = source.take(n)
-                (params, opt_state, t_dev), m = run(params, opt_state, t_dev, batches)
-            pending.append((t, m))
-            now = time.monotonic()
-            if len(pending) > _IN_FLIGHT or now - last_drain > _DRAIN_SECONDS:
-                drain(keep=1)  # older chunks, finished or nearly, while the newest runs
-                last_drain = now
-            t += n
-            save = ckpt is not None and (t == steps or (checkpoint_every is not None and t % checkpoint_every == 0))
-            if save or callbacks:
-                drain()
-            if save:
-                _check_finite(params, opt_state, verified, t, where, last_saved, ckpt)
-                state = {"params": params, "opt_state": opt_state, "step": t_dev,
-                         "key": placement.put(key_data)}
-                ckpt.save(t, state, {**expected, "history": history})
-                last_saved = verified = t
-            if callbacks:
-                metrics = {"loss": history["loss"][-1]}
-                for cb in callbacks:
-                    cb(t, params, metrics)
-        drain()
-        if t > verified:  # never hand back non-finite parameters either
-            _check_finite(params, opt_state, verified, t, where, last_saved, ckpt)
-    finally:
-        bar.close()
-    hist = {"step": np.arange(len(history["loss"])),
-            "loss": np.asarray(history["loss"], dtype=np.float64)}
-    return FitResult(params=params, opt_state=opt_state, step=t, history=hist)

@@ -86,79 +86,87 @@ def _short(qualname: str) -> str:
 
 def describe(obj: Any, name: str) -> dict[str, str]:
     """The flat ``{setting: value}`` that identifies ``obj`` (a function, an optimizer...)."""
-    out: dict[str, str] = {}
-    seen: set[int] = set()
+    walker = _Walker()
+    walker.walk(obj, name, 0)
+    return walker.out
 
-    def put(key: str, text: str) -> None:
+
+class _Walker:
+    """``describe``'s walk: the settings found so far, and the containers already seen."""
+
+    def __init__(self) -> None:
+        self.out: dict[str, str] = {}
+        self.seen: set[int] = set()
+
+    def put(self, key: str, text: str) -> None:
         k, i = key, 2
-        while k in out:
+        while k in self.out:
             k, i = f"{key}#{i}", i + 1
-        out[k] = text
+        self.out[k] = text
 
-    def walk(x: Any, path: str, depth: int) -> None:
+    def walk(self, x: Any, path: str, depth: int) -> None:
         text = _value(x)
         if text is not None:
-            put(path, text)
+            self.put(path, text)
             return
-        if depth > _MAX_DEPTH or id(x) in seen:
+        if depth > _MAX_DEPTH or id(x) in self.seen:
             return
-        if isinstance(x, (tuple, list)):
-            seen.add(id(x))
-            fields = getattr(x, "_fields", None)
-            for i, item in enumerate(x[:_MAX_ITEMS]):
-                walk(item, f"{path}.{fields[i]}" if fields else f"{path}[{i}]", depth + 1)
-            return
-        if isinstance(x, dict):
-            seen.add(id(x))
-            for k in list(x)[:_MAX_ITEMS]:
-                walk(x[k], f"{path}[{k!r}]", depth + 1)
-            return
-        if isinstance(x, functools.partial):
-            seen.add(id(x))
-            walk(x.func, path, depth + 1)
-            for i, a in enumerate(x.args):
-                walk(a, f"{path}.args[{i}]", depth + 1)
-            for k, v in x.keywords.items():
-                walk(v, f"{path}.{k}", depth + 1)
+        if isinstance(x, (tuple, list, dict, functools.partial)):
+            self.seen.add(id(x))
+            for item, where in _parts(x, path):
+                self.walk(item, where, depth + 1)
             return
         if isinstance(x, types.MethodType):
-            walk(x.__func__, path, depth + 1)
+            self.walk(x.__func__, path, depth + 1)
             return
         if isinstance(x, types.FunctionType):
-            seen.add(id(x))
-            fn = _short(x.__qualname__)
-            outer = fn.split(".")[0]
-            put(f"{path}:{fn}" if path else fn, f"code sha256:{_code_digest(x.__code__)}")
-            for var, cell in zip(x.__code__.co_freevars, x.__closure__ or ()):
-                try:
-                    walk(cell.cell_contents, f"{outer}.{var}", depth + 1)
-                except ValueError:  # an empty cell
-                    pass
-            for i, d in enumerate(x.__defaults__ or ()):
-                walk(d, f"{outer}.default[{i}]", depth + 1)
-            for k, d in (x.__kwdefaults__ or {}).items():
-                walk(d, f"{outer}.{k}", depth + 1)
-            glb = x.__globals__
-            for g in x.__code__.co_names:
-                if g not in glb:  # an attribute's name, or a builtin
-                    continue
-                v = glb[g]
-                if isinstance(v, types.FunctionType) and v.__module__ == x.__module__:
-                    walk(v, "", depth + 1)
-                elif _value(v) is not None and not isinstance(v, type):
-                    walk(v, f"{x.__module__}.{g}", depth + 1)
+            self.seen.add(id(x))
+            self.function(x, path, depth)
             return
         wrapped = getattr(x, "__wrapped__", None)  # jax.jit and functools.wraps keep the function
         if wrapped is not None and callable(wrapped):
-            walk(wrapped, path, depth + 1)
+            self.walk(wrapped, path, depth + 1)
             return
         if callable(x) and hasattr(type(x), "__call__") and not isinstance(x, type):
-            put(path or "callable", f"an instance of {type(x).__qualname__}")
+            self.put(path or "callable", f"an instance of {type(x).__qualname__}")
             return
-        put(path or "object", f"a {type(x).__qualname__}")
+        self.put(path or "object", f"a {type(x).__qualname__}")
 
-    walk(obj, name, 0)
-    return out
+    def function(self, x: types.FunctionType, path: str, depth: int) -> None:
+        """A function: its code's digest, the values it closes over and its defaults, and the
+        same-module functions and constants its code names as globals."""
+        fn = _short(x.__qualname__)
+        outer = fn.split(".")[0]
+        self.put(f"{path}:{fn}" if path else fn, f"code sha256:{_code_digest(x.__code__)}")
+        for var, cell in zip(x.__code__.co_freevars, x.__closure__ or ()):
+            try:
+                self.walk(cell.cell_contents, f"{outer}.{var}", depth + 1)
+            except ValueError:  # an empty cell
+                pass
+        for i, d in enumerate(x.__defaults__ or ()):
+            self.walk(d, f"{outer}.default[{i}]", depth + 1)
+        for k, d in (x.__kwdefaults__ or {}).items():
+            self.walk(d, f"{outer}.{k}", depth + 1)
+        glb = x.__globals__
+        for g in x.__code__.co_names:
+            if g not in glb:  # an attribute's name, or a builtin
+                continue
+            v = glb[g]
+            if isinstance(v, types.FunctionType) and v.__module__ == x.__module__:
+                self.walk(v, "", depth + 1)
+            elif _value(v) is not None and not isinstance(v, type):
+                self.walk(v, f"{x.__module__}.{g}", depth + 1)
+
+
+def _parts(x: Any, path: str) -> list[tuple[Any, str]]:
+    """The items of a tuple, list, dict or ``functools.partial``, each with its path."""
+    if isinstance(x, functools.partial):
+        return [(x.func, path), *((a, f"{path}.args[{i}]") for i, a in enumerate(x.args)),
+                *((v, f"{path}.{k}") for k, v in x.keywords.items())]
+    if isinstance(x, dict):
+        return [(x[k], f"{path}[{k!r}]") for k in list(x)[:_MAX_ITEMS]]
+    fields = getattr(x, "_fields", None)
+    return [(item, f"{path}.{fields[i]}" if fields else f"{path}[{i}]") for i, item in enumerate(x[:_MAX_ITEMS])]
 
 
 def optimizer_settings(optimizer: Any, init_state: Any) -> dict[str, str]:

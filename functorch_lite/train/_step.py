@@ -21,6 +21,7 @@ the batch is sharded over devices each micro-batch stays evenly sharded.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -72,13 +73,25 @@ def check_loss_value(out: Any, where: str) -> None:
                         f"{jnp.result_type(out)}.")
 
 
+# What JAX and NumPy say when the arrays' shapes do not fit the operation (dot_general's
+# contracting dimensions, broadcasting, reshape, an index out of bounds, too many indices).
+_SHAPE_MISMATCH = re.compile(r"shape|dimension|broadcast|out of bounds|too many indices|ndim", re.IGNORECASE)
+
+
+def _is_shape_mismatch(e: BaseException) -> bool:
+    return isinstance(e, (TypeError, ValueError, IndexError)) and bool(_SHAPE_MISMATCH.search(str(e)))
+
+
 def _checked_loss(loss_fn: Callable, has_aux: bool, where: str) -> Callable:
-    """``loss_fn`` with the user's shape mistakes turned into a message naming the shapes."""
+    """``loss_fn`` with the user's shape mistakes turned into a message naming the shapes;
+    any other exception from ``loss_fn`` propagates unchanged."""
 
     def loss(params, batch):
         try:
             out = loss_fn(params, batch)
         except (TypeError, ValueError, IndexError) as e:
+            if not _is_shape_mismatch(e):
+                raise
             raise ValueError(
                 f"{where}: loss_fn(params, batch) failed on a batch with shapes {shapes(batch)} "
                 f"and params with shapes {shapes(params)}: {type(e).__name__}: {e}. Check that "
