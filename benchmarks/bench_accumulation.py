@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import functorch_lite as fl
-from functorch_lite import jacobians as _jac
+from functorch_lite import _jacobians as _jac
 
 from .harness import Row, format_table, interleaved
 

@@ -58,7 +58,7 @@ def main(out_dir: str = ".", x0: float = 0.5, orders=ORDERS) -> tuple[str, dict[
     ax.text(x0 + radius, 1.8, " radius of\n convergence", fontsize=7, va="top")
     ax.set_ylim(-2, 2)
     ax.set_xlabel("x")
-    ax.set_title(f"Taylor polynomials at x0 = {x0} (functorch_lite.taylor, Taylor mode)")
+    ax.set_title(f"Taylor polynomials at x0 = {x0} (functorch_lite._taylor, Taylor mode)")
     ax.legend(fontsize=8, loc="lower left")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "higher_order.png")

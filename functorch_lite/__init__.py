@@ -9,17 +9,18 @@ Array([2., 4.], dtype=float32)
 from . import nn as nn, train as train
 from ._caches import clear_caches as clear_caches
 from ._porting import functional_call as functional_call, stack_module_state as stack_module_state
-from .accumulation import chain as chain
-from .explanation import explain as explain
-from .check import GradCheckError as GradCheckError, GradCheckReport as GradCheckReport, check_grad as check_grad
-from .higher import (
+from ._accumulation import Chain as Chain, chain as chain
+from ._explanation import Report as Report, explain as explain
+from ._planner.plans import HessianPlan as HessianPlan, JacobianPlan as JacobianPlan
+from ._check import GradCheckError as GradCheckError, GradCheckReport as GradCheckReport, check_grad as check_grad
+from ._higher import (
     hessian as hessian,
     NestingFallbackWarning as NestingFallbackWarning,
     hessian_diag as hessian_diag,
     hvp as hvp,
     vhp as vhp,
 )
-from .operators import (
+from ._operators import (
     OperatorCost as OperatorCost,
     UnsupportedPrimitiveError as UnsupportedPrimitiveError,
     biharmonic as biharmonic,
@@ -29,9 +30,9 @@ from .operators import (
 )
 from ._jaxpr.sparsity import SparsityWarning as SparsityWarning
 from ._sparse import Pattern as Pattern, sparsity as sparsity
-from .jacobians import jacfwd as jacfwd, jacobian as jacobian, jacrev as jacrev
-from .taylor import derivative as derivative, taylor as taylor
-from .transforms import (
+from ._jacobians import jacfwd as jacfwd, jacobian as jacobian, jacrev as jacrev
+from ._taylor import TaylorFallbackWarning as TaylorFallbackWarning, derivative as derivative, taylor as taylor
+from ._transforms import (
     grad as grad,
     grad_and_value as grad_and_value,
     jvp as jvp,
@@ -40,7 +41,7 @@ from .transforms import (
     vjp as vjp,
     vmap as vmap,
 )
-from .viz import ComputationGraph as ComputationGraph, graph as graph
+from ._viz import ComputationGraph as ComputationGraph, graph as graph
 
 # The public names: the documentation site has one reference entry per name (and per
 # public name of the nn and train modules); tests/test_docs_site.py checks it.
@@ -50,9 +51,11 @@ __all__ = [
     # porting helpers
     "functional_call", "stack_module_state",
     # Jacobians and accumulation
-    "jacrev", "jacfwd", "jacobian", "chain", "explain",
+    "jacrev", "jacfwd", "jacobian", "chain", "Chain", "explain", "Report", "JacobianPlan",
+    "HessianPlan",
     # higher order
     "hessian", "hvp", "vhp", "hessian_diag", "derivative", "taylor", "NestingFallbackWarning",
+    "TaylorFallbackWarning",
     # sparse Jacobians and Hessians
     "sparsity", "Pattern", "SparsityWarning",
     # differential operators

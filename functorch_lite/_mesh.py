@@ -304,7 +304,7 @@ def sharded_basis_map(make_row: Callable, basis_size: int, *, mesh: Mesh, axis: 
 def _split_dynamic(tree: Any):
     """Array leaves of ``tree`` and a function rebuilding ``tree`` from them (other
     leaves, e.g. Python scalars and strings, are closed over): ``jacobians.split_dynamic``."""
-    from .jacobians import split_dynamic  # lazily: jacobians imports this module
+    from ._jacobians import split_dynamic  # lazily: jacobians imports this module
 
     dynamic, rebuild = split_dynamic(tree, {})
     return dynamic, lambda leaves: rebuild(leaves)[0]
@@ -313,7 +313,7 @@ def _split_dynamic(tree: Any):
 def _one_hot(index: jax.Array, like: list) -> list:
     """The ``index``-th standard basis vector of the flattened leaves ``like`` (all zeros
     for an index past the end: the padding), as ``jacobians`` builds it."""
-    from .jacobians import _basis  # lazily: jacobians imports this module
+    from ._jacobians import _basis  # lazily: jacobians imports this module
 
     return _basis(index, like)
 
@@ -450,7 +450,7 @@ def hessian(func: Callable, args: tuple, kwargs: dict, *, argnums: Any, mode: st
             chunk_size: int | None, mesh: Mesh, mesh_axis: str | None, gather: bool) -> Any:
     """``hessian(func, mode=mode)`` at ``args``, the outer Jacobian's basis split over
     ``mesh``; the inner (gradient) runs whole on each device."""
-    from . import higher, jacobians  # lazily: higher imports this module
+    from . import _higher as higher, _jacobians as jacobians  # lazily: higher imports this module
 
     chosen = higher.resolve_hessian_mode(func, mode, args, kwargs, argnums)
     outer, _, inner_name = chosen.split("-")
@@ -516,7 +516,7 @@ def _batch_layout(func: Callable, args: tuple, kwargs: dict, in_dims: Any, out_d
     """The flattened arguments with their mapped dims, the batch size, and the output's
     leaves, tree and mapped dims. The plain vmap validates ``in_dims``/``out_dims``
     against the arguments (its messages) and gives the output structure."""
-    from . import transforms  # lazily: transforms imports this module
+    from . import _transforms as transforms  # lazily: transforms imports this module
 
     out_shape = jax.eval_shape(lambda *a: transforms.vmap(func, in_dims, out_dims)(*a, **kwargs), *args)
     prefix = tuple(in_dims) if isinstance(in_dims, (tuple, list)) else (in_dims,) * len(args)
@@ -535,7 +535,7 @@ def vmap(func: Callable, args: tuple, kwargs: dict, *, in_dims: Any, out_dims: A
     split over ``mesh``: each device maps its ``ceil(B / d)`` elements (the last padded
     by repeating the final element, whose results are dropped), ``chunk_size`` at a
     time; outputs sharded along their batch axis (or replicated, as for Jacobians)."""
-    from . import transforms  # lazily: transforms imports this module
+    from . import _transforms as transforms  # lazily: transforms imports this module
 
     axis, where = _prologue("vmap", func, mesh, mesh_axis, gather, f", in_dims={in_dims!r}")
     flat, tree, dims, batch, out_tree, odims = _batch_layout(func, args, kwargs, in_dims, out_dims)
@@ -671,7 +671,7 @@ def laplacian(func: Callable, args: tuple, *, argnums: Any, method: str, num_sam
     sums are added across the devices (``psum``). The result is the full Laplacian,
     replicated. With ``return_std=True`` each device gives its directions' samples
     ``z^T H z`` one by one (a batch), gathered for the mean and standard error."""
-    from .operators import diff_operator  # lazily: operators.laplacian calls this function
+    from ._operators import diff_operator  # lazily: operators.laplacian calls this function
 
     axis, where = _prologue("laplacian", func, mesh, mesh_axis, False)
     devices = int(mesh.shape[axis])

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import functorch_lite as fl
-from functorch_lite import planner
-from functorch_lite import jacobians as jac_mod
+from functorch_lite._planner import chain as planner
+from functorch_lite import _jacobians as jac_mod
 from functorch_lite._mode import in_forward_mode
 
 from conftest import assert_tree_allclose

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 import functorch_lite as fl
-from functorch_lite.check import GradCheckError, check_grad
+from functorch_lite._check import GradCheckError, check_grad
 
 
 def test_accepts_correct_functions_to_order_two():

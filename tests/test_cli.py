@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from functorch_lite import cli
+from functorch_lite import _cli as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -150,11 +150,11 @@ def test_failed_check_fails_the_tour(tmp_path):
     # the tour's exit status reflects its checks: a stop with a wrong closed form fails
     code = (
         "import sys, jax.numpy as jnp, functorch_lite as fl\n"
-        "from functorch_lite.cli import tour\n"
+        "from functorch_lite._cli import tour\n"
         "@tour.stop('wrong', 'a deliberately wrong closed form')\n"
         "def _wrong(ctx):\n"
         "    ctx.check('grad(x^2) = 2.001 x', fl.grad(lambda x: x * x)(3.0), 2.001 * 3.0)\n"
-        "from functorch_lite.cli import main\n"
+        "from functorch_lite._cli import main\n"
         f"sys.exit(main(['tour', '--out', {str(tmp_path)!r}, '--only', 'wrong']))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")

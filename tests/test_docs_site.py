@@ -42,7 +42,7 @@ def test_all_lists_every_public_name_and_only_existing_ones():
     assert len(set(fl.__all__)) == len(fl.__all__), "a name is listed twice in __all__"
     assert "clear_caches" in fl.__all__
     # every public function/class of the namespace is in __all__ (submodules such as
-    # functorch_lite.transforms are implementation; nn and train are listed as modules)
+    # functorch_lite._transforms are implementation; nn and train are listed as modules)
     exported = {k for k, v in vars(fl).items()
                 if not k.startswith("_") and not isinstance(v, types.ModuleType)}
     missing = exported - set(fl.__all__)
@@ -68,8 +68,8 @@ def test_reference_entries_resolve_to_the_public_objects():
         assert hooks.resolve(ident) is not None, f"{ident} ({entries[ident]}) names nothing"
     # the function taylor and the module taylor.py share a name: the entry must be the
     # function's, which the resolution (griffe's) tells apart
-    assert hooks.entry_of("taylor", entries) == "functorch_lite.taylor.taylor"
-    assert hooks.resolve("functorch_lite.taylor") is not fl.taylor
+    assert hooks.entry_of("taylor", entries) == "functorch_lite._taylor.taylor"
+    assert hooks.resolve("functorch_lite._taylor") is not fl.taylor
 
 
 def test_the_coverage_check_can_fail(tmp_path):
@@ -244,7 +244,7 @@ def _h1(dom: str) -> list[str]:
 @pytest.mark.parametrize("name, heading, ids", [
     ("index", "functorch_lite", ["a-first-example", "where-next"]),
     ("reference_transforms", "Transforms", ["functorch_lite.grad", "functorch_lite.vmap"]),
-    ("reference_higher", "Higher order", ["functorch_lite.hessian", "functorch_lite.taylor.taylor"]),
+    ("reference_higher", "Higher order", ["functorch_lite.hessian", "functorch_lite._taylor.taylor"]),
 ])
 def test_chromium_rendered_the_pages(name, heading, ids):
     dom = _dom(name)
@@ -271,3 +271,11 @@ def test_screenshots_show_a_page(name):
     # a blank or error page has a handful of colours; a rendered page with text,
     # the header bar and highlighted code has hundreds
     assert colours is None or len(colours) > 100, len(colours)
+
+
+def test_architecture_page_lists_exactly_the_package_files():
+    """docs/architecture.md's file table matches the tree (one row per module)."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    listed = set(re.findall(r"^\| `(functorch_lite/[^`]+\.py)` \|", text, flags=re.M))
+    actual = {p.relative_to(ROOT).as_posix() for p in (ROOT / "functorch_lite").rglob("*.py")}
+    assert listed == actual, (sorted(actual - listed), sorted(listed - actual))

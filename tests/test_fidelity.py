@@ -15,7 +15,7 @@ from jax import custom_vjp
 from jax.lax import while_loop
 
 import functorch_lite as fl
-from functorch_lite.higher import NestingFallbackWarning
+from functorch_lite._higher import NestingFallbackWarning
 
 from conftest import assert_tree_allclose, keys_at_every_depth
 

@@ -9,7 +9,7 @@ import pytest
 
 import functorch_lite as fl
 from functorch_lite._planner import api
-from functorch_lite import higher
+from functorch_lite import _higher as higher
 
 from conftest import assert_tree_allclose
 

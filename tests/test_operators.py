@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import functorch_lite as fl
-from functorch_lite.operators import OperatorCost, UnsupportedPrimitiveError, biharmonic_directions
+from functorch_lite._operators import OperatorCost, UnsupportedPrimitiveError, biharmonic_directions
 
 from conftest import assert_tree_allclose
 

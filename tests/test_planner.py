@@ -25,7 +25,7 @@ from functorch_lite import _caches, _cost
 from functorch_lite._jaxpr import cuts
 from functorch_lite._planner import api, model
 from functorch_lite._planner.chain import plan_chain
-from functorch_lite.jacobians import choose_mode
+from functorch_lite._jacobians import choose_mode
 
 from conftest import assert_tree_allclose
 

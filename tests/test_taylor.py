@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import functorch_lite as fl
-from functorch_lite.taylor import TaylorFallbackWarning
+from functorch_lite._taylor import TaylorFallbackWarning
 
 from conftest import assert_tree_allclose
 

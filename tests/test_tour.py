@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from functorch_lite.cli import tour
+from functorch_lite._cli import tour
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import functorch_lite as fl
-from functorch_lite.viz import ComputationGraph, graph
+from functorch_lite._viz import ComputationGraph, graph
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""What the pictures (:mod:`functorch_lite.viz`) read from a jaxpr: each equation's
+"""What the pictures (:mod:`functorch_lite._viz`) read from a jaxpr: each equation's
 label and output avals, which calls to inline, literals and dropped outputs.
 
 >>> import jax, jax.numpy as jnp

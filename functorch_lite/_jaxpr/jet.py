@@ -1,10 +1,10 @@
 """What ``jax.experimental.jet`` can propagate, read from the jaxpr (for
-:mod:`functorch_lite.taylor`).
+:mod:`functorch_lite._taylor`).
 
 ``jet`` has a rule per primitive (``jet.jet_rules``); a primitive the input reaches
 without one makes it fail, and a ``custom_jvp``/``custom_vjp`` call is one it would
 silently differentiate through its primal, ignoring the custom rule. This module names
-those primitives, so :mod:`functorch_lite.taylor` can fall back to nested
+those primitives, so :mod:`functorch_lite._taylor` can fall back to nested
 differentiation before (or after) ``jet`` fails; it is the place to update when JAX
 renames the primitives or changes how ``jet`` reports a missing rule.
 

@@ -29,7 +29,7 @@ import numpy as np
 from .. import _args, _caches, _cost
 from .._jaxpr import cuts as _cuts
 from .._mode import in_taylor_mode
-from ..jacobians import BY_MODE, _closed_over, pure_mode, split_dynamic, to_layout
+from .._jacobians import BY_MODE, _closed_over, pure_mode, split_dynamic, to_layout
 from . import model as _model
 from .model import decide
 from .plans import HessianPlan, JacobianPlan

@@ -52,6 +52,12 @@ class JacobianPlan:
         ``split``: how the chosen mode's passes are split over it (for ``explain``).
       sparse: for a detected pattern: ``nnz``, ``n_jvp``, ``n_vjp`` and ``plan`` (its
         coloring in words); empty when sparsity was not considered.
+
+    >>> import jax.numpy as jnp
+    >>> from functorch_lite import explain
+    >>> A = jnp.ones((2, 3))
+    >>> explain(lambda x: A @ x, jnp.ones(3)).plan.kind    # the plan jacobian() runs
+    'rev'
     """
 
     kind: str
@@ -170,6 +176,13 @@ class HessianPlan:
         inner program traced.
       unsupported: nesting -> the first line of the error tracing it raised.
       probed: the nestings that were traced to check that they run.
+
+    Each nesting is priced as ``passes · per_pass + primal + extra`` (``terms``).
+
+    >>> import jax.numpy as jnp
+    >>> from functorch_lite import explain
+    >>> explain(lambda x: (x ** 3).sum(), jnp.ones(3), hessian=True).hessian.mode
+    'fwd-over-rev'
     """
 
     mode: str

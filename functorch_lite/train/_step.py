@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from .. import _args
-from ..transforms import value_and_grad
+from .._transforms import value_and_grad
 
 __all__ = ["train_step", "make_update", "check_optimizer", "shapes"]
 

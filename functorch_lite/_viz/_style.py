@@ -1,8 +1,8 @@
-"""How a :class:`~functorch_lite.viz.ComputationGraph` looks, for both renderers (DOT
+"""How a :class:`~functorch_lite._viz.ComputationGraph` looks, for both renderers (DOT
 and matplotlib): the title, the colours of nodes, clusters and edges, the cluster
 titles and the text in each box.
 
->>> from functorch_lite.viz._model import Node
+>>> from functorch_lite._viz._model import Node
 >>> node_text(Node("n0", "op", "sin", "f32[3]", "forward", stored=True))
 'sin\\nf32[3]\\nstored'
 """

@@ -1,5 +1,5 @@
 """The graph builder: jaxprs of ``func`` and of its derivative turned into the nodes and
-edges of a :class:`~functorch_lite.viz.ComputationGraph` (what is read from each
+edges of a :class:`~functorch_lite._viz.ComputationGraph` (what is read from each
 equation comes from :mod:`functorch_lite._jaxpr.graph`)."""
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def _mark_residuals(b: _Builder, srcs: list, outvars: list) -> tuple[list[str], 
 
 def _forward(b: _Builder, call: _Call) -> tuple[tuple, dict]:
     """Forward mode: the JVP, primal and tangent ops interleaved, nothing stored."""
-    from ..transforms import jvp
+    from .._transforms import jvp
 
     def tangent_run(all_args, tangents):
         return jvp(call.closed(all_args), call.diff(all_args), tuple(tangents))

@@ -61,7 +61,7 @@ from jax.flatten_util import ravel_pytree
 from . import _args
 from ._cost import analyse
 from ._jaxpr.taylor import UnsupportedPrimitiveError, propagate, stage_with_tree
-from .higher import _check_key
+from ._higher import _check_key
 
 __all__ = ["laplacian", "diff_operator", "biharmonic", "divergence", "OperatorCost",
            "UnsupportedPrimitiveError"]
@@ -291,7 +291,7 @@ def _raveled(func: Callable, args: tuple, argnums):
 def _hessian_trace(func: Callable, args: tuple, argnums, weight=None):
     """The Hessian route: ``tr H`` (or ``tr(C H)``) of each output from the full Hessian
     (``jacfwd(jacrev(.))``, this library's, so :mod:`functorch_lite.nn` layers work)."""
-    from .jacobians import jacfwd, jacrev
+    from ._jacobians import jacfwd, jacrev
 
     g, v = _raveled(func, args, argnums)
     out = jax.eval_shape(g, v)
@@ -599,7 +599,7 @@ def divergence(field: Callable, argnums: _args.Argnums = 0, *, method: str = "ex
 
     def reference(*args):
         g, v = _raveled(field, args, argnums)
-        from .jacobians import jacfwd
+        from ._jacobians import jacfwd
         return jnp.trace(jacfwd(lambda v: ravel_pytree(g(v))[0])(v))
 
     passes = lambda d: f"1 forward pass carrying {d if method == 'exact' else k} tangents"  # noqa: E731

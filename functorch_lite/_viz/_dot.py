@@ -1,4 +1,4 @@
-"""The DOT renderer: a :class:`~functorch_lite.viz.ComputationGraph` as Graphviz text
+"""The DOT renderer: a :class:`~functorch_lite._viz.ComputationGraph` as Graphviz text
 (two clusters, residuals filled orange and labelled "stored", the residual edges dashed
 from the forward into the backward cluster)."""
 

@@ -1,4 +1,4 @@
-"""What :func:`functorch_lite.viz.graph` returns: nodes, edges, the summary counts and
+"""What :func:`functorch_lite._viz.graph` returns: nodes, edges, the summary counts and
 the graph itself (drawn by the renderers in ``_dot`` and ``_matplotlib``)."""
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class ComputationGraph:
         ``backward`` (reverse mode) or ``jvp`` (forward mode).
 
     >>> import jax.numpy as jnp
-    >>> from functorch_lite.viz import graph
+    >>> from functorch_lite._viz import graph
     >>> g = graph(lambda x: jnp.sin(x) * 2.0, jnp.ones(3))
     >>> isinstance(g, ComputationGraph), g.mode
     (True, 'rev')

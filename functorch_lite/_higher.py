@@ -34,7 +34,7 @@ from jax.flatten_util import ravel_pytree
 
 from . import _args, _mesh
 from ._mode import forward_mode
-from .jacobians import pure_mode
+from ._jacobians import pure_mode
 
 __all__ = ["hessian", "hvp", "vhp", "hessian_diag", "resolve_hessian_mode", "NestingFallbackWarning"]
 

@@ -41,7 +41,7 @@ import functorch_lite as fl
 
 from .._cost import analyse
 from ..nn import l2_norm
-from ..viz import ComputationGraph, graph
+from .._viz import ComputationGraph, graph
 
 __all__ = ["STOPS", "Check", "Stop", "TourContext", "TourResult", "run_tour", "stop"]
 

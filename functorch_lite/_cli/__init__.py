@@ -3,10 +3,10 @@
 Subcommands:
 
 - ``tour [--out DIR]``: the ideas the library rests on, each computed and checked
-  against its closed form, with pictures written to DIR (see :mod:`functorch_lite.cli.tour`).
+  against its closed form, with pictures written to DIR (see :mod:`functorch_lite._cli.tour`).
 - ``explain [NAME | module:function --shape S ...]``: the ``explain()`` table and picture.
 - ``graph [NAME | module:function --shape S ...]``: the computation graph picture
-  (forward ops, backward ops, stored residuals; see :mod:`functorch_lite.viz`).
+  (forward ops, backward ops, stored residuals; see :mod:`functorch_lite._viz`).
 - ``bench [--quick]``: runs ``benchmarks/`` (a source checkout) and prints the table.
 
 Usage errors (an unknown subcommand, example or ``module:function``, a bad shape) print
@@ -153,7 +153,7 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
 
 def _cmd_graph(ns: argparse.Namespace) -> int:
     from .._args import first_line
-    from ..viz import graph
+    from .._viz import graph
 
     _check_engine(ns.engine)
     name, func, args = _load_target(ns.target, ns.shape)
@@ -175,7 +175,7 @@ def _cmd_graph(ns: argparse.Namespace) -> int:
 
 def _cmd_explain(ns: argparse.Namespace) -> int:
     from .._args import first_line
-    from ..explanation import explain
+    from .._explanation import explain
 
     name, func, args = _load_target(ns.target, ns.shape)
     _check_float_output(ns.target, func, args, ns.argnums, "explain")

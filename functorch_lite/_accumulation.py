@@ -15,7 +15,7 @@ bracketed in many ways:
 The planner (:mod:`functorch_lite._planner`) finds the narrow cuts of any function's
 program by itself and brackets the stages between them (the matrix-chain problem,
 extended to JVPs and VJPs); ``chain`` is the explicit form, planned the same way on the
-composed function, with the stages named in reports. :mod:`functorch_lite.explanation`
+composed function, with the stages named in reports. :mod:`functorch_lite._explanation`
 reports the plan.
 
 >>> import jax.numpy as jnp
@@ -38,7 +38,7 @@ import numpy as np
 from . import _args, _caches, _cost
 from ._jaxpr import cuts as _cuts
 from ._planner.plans import JacobianPlan
-from .jacobians import BY_MODE, planned_jacobian
+from ._jacobians import BY_MODE, planned_jacobian
 
 __all__ = ["chain", "Chain"]
 
@@ -77,6 +77,11 @@ class Chain:
     Attributes:
       stages: the stage functions, nested chains flattened.
       names: their names, for messages and reports.
+
+    >>> import jax.numpy as jnp
+    >>> c = chain(jnp.sin, jnp.cos)          # x -> cos(sin(x)); J = J_cos · J_sin
+    >>> c.names
+    ['sin', 'cos']
     """
 
     def __init__(self, *stages: Callable):
@@ -197,7 +202,7 @@ def chain(*stages: Callable) -> Chain:
 
     ``jacobian(chain(...))`` is planned like any function (the planner finds the
     narrow cuts of the composed program, which include the narrow stage boundaries, and
-    brackets the stages between them in the cheapest order, :func:`functorch_lite.planner.plan_chain`);
+    brackets the stages between them in the cheapest order, :func:`functorch_lite._planner.chain.plan_chain`);
     :func:`explain` shows the plan and names the stages.
 
     >>> import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The matplotlib renderer of a :class:`functorch_lite.viz.ComputationGraph`, for when
+"""The matplotlib renderer of a :class:`functorch_lite._viz.ComputationGraph`, for when
 Graphviz's ``dot`` program is not installed: a layered layout (x = topological depth,
 y = slot in the layer, ordered by the predecessors' mean slot), boxes and arrows in the
 colours of :mod:`._style`. matplotlib is imported only when drawing, on the Agg canvas

@@ -21,8 +21,8 @@ import jax
 from . import _args, _cost
 from ._cost import format_number as _num
 from ._planner.plans import HessianPlan, JacobianPlan
-from .accumulation import Chain, _describe
-from .jacobians import split_dynamic, tree_size
+from ._accumulation import Chain, _describe
+from ._jacobians import split_dynamic, tree_size
 
 __all__ = ["explain", "Report", "Candidate", "StageInfo"]
 
@@ -95,6 +95,12 @@ class Report:
         :class:`~functorch_lite._planner.plans.HessianPlan` (the candidates are then the
         four nestings).
       sparse: for ``explain(..., sparse=True)``, the sparse report's text.
+
+    >>> import jax.numpy as jnp
+    >>> A = jnp.ones((2, 3))
+    >>> report = explain(lambda x: A @ x, jnp.ones(3))     # m = 2 < n = 3: 2 VJPs
+    >>> report.chosen, report.in_size, report.out_size
+    ('rev', 3, 2)
     """
 
     name: str
@@ -443,7 +449,7 @@ def _on_leaves(g: Callable, rebuild: Callable) -> Callable:
 def _hessian_report(func, args, kwargs, argnums, xla, where) -> Report:
     """The report of ``hessian(func, mode="auto")``: the four nestings priced."""
     from ._planner import api
-    from .higher import _nesting
+    from ._higher import _nesting
 
     plan = api.plan_hessian(func, args, kwargs, argnums, where=where)
     primal = tuple(args[p] for p in _args.normalize_argnums(argnums, len(args), where))

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from . import _args
-from .transforms import jvp, vjp
+from ._transforms import jvp, vjp
 
 __all__ = ["check_grad", "GradCheckError", "GradCheckReport"]
 

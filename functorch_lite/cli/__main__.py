@@ -1,7 +1,0 @@
-"""`python -m functorch_lite.cli`: the `functorch-lite` command (as `python -m functorch_lite`)."""
-
-import sys
-
-from . import main
-
-sys.exit(main())
