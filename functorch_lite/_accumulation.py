@@ -55,7 +55,7 @@ class _Shown(str):
         return str(self)
 
 
-def _describe(tree: Any) -> str:
+def describe_value(tree: Any) -> str:
     """``float32[8]`` for an array, the pytree of those otherwise, e.g.
     ``(float32[5], float32[5])``."""
     def one(x: Any) -> str:
@@ -124,7 +124,7 @@ class Chain:
                 source = "the chain's input" if k == 1 else f"stage {k - 1} ({self.names[k - 2]})"
                 raise ValueError(
                     f"{where}: stages do not compose: stage {k} ({self.names[k - 1]}) cannot "
-                    f"take {_describe(values[-1])} from {source}: {_args.first_line(exc).rstrip('.')}. Make "
+                    f"take {describe_value(values[-1])} from {source}: {_args.first_line(exc).rstrip('.')}. Make "
                     f"{source} return the shape and structure stage {k} expects."
                 ) from exc
             leaves = jax.tree_util.tree_leaves(values[-1])
@@ -132,7 +132,7 @@ class Chain:
                 if not jnp.issubdtype(leaf.dtype, jnp.inexact):
                     raise TypeError(
                         f"{where}: stage {k} ({self.names[k - 1]}) returns "
-                        f"{_describe(values[-1])}; every stage must return floating-point "
+                        f"{describe_value(values[-1])}; every stage must return floating-point "
                         "arrays to be differentiated.")
             if not leaves:
                 raise ValueError(f"{where}: stage {k} ({self.names[k - 1]}) returns no arrays.")

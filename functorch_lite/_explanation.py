@@ -21,7 +21,7 @@ import jax
 from . import _args, _cost
 from ._cost import format_number as _num
 from ._planner.plans import HessianPlan, JacobianPlan
-from ._accumulation import Chain, _describe
+from ._accumulation import Chain, describe_value
 from ._jacobians import split_dynamic, tree_size
 
 __all__ = ["explain", "Report", "Candidate", "StageInfo"]
@@ -231,7 +231,7 @@ def _secs(v: float) -> str:
 
 
 def _shapes(tree: Any) -> list[str]:
-    return [_describe(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
+    return [describe_value(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
 
 
 
@@ -355,7 +355,7 @@ def _jacobian_report(func, args, kwargs, argnums, calibrate, xla, where, devices
         traced = api.trace(func, args, kwargs, argnums, False, where)
     primal = tuple(args[p] for p in _args.normalize_argnums(argnums, len(args), where))
     report = Report(name=_args.func_name(func), argnums=argnums, in_shapes=_shapes(primal),
-                    out_shapes=[_describe(a) for a in traced.out_avals],
+                    out_shapes=[describe_value(a) for a in traced.out_avals],
                     in_size=tree_size(primal), out_size=plan.out_size, candidates=[],
                     chosen=_NAMES[plan.kind], source=plan.source, reason=_reason(plan),
                     plan=plan, notes=list(plan.reasons) + ([plan.split] if plan.split else []))

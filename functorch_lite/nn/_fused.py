@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from .. import _caches
 from . import _common
-from ._linear import _bias, _xw, backward, linear
+from ._linear import bias_row, xw, backward, linear
 from ._norms import layer_norm, rms_norm, row_stats, through_xhat
 
 __all__ = ["linear_norm_act"]
@@ -49,18 +49,18 @@ def _make(norm: str, activation: Callable, eps: float, has_offset: bool):
 
 
 def _linear_acc(x, w, b, acc):
-    return _xw(x, w, acc) + _bias(b, x.ndim, acc)
+    return xw(x, w, acc) + bias_row(b, x.ndim, acc)
 
 
 def _dh(x, w, tx, tw, tb, acc, shape):
     """The tangent ``dh = dx W + x dW + db`` of ``h = xW + b`` (``None``: no such tangent)."""
     dh = jnp.zeros(shape, acc)
     if tx is not None:
-        dh = dh + _xw(tx, w, acc)
+        dh = dh + xw(tx, w, acc)
     if tw is not None:
-        dh = dh + _xw(x, tw, acc)
+        dh = dh + xw(x, tw, acc)
     if tb is not None:
-        dh = dh + _bias(tb, x.ndim, acc)
+        dh = dh + bias_row(tb, x.ndim, acc)
     return dh
 
 

@@ -27,11 +27,11 @@ def _mm(a, b, contract_a, contract_b, acc):
     return lax.dot_general(a, b, ((contract_a, contract_b), ((), ())), preferred_element_type=acc)
 
 
-def _xw(x, w, acc):  # (..., d) @ (d, m) -> (..., m)
+def xw(x, w, acc):  # (..., d) @ (d, m) -> (..., m)
     return _mm(x, w, (x.ndim - 1,), (0,), acc)
 
 
-def _bias(b, ndim, acc):
+def bias_row(b, ndim, acc):
     return b.astype(acc).reshape((1,) * (ndim - 1) + b.shape)
 
 
@@ -56,9 +56,9 @@ def _make(has_bias: bool):
 def _build(has_bias: bool):
     def primal(x, w, *b):
         acc = _common.acc_dtype(x.dtype)
-        y = _xw(x, w, acc)
+        y = xw(x, w, acc)
         if has_bias:
-            y = y + _bias(b[0], y.ndim, acc)
+            y = y + bias_row(b[0], y.ndim, acc)
         return y.astype(x.dtype)
 
     def forward(x, w, *b):
@@ -71,16 +71,16 @@ def _build(has_bias: bool):
         acc = _common.acc_dtype(x.dtype)
         terms = []
         if tx is not None:
-            terms.append(_xw(tx, w, acc))
+            terms.append(xw(tx, w, acc))
         if tw is not None:
             if x.ndim == 1:   # one sample: x dW as a broadcast product, whose transpose is the
                 # outer product x^T dL/dy as a broadcast too (under vmap: one fused multiply,
                 # not a batch of rank-1 matmuls)
                 terms.append(jnp.sum(x.astype(acc)[:, None] * tw.astype(acc), axis=0))
             else:
-                terms.append(_xw(x, tw, acc))
+                terms.append(xw(x, tw, acc))
         if has_bias and tangents[2] is not None:
-            terms.append(jnp.broadcast_to(_bias(tangents[2], x.ndim, acc), x.shape[:-1] + w.shape[1:]))
+            terms.append(jnp.broadcast_to(bias_row(tangents[2], x.ndim, acc), x.shape[:-1] + w.shape[1:]))
         return sum(terms[1:], terms[0])
 
     def seed_fwd(x, w, *b):
