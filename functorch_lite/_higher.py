@@ -41,7 +41,6 @@ __all__ = ["hessian", "hvp", "vhp", "hessian_diag", "resolve_hessian_mode", "Nes
 HESSIAN_MODES = ("auto", "fwd-over-rev", "rev-over-rev", "rev-over-fwd", "fwd-over-fwd")
 
 
-
 def _nesting(func: Callable, mode: str, argnums: Any, chunk_size: int | None,
              holomorphic: bool = False) -> Callable:
     """The nesting ``mode`` (e.g. ``"fwd-over-rev"``) of two Jacobian transforms; their
@@ -261,9 +260,6 @@ def _vhp(grad_f: Callable, primals: tuple, tangents: tuple) -> tuple[Any, Any]:
 # ----------------------------------------------------------------------------- hessian_diag
 
 HESSIAN_DIAG_METHODS = ("exact", "hutchinson")
-
-
-_check_key = _args.check_key  # kept: operators imports it
 
 
 def hessian_diag(func: Callable, argnums: _args.Argnums = 0, *, method: str = "exact",

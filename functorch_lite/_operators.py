@@ -61,7 +61,7 @@ from jax.flatten_util import ravel_pytree
 from . import _args
 from ._cost import analyse
 from ._jaxpr.taylor import UnsupportedPrimitiveError, propagate, stage_with_tree
-from ._higher import _check_key
+
 
 __all__ = ["laplacian", "diff_operator", "biharmonic", "divergence", "OperatorCost",
            "UnsupportedPrimitiveError"]
@@ -182,7 +182,7 @@ def _check_stochastic(where, method, num_samples, key, distribution, return_std,
         if key is None:
             raise ValueError(f"{where}: method='stochastic' draws random directions and needs a "
                              "PRNG key; pass key=jax.random.key(0) (or any key).")
-        _check_key(key, where)
+        _args.check_key(key, where)
         _args.check_choice(distribution, distributions, where, "distribution")
         return n
     for name, value, default in (("num_samples", num_samples, None), ("key", key, None),

@@ -201,9 +201,6 @@ def vjp(func: Callable, *primals: Any, has_aux: bool = False):
     return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
 
 
-_check_primals_tangents = _args.check_primals_tangents  # kept: other modules import it
-
-
 def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, has_aux: bool = False):
     """Jacobian-vector product, as ``torch.func.jvp``: ``(f(x), J u)``.
 
