@@ -132,7 +132,7 @@ def hessian_mode_rows(quick: bool) -> list[Row]:
                                        rtol=2e-4, atol=2e-4)
         times = interleaved(contenders, reps=reps_n)
         best = min(comp, key=lambda m: times[m])
-        auto = fl.higher.resolve_hessian_mode(f, "auto", args)
+        auto = fl._higher.resolve_hessian_mode(f, "auto", args)
         for mode, why in skipped.items():
             rows.append(progress(Row(GROUP, f"hessian n={n}: {mode}", "s", float("nan"),
                                      {"jax.hessian": times["jax.hessian"]}, note=why)))

@@ -405,7 +405,7 @@ def test_plans_are_cached_without_holding_the_function():
     assert _caches.sizes()["planner.jacobian"][0] == 0            # and the entries went with it
     g = lambda x: x * 2.0  # noqa: E731
     fl.jacobian(g)(x)
-    fl.jacobians.clear_plan_cache()
+    fl._jacobians.clear_plan_cache()
     assert _caches.sizes()["planner.jacobian"][0] == 0
 
 
@@ -436,7 +436,7 @@ _HLO_SCRIPT = textwrap.dedent("""
     bottleneck = lambda x: W2 @ jnp.tanh(W1 @ jnp.tanh(W0 @ x))
     for f, n in ((near_tie, n_in), (bottleneck, 300)):
         text = jax.jit(fl.jacobian(f)).lower(jnp.ones(n)).as_text()
-        print(hashlib.sha256(text.encode()).hexdigest(), fl.jacobians.choose_mode(f, (jnp.ones(n),)).kind)
+        print(hashlib.sha256(text.encode()).hexdigest(), fl._jacobians.choose_mode(f, (jnp.ones(n),)).kind)
 """)
 
 

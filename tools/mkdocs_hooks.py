@@ -63,7 +63,7 @@ def public_names() -> list[str]:
 def resolve(ident: str):
     """The object a ``::: IDENT`` entry documents, as griffe reads the path: the longest
     importable module prefix, then attributes (so ``functorch_lite._taylor`` is the
-    *module* taylor.py, and the function is ``functorch_lite._taylor.taylor``)."""
+    *module* _taylor.py, and ``functorch_lite.taylor`` the function)."""
     _import_library()
     parts = ident.split(".")
     for cut in range(len(parts), 0, -1):
