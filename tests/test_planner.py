@@ -459,7 +459,9 @@ def test_same_plan_and_hlo_in_fresh_processes():
             for _ in range(3)]
     assert outs[0] == outs[1] == outs[2], outs
     kinds = [line.split()[1] for line in outs[0].splitlines()]
-    assert kinds == ["fwd", "mixed"]
+    # the near-tie goes to rev: fwd would write its 100 x 100 result transposed after a
+    # matmul (the model's transposed-write term); the bottleneck is found as mixed
+    assert kinds == ["rev", "mixed"]
 
 
 def test_model_constants_are_documented():

@@ -206,6 +206,8 @@ def test_resume_must_be_bool_or_force():
 
 
 @pytest.mark.slow  # long: CI's slow step runs it
+@pytest.mark.standard_promotion("optax.contrib.reduce_on_plateau multiplies by a Python-typed "
+                                "scale under standard promotion only")
 def test_optimizers_needing_the_loss_value():
     """reduce_on_plateau needs value=, lbfgs value=, grad= and value_fn=: fit passes them."""
     rng = np.random.RandomState(0)
