@@ -45,6 +45,7 @@ def assert_usage_error(p: subprocess.CompletedProcess, pattern: str) -> None:
     assert re.search(pattern, lines[0]), lines[0]
 
 
+@pytest.mark.slow  # 15 s: CI's slow step runs it
 def test_help_for_each_subcommand():
     p = run("--help")
     assert p.returncode == 0 and "usage: functorch-lite" in p.stdout

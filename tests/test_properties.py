@@ -69,6 +69,7 @@ def test_jacobians_agree_across_modes_and_chunks(data):
             assert leaf.dtype == dtype
 
 
+@pytest.mark.slow  # 18 s: CI's slow step runs it
 @SETTINGS
 @given(data=st.data())
 def test_grad_equals_jacrev_and_vjp_of_one(data):

@@ -20,6 +20,9 @@ import textwrap
 
 import pytest
 
+# one 4-device subprocess of ~70 s: CI's slow step runs the module
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent(r"""

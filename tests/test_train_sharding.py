@@ -108,6 +108,7 @@ def _check_refusal(message):
             and "--xla_cpu_collective_call_terminate_timeout_seconds=3600" in message), message
 
 
+@pytest.mark.slow  # 17 s: CI's slow step runs it
 def test_data_parallel_on_4_devices_equals_one_device(tmp_path):
     out = _run(tmp_path)
     _check_refusal(out["refused"])
