@@ -364,12 +364,6 @@ def _validate(func, argnums, has_aux, chunk_size, layout, output, check, transfo
     return as_tuple, chunk_size, (None if mesh is None else (mesh, axis, gather))
 
 
-def _named(fn: Callable, name: str, doc: str) -> Callable:
-    fn.__name__ = name
-    fn.__doc__ = doc
-    return fn
-
-
 def _replicated(values: jax.Array, split: tuple | None) -> jax.Array:
     """With ``gather=True``: the nonzeros replicated on every device of the mesh."""
     if split is None or not split[2]:
@@ -411,7 +405,8 @@ def jacobian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     def jac_f(*args, **kwargs):
         return _jacobian_at(args, kwargs, **opts)
 
-    return _named(jac_f, f"jacobian({name}, sparse=True)", f"Sparse Jacobian of {name} w.r.t. argnums={argnums}.")
+    return _args.named(jac_f, func, f"jacobian({name}, sparse=True)",
+                       f"Sparse Jacobian of {name} w.r.t. argnums={argnums}.")
 
 
 def _jacobian_at(args, kwargs, *, func, argnums, as_tuple, mode, layout, chunk_size, has_aux,
@@ -483,7 +478,8 @@ def hessian(func: Callable, argnums: _args.Argnums = 0, *, mode: str = "auto",
     def hess_f(*args, **kwargs):
         return _hessian_at(args, kwargs, **opts)
 
-    return _named(hess_f, f"hessian({name}, sparse=True)", f"Sparse Hessian of {name} w.r.t. argnums={argnums}.")
+    return _args.named(hess_f, func, f"hessian({name}, sparse=True)",
+                       f"Sparse Hessian of {name} w.r.t. argnums={argnums}.")
 
 
 def _hessian_at(args, kwargs, *, func, argnums, as_tuple, outer, chunk_size, sparsity, output, check,
