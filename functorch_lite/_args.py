@@ -54,11 +54,6 @@ def named(wrapper: Callable, func: Callable, name: str, doc: str, *,
     return wrapper
 
 
-def name_transformed(wrapper: Callable, func: Callable, label: str, doc: str) -> Callable:
-    """:func:`named` with ``torch_name=True`` (the name ``jacobians`` imports)."""
-    return named(wrapper, func, label, doc, torch_name=True)
-
-
 def check_callable(func: Any, transform: str, argname: str = "func") -> None:
     if not callable(func):
         raise TypeError(

@@ -184,9 +184,9 @@ def _jacobian_transform(func, argnums, has_aux, chunk_size, layout, transform, e
         return (jac, aux) if has_aux else jac
 
     mode = "reverse" if transform == "jacrev" else "forward"
-    return _args.name_transformed(
-        jac_f, func, f"{transform}({name})",
-        f"Jacobian of {name} by {mode} mode w.r.t. argnums={argnums}.")
+    return _args.named(jac_f, func, f"{transform}({name})",
+                       f"Jacobian of {name} by {mode} mode w.r.t. argnums={argnums}.",
+                       torch_name=True)
 
 
 def _jacrev_engine(g, primal, chunk_size, holomorphic=False):
