@@ -558,8 +558,7 @@ def vmap(func: Callable, args: tuple, kwargs: dict, *, in_dims: Any, out_dims: A
 
     def program(mapped, fixed_dyn, kw_dyn):
         mapped = [jnp.moveaxis(jnp.asarray(x), dims[i], 0) for x, i in zip(mapped, batched)]
-        if padded != batch:
-            mapped = [jnp.concatenate([x, jnp.repeat(x[-1:], padded - batch, axis=0)]) for x in mapped]
+        mapped = _pad_rows(mapped, padded)
         out = jax.shard_map(body, mesh=_auto(mesh), in_specs=(P(axis), P(), P()), out_specs=out_specs,
                             check_vma=False)(mapped, fixed_dyn, kw_dyn)
         moved = [x if d is None else jnp.moveaxis(x[:batch], 0, d)
