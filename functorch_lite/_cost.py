@@ -133,7 +133,7 @@ def signature(tree: Any) -> tuple:
     parts = []
     for leaf in leaves:
         if is_array_leaf(leaf):
-            parts.append(("array", tuple(np.shape(leaf)), str(np.dtype(leaf.dtype))))
+            parts.append(("array", tuple(leaf.shape), leaf.dtype))   # dtypes hash by value
         else:
             try:
                 hash(leaf)

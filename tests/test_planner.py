@@ -486,16 +486,17 @@ def test_exact_flop_tie_with_a_large_result_goes_to_reverse(x64):
     assert model.layout_cost(60, 60) == 0.0 and model.layout_cost(100, 100) > 0
 
 
-@pytest.mark.parametrize("case", ["elementwise", "batched"])
+@pytest.mark.parametrize("case", ["batched", "wide layer"])
 def test_planner_picks_sparse_for_a_sparse_jacobian_and_returns_dense(x64, case):
-    W = jax.random.normal(jax.random.key(1), (64, 32))
-    if case == "elementwise":   # 2000: the dense plan is large enough to detect (DETECT_MIN)
-        f, x = (lambda x: jnp.sin(x) * x), jnp.linspace(-1.0, 1.0, 2000)
-    else:
-        f, x = (lambda X: jnp.tanh(X @ W.T)), jax.random.normal(jax.random.key(2), (16, 32))
+    # a batch of samples through one layer: block-diagonal, the dense plans large enough
+    # (>= DETECT_MIN) that detecting and coloring the pattern pays
+    batch, n_in, n_out = (48, 32, 64) if case == "batched" else (24, 64, 96)
+    W = jax.random.normal(jax.random.key(1), (n_out, n_in))
+    f, x = (lambda X: jnp.tanh(X @ W.T)), jax.random.normal(jax.random.key(2), (batch, n_in))
     plan = api.plan_jacobian(f, (x,))[0]
     info = cuts.analyse(cuts.flatten(jax.make_jaxpr(f)(x)), 1)
     assert model.may_be_sparse(info) and plan.kind == "sparse"
+    assert min(plan.costs["fwd"], plan.costs["rev"]) >= model.DETECT_MIN
     assert plan.costs["sparse"] <= model.PAY * min(plan.costs["fwd"], plan.costs["rev"])
     J = fl.jacobian(f)(x)
     assert isinstance(J, jax.Array) and J.shape == jax.jacrev(f)(x).shape     # dense, as asked
@@ -504,11 +505,12 @@ def test_planner_picks_sparse_for_a_sparse_jacobian_and_returns_dense(x64, case)
                                rtol=1e-12, atol=1e-14)
 
 
-def test_small_dense_plans_skip_detection(x64):
-    # elementwise 500 -> 500: the bound says sparse, but the dense plan (500 fused JVPs,
+@pytest.mark.parametrize("n", [500, 2000])
+def test_small_dense_plans_skip_detection(x64, n):
+    # elementwise n -> n: the bound says sparse, but the dense plan (n fused JVPs,
     # no matrix product: no transposed-write term, the tie goes to forward) costs less
     # than DETECT_MIN, less than detecting and coloring the pattern would
-    f, x = (lambda x: jnp.sin(x) * x), jnp.linspace(-1.0, 1.0, 500)
+    f, x = (lambda x: jnp.sin(x) * x), jnp.linspace(-1.0, 1.0, n)
     info = cuts.analyse(cuts.flatten(jax.make_jaxpr(f)(x)), 1)
     plan = api.plan_jacobian(f, (x,))[0]
     assert model.may_be_sparse(info) and not model.may_be_sparse(info, plan.cost)

@@ -44,8 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import ClosedJaxpr, is_literal, primitive_name, sub_jaxprs
+from . import ClosedJaxpr, Literal, is_literal, primitive_name, sub_jaxprs
 from . import jcore
+
+DropVar = jcore.DropVar
 
 __all__ = ["Lit", "Node", "Program", "Analysis", "flatten", "analyse", "stage_function",
            "CONTROL_FLOW", "NO_FORWARD", "NO_REVERSE"]
@@ -83,7 +85,6 @@ _PLAIN = _MOVES | _LINEAR | _REDUCTIONS | frozenset({
     "random_wrap", "random_unwrap", "threefry2x32", "shift_left", "shift_right_logical",
     "shift_right_arithmetic", "population_count", "dot_general", "conv_general_dilated",
 })
-_INEXACT: dict = {}
 
 
 def _subs(eqn: Any) -> list:
@@ -120,9 +121,14 @@ class Program:
     nodes: list[Node]
     shapes: list[tuple]
     dtypes: list[np.dtype]
+    sizes: list[int] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        if len(self.sizes) != len(self.shapes):
+            self.sizes = [math.prod(s) for s in self.shapes]
 
     def size(self, i: int) -> int:
-        return math.prod(self.shapes[i])
+        return self.sizes[i]
 
     def evaluate(self, inputs: Sequence[Any], env: dict | None = None,
                  start: int = 0, stop: int | None = None) -> dict:
@@ -155,16 +161,16 @@ class Program:
 def flatten(closed: ClosedJaxpr) -> Program:
     """The flat :class:`Program` of a closed jaxpr (``jax.jit`` sub-calls inlined)."""
     shapes: list[tuple] = []
+    sizes: list[int] = []
     dtypes: list[np.dtype] = []
     consts: dict[int, Any] = {}
     nodes: list[Node] = []
 
     def new(aval: Any) -> int:
-        shapes.append(tuple(getattr(aval, "shape", ())))
-        try:
-            dtypes.append(np.dtype(aval.dtype))
-        except (AttributeError, TypeError):  # tokens, PRNG keys: never differentiated
-            dtypes.append(np.dtype(np.void))
+        shape = tuple(getattr(aval, "shape", ()))
+        shapes.append(shape)
+        sizes.append(math.prod(shape))
+        dtypes.append(_numpy_dtype(getattr(aval, "dtype", None)))
         return len(shapes) - 1
 
     def inline(jaxpr: Any, const_values: Sequence[Any], in_refs: Sequence) -> list:
@@ -177,11 +183,11 @@ def flatten(closed: ClosedJaxpr) -> Program:
             env[v] = r
 
         def ref(a: Any) -> Any:
-            return Lit(a.val) if is_literal(a) else env[a]
+            return Lit(a.val) if isinstance(a, Literal) else env[a]
 
         for eqn in jaxpr.eqns:
-            ins = tuple(ref(a) for a in eqn.invars)
-            key = _INLINE.get(primitive_name(eqn))
+            ins = tuple(Lit(a.val) if isinstance(a, Literal) else env[a] for a in eqn.invars)
+            key = _INLINE.get(eqn.primitive.name)
             if key is not None and key in eqn.params:
                 sub = eqn.params[key]
                 outs = inline(getattr(sub, "jaxpr", sub), getattr(sub, "consts", ()), ins)
@@ -192,25 +198,35 @@ def flatten(closed: ClosedJaxpr) -> Program:
             outs = []
             for v in eqn.outvars:
                 i = new(v.aval)
-                outs.append(-1 if isinstance(v, jcore.DropVar) else i)
-                if not isinstance(v, jcore.DropVar):
+                if isinstance(v, DropVar):
+                    i = -1
+                else:
                     env[v] = i
+                outs.append(i)
             nodes.append(Node(eqn, ins, tuple(outs)))
         return [ref(a) for a in jaxpr.outvars]
 
     inputs = [new(v.aval) for v in closed.jaxpr.invars]
     outs = inline(closed.jaxpr, closed.consts, inputs)
-    return Program(inputs, outs, consts, nodes, shapes, dtypes)
+    return Program(inputs, outs, consts, nodes, shapes, dtypes, sizes)
+
+
+def _numpy_dtype(dtype: Any) -> np.dtype:
+    """The value's numpy dtype; ``void`` for tokens and PRNG keys (never differentiated)."""
+    if isinstance(dtype, np.dtype):
+        return dtype
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        return np.dtype(np.void)
 
 
 # ----------------------------------------------------------------------------- analysis
 
 
 def _inexact(dtype: np.dtype) -> bool:
-    known = _INEXACT.get(dtype)
-    if known is None:
-        known = _INEXACT[dtype] = bool(np.issubdtype(dtype, np.inexact))
-    return known
+    kind = dtype.kind   # "V": bfloat16, float8 (ml_dtypes) or void (keys, tokens)
+    return kind in "fc" or (kind == "V" and bool(jnp.issubdtype(dtype, jnp.inexact)))
 
 
 def _aval_size(a: Any) -> int:
@@ -225,7 +241,9 @@ def _jaxpr_flops(jaxpr: Any) -> float:
 def _eqn_flops(eqn: Any) -> float:
     """Primal FLOPs of one equation (a static count from shapes)."""
     name = primitive_name(eqn)
-    out = sum(_aval_size(v.aval) for v in eqn.outvars)
+    outvars = eqn.outvars
+    out = (_aval_size(outvars[0].aval) if len(outvars) == 1
+           else sum(_aval_size(v.aval) for v in outvars))
     if name == "dot_general":
         (lc, _), _ = eqn.params["dimension_numbers"]
         lhs = eqn.invars[0].aval.shape
@@ -350,27 +368,36 @@ def _dep_bound(eqn: Any, name: str, ins: list, n: int) -> int:
 
 def _forward_sweep(prog: Program) -> tuple:
     """Activity, FLOPs, names, active operand counts, dependency bounds, doubtful nodes."""
-    nval, N = len(prog.shapes), len(prog.nodes)
+    nval, N, dtypes = len(prog.shapes), len(prog.nodes), prog.dtypes
     active = [False] * nval
     deps = [0] * nval
-    n_in = sum(prog.size(i) for i in prog.inputs)
+    n_in = sum(prog.sizes[i] for i in prog.inputs)
     for i in prog.inputs:
-        active[i] = _inexact(prog.dtypes[i])
+        active[i] = _inexact(dtypes[i])
         deps[i] = 1 if active[i] else 0
     flops, names, act_ins = [0.0] * N, [""] * N, [0] * N
     no_fwd, no_rev, control = [], [], []
     for k, node in enumerate(prog.nodes):
-        name = names[k] = primitive_name(node.eqn)
-        flops[k] = _eqn_flops(node.eqn)
-        ins = [0 if isinstance(r, Lit) or not active[r] else deps[r] for r in node.ins]
-        a = act_ins[k] = sum(1 for r in node.ins if not isinstance(r, Lit) and active[r])
+        eqn = node.eqn
+        name = names[k] = eqn.primitive.name
+        flops[k] = _eqn_flops(eqn)
+        ins, a = [], 0
+        for r in node.ins:
+            if type(r) is int and active[r]:
+                ins.append(deps[r])
+                a += 1
+            else:
+                ins.append(0)
         if not a:
             continue
-        bound = min(n_in, _dep_bound(node.eqn, name, ins, n_in))
+        act_ins[k] = a
+        bound = min(n_in, _dep_bound(eqn, name, ins, n_in))
         for i in node.outs:
-            if i >= 0 and _inexact(prog.dtypes[i]):
+            if i >= 0 and _inexact(dtypes[i]):
                 active[i], deps[i] = True, bound
-        inner = (_nested_names(node.eqn) if name not in _PLAIN else set()) | {name}
+        if name in _PLAIN:  # no sub-program, neither doubtful nor control flow
+            continue
+        inner = _nested_names(eqn) | {name}
         if inner & NO_FORWARD:
             no_fwd.append((k, sorted(inner & NO_FORWARD)[0]))
         if inner & NO_REVERSE:
@@ -385,7 +412,7 @@ def _backward_sweep(prog: Program, outs: list) -> tuple[list[bool], list[int], l
     nval, N = len(prog.shapes), len(prog.nodes)
     useful, last = [False] * nval, [-2] * nval
     for r in outs:
-        if not isinstance(r, Lit):
+        if type(r) is int:
             useful[r], last[r] = True, N
     node_useful = [False] * N
     for k in range(N - 1, -1, -1):
@@ -393,9 +420,10 @@ def _backward_sweep(prog: Program, outs: list) -> tuple[list[bool], list[int], l
         if any(i >= 0 and useful[i] for i in node.outs):
             node_useful[k] = True
             for r in node.ins:
-                if not isinstance(r, Lit):
+                if type(r) is int:
                     useful[r] = True
-                    last[r] = max(last[r], k)
+                    if last[r] < k:
+                        last[r] = k
     return useful, last, node_useful
 
 
@@ -408,29 +436,31 @@ def analyse(prog: Program, n_outputs: int | None = None) -> Analysis:
     useful, last, node_useful = _backward_sweep(prog, outs)
     tangent = [0.0] * N
     defined = {}
+    sizes = prog.sizes
     for k, node in enumerate(prog.nodes):
         for i in node.outs:
             if i >= 0:
                 defined[i] = k
         if act_ins[k] and node_useful[k]:
-            out_size = sum(prog.size(i) for i in node.outs if i >= 0)
+            out_size = sum(sizes[i] for i in node.outs if i >= 0)
             tangent[k] = _tangent_flops(node.eqn, flops[k], act_ins[k], out_size)
     delta = [0] * (N + 2)
     spans = {}
-    for i in range(len(prog.shapes)):
-        lo = defined.get(i, -1) + 1
-        if active[i] and useful[i] and last[i] >= lo:
-            spans[i] = (lo, last[i])
-            delta[lo] += prog.size(i)
-            delta[last[i] + 1] -= prog.size(i)
+    for i in range(len(sizes)):
+        if active[i] and useful[i]:
+            lo, hi = defined.get(i, -1) + 1, last[i]
+            if hi >= lo:
+                spans[i] = (lo, hi)
+                delta[lo] += sizes[i]
+                delta[hi + 1] -= sizes[i]
     widths = list(itertools.accumulate(delta[:N + 1]))
-    widths[0] = in_size = sum(prog.size(i) for i in prog.inputs)
-    widths[N] = out_size = sum(math.prod(np.shape(r.val)) if isinstance(r, Lit) else prog.size(r)
+    widths[0] = in_size = sum(sizes[i] for i in prog.inputs)
+    widths[N] = out_size = sum(math.prod(np.shape(r.val)) if isinstance(r, Lit) else sizes[r]
                                for r in outs)
-    real = [r for r in outs if not isinstance(r, Lit) and active[r]]
-    stored = sum(prog.size(i) for i in spans if i in defined)
+    real = [r for r in outs if type(r) is int and active[r]]
+    stored = sum(sizes[i] for i in spans if i in defined)
     return Analysis(widths, _Live(spans, N + 1), flops, tangent, names, no_fwd, no_rev,
-                    control, in_size, out_size, sum(prog.size(r) for r in real), stored,
+                    control, in_size, out_size, sum(sizes[r] for r in real), stored,
                     max((deps[r] for r in real), default=0))
 
 

@@ -104,9 +104,8 @@ def trace(func: Callable, args: tuple, kwargs: dict, argnums: Any, has_aux: bool
                          "floating-point values whose Jacobian you want.")
     prog = _cuts.flatten(closed)
     info = _cuts.analyse(prog, store["n_out"])
-    shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.out_avals[:store["n_out"]]]
     return Traced(prog, info, store["n_out"], in_tree, store["out_tree"], store["aux_tree"],
-                  shapes, primal)
+                  list(closed.out_avals[:store["n_out"]]), primal)
 
 
 def _probe(func: Callable, mode: str, args: tuple, kwargs: dict, argnums: Any,
@@ -128,7 +127,7 @@ def _probe(func: Callable, mode: str, args: tuple, kwargs: dict, argnums: Any,
 
 
 def _complex(prog: _cuts.Program) -> bool:
-    return any(np.issubdtype(d, np.complexfloating) for d in prog.dtypes)
+    return any(d.kind == "c" for d in prog.dtypes)
 
 
 def _unsupported(func, info, args, kwargs, argnums, has_aux, where) -> dict[str, str]:

@@ -79,28 +79,38 @@ def plan_chain(widths: Sequence[int], fwd_cost: Sequence[float],
         raise ValueError(f"plan_chain: need K + 1 widths and K costs, got {len(n)} widths, "
                          f"{len(fwd_cost)} and {len(rev_cost)} costs.")
     best: dict[tuple[int, int], Step] = {}
+    cost = {}   # (i, j) -> best[(i, j)].cost; the identity (j = i - 1) costs 0
 
-    def cost_of(i: int, j: int) -> float:  # dense J_j..J_i; identity when j = i - 1
-        return 0.0 if j < i else best[(i, j)].cost
-
-    def sub(i: int, j: int) -> Step | None:
-        return None if j < i else best[(i, j)]
+    def c(i: int, j: int) -> float:
+        return 0.0 if j < i else cost[(i, j)]
 
     for length in range(1, K + 1):
         for i in range(1, K - length + 2):
             j = i + length - 1
-            options = []
-            for k in range(i - 1, j):  # forward through k+1..j, seeded by J_k..J_i
-                c = cost_of(i, k) + n[i - 1] * sum(cf[k + 1:j + 1]) + sum(pc[k + 1:j + 1])
-                options.append(Step("fwd", i, j, k, c, sub=sub(i, k)))
-            for k in range(j, i - 1, -1):  # reverse through k..i, seeded by J_j..J_{k+1}
-                c = cost_of(k + 1, j) + n[j] * sum(cr[i:k + 1]) + sum(pc[i:k + 1])
-                options.append(Step("rev", i, j, k, c, sub=sub(k + 1, j)))
-            for k in range(i, j):  # (J_j..J_{k+1}) (J_k..J_i)
-                c = cost_of(i, k) + cost_of(k + 1, j) + 2.0 * n[j] * n[k] * n[i - 1]
-                options.append(Step("mul", i, j, k, c, left=best[(k + 1, j)], right=best[(i, k)]))
-            # ties go to the first option: unseeded (single-step) forms come first
-            best[(i, j)] = min(options, key=lambda s: (s.cost if not math.isnan(s.cost) else math.inf))
+            # the options in order, a tie going to the first (unseeded single-step forms
+            # first): forward through k+1..j seeded by J_k..J_i; reverse through k..i
+            # seeded by J_j..J_{k+1}; the product (J_j..J_{k+1}) (J_k..J_i). NaN counts
+            # as infinite. Only the winner becomes a Step.
+            v, kind, k = math.inf, "fwd", i - 1
+            for kk in range(i - 1, j):
+                o = c(i, kk) + n[i - 1] * sum(cf[kk + 1:j + 1]) + sum(pc[kk + 1:j + 1])
+                if o < v:
+                    v, kind, k = o, "fwd", kk
+            for kk in range(j, i - 1, -1):
+                o = c(kk + 1, j) + n[j] * sum(cr[i:kk + 1]) + sum(pc[i:kk + 1])
+                if o < v:
+                    v, kind, k = o, "rev", kk
+            for kk in range(i, j):
+                o = c(i, kk) + c(kk + 1, j) + 2.0 * n[j] * n[kk] * n[i - 1]
+                if o < v:
+                    v, kind, k = o, "mul", kk
+            cost[(i, j)] = v
+            if kind == "fwd":
+                best[(i, j)] = Step("fwd", i, j, k, v, sub=None if k < i else best[(i, k)])
+            elif kind == "rev":
+                best[(i, j)] = Step("rev", i, j, k, v, sub=None if k >= j else best[(k + 1, j)])
+            else:
+                best[(i, j)] = Step("mul", i, j, k, v, left=best[(k + 1, j)], right=best[(i, k)])
     return Plan(widths=n, fwd_cost=cf[1:], rev_cost=cr[1:], root=best[(1, K)], primal_cost=pc[1:])
 
 

@@ -70,8 +70,12 @@ STORE = 100.0           # ... per element stored for reverse mode and read back,
 CACHE_ELEMENTS = 4096   # elements (16 KiB of float32) that stay in cache: no layout/store cost
 SPARSE_DEPS = 4         # sparsity is detected only when one output element depends on at
                         # most min(n, m) / SPARSE_DEPS inputs (a static bound from the program)
-DETECT_MIN = 1.0e7      # ... and the best dense plan costs at least this (FLOP-equivalents):
-                        # below it the run is shorter than detecting and coloring a pattern
+DETECT_MIN = 5.0e8      # ... and the best dense plan costs at least this (FLOP-equivalents):
+                        # detecting and coloring a pattern takes milliseconds of Python
+                        # (9-11 ms for a 1024 x 512 block-diagonal one), about what a dense
+                        # plan of this cost runs in on a CPU core (a jacrev priced 6.8e7
+                        # ran 1.25 ms, one priced 5.1e8 4.1 ms): below it, detecting would
+                        # cost more than the run it might shorten
 
 
 def layout_cost(m: int, n: int) -> float:
@@ -169,7 +173,7 @@ def _no_cut_reason(info: _cuts.Analysis, names: tuple, limit: int) -> str:
     inner = info.widths[1:N]
     if not inner:
         return "the program has no interior position to cut at"
-    p = 1 + int(np.argmin(inner))
+    p = 1 + min(range(len(inner)), key=inner.__getitem__)   # the first narrowest
     return (f"no cut is narrower than min(n_in, n_out) = {limit}: the narrowest is "
             f"{info.widths[p]} wide, after equation {p - 1} ({names[p - 1]})")
 
