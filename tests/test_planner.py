@@ -528,3 +528,21 @@ def test_dependency_bound_skips_detection_for_dense_programs(x64):
     assert plan.kind != "sparse" and "sparse" not in plan.costs
     band = cuts.analyse(cuts.flatten(jax.make_jaxpr(lambda x: x[1:] * x[:-1])(jnp.ones(50))), 1)
     assert band.deps == 2
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_low_precision_values_are_active(dtype):
+    # bfloat16 is an ml_dtypes type: np.issubdtype(bfloat16, np.inexact) is False, and an
+    # analysis that asked numpy saw no active value (cut widths 0, no tangent work)
+    k1, k2 = jax.random.split(jax.random.key(5))
+    W1 = jax.random.normal(k1, (4, 200)).astype(dtype)
+    W2 = jax.random.normal(k2, (200, 4)).astype(dtype)
+    f = lambda x: W2 @ jnp.tanh(W1 @ x)  # noqa: E731
+    x = jnp.linspace(-1.0, 1.0, 200).astype(dtype)
+    info = cuts.analyse(cuts.flatten(jax.make_jaxpr(f)(x)), 1)
+    assert info.widths == [200, 4, 4, 200] and sum(info.tangent) > 0 and info.active_out == 200
+    J = fl.jacobian(f)(x)
+    assert J.dtype == dtype
+    tol = 1e-5 if dtype == jnp.float32 else 1e-2      # the same ops, rounded in dtype
+    np.testing.assert_allclose(np.asarray(J, np.float32), np.asarray(jax.jacrev(f)(x), np.float32),
+                               rtol=tol, atol=tol)
