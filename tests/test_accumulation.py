@@ -238,6 +238,7 @@ def test_chain_bad_input():
         fl.jacobian(fl.chain(jnp.sin), argnums=1)(jnp.ones(2))
 
 
+@pytest.mark.slow   # 12-17 s
 @settings(max_examples=6, deadline=None)
 @given(widths=st.lists(st.integers(1, 9), min_size=2, max_size=5), seed=st.integers(0, 2**16))
 def test_mixed_mode_equals_pure_modes_on_random_chains(widths, seed):
@@ -303,6 +304,7 @@ def test_chain_with_pytrees_and_layouts(x64):
     assert_tree_allclose(fl.jacobian(ch2)(y), jax.jacfwd(ch2)(y), **TIGHT)
 
 
+@pytest.mark.slow   # 12-17 s
 def test_chain_routes_around_a_reverse_only_stage(x64):
     # stage 2 has no forward mode: fwd is impossible, the plan must pull back through it.
     keys = jax.random.split(jax.random.key(10), 3)

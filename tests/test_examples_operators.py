@@ -18,6 +18,7 @@ def load(name):
     return types.SimpleNamespace(**runpy.run_path(path, run_name=f"example_{name}"))
 
 
+@pytest.mark.slow   # 11 s: trains the example
 def test_poisson_pinn_trains_and_plots_its_residual(tmp_path):
     pytest.importorskip("matplotlib")
     png = str(tmp_path / "poisson.png")

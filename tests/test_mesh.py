@@ -239,6 +239,7 @@ def slow_result(tmp_path_factory):
 BITWISE_FLOAT64 = ("jacfwd", "jacrev_tree", "jacfwd_tree", "vmap_dims")
 
 
+@pytest.mark.slow   # the 4-device subprocess fixture takes ~35 s
 def test_every_mesh_transform_equals_one_device_float32(result):
     res = result["float32"]
     assert len(res) == 34
@@ -257,6 +258,7 @@ def test_every_mesh_transform_equals_one_device_float64(slow_result):
         assert res[name]["bitwise"], (name, res[name])
 
 
+@pytest.mark.slow   # the 4-device subprocess fixture takes ~35 s
 def test_results_are_sharded_along_the_basis_axis(result):
     s = result["sharding"]
     assert s["jacrev"] == [["data"], [[4, 12]] * 4]          # 16 output rows / 4
@@ -265,6 +267,7 @@ def test_results_are_sharded_along_the_basis_axis(result):
     assert s["gather"] == [[], [[16, 12]] * 4, True]
 
 
+@pytest.mark.slow   # the 4-device subprocess fixture takes ~35 s
 def test_basis_smaller_than_the_device_count_is_zero_padded(result):
     r = result["small_basis"]
     assert r["bitwise"] or r["rel"] <= 1e-6, r
@@ -294,6 +297,7 @@ def test_per_device_temp_memory_of_the_ntk(slow_result):
     assert m["accuracy"]["rel"] <= 1e-6, m["accuracy"]
 
 
+@pytest.mark.slow   # the 4-device subprocess fixture takes ~35 s
 def test_bad_input_on_the_mesh(result):
     e = result["errors"]
     kind, msg = e["gather_too_large"]

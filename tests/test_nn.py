@@ -189,7 +189,8 @@ def test_every_transform(x64, name):
     assert_tree_allclose(fl.hessian(s)(x), jax.hessian(t)(x), rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["layer_norm", "l2_norm", "linear"])
+@pytest.mark.parametrize("name", [pytest.param("layer_norm", marks=pytest.mark.slow),  # ~12 s each
+                                  pytest.param("l2_norm", marks=pytest.mark.slow), "linear"])
 def test_later_transforms(x64, name):
     """jacobian (every mode), hvp and derivative (Taylor mode) through the layers."""
     ours, ref, args = cases()[name]

@@ -146,6 +146,7 @@ def test_laplacian_of_mlp_matches_hessian_trace(x64, act):
     np.testing.assert_allclose(jax.jit(fl.laplacian(f))(x), hess_trace(f, x), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow   # 11 s
 def test_identity_seed_takes_the_weights_rows_without_a_matmul(x64):
     """The exact Laplacian's seed is the identity: x @ W, W @ x and an einsum against a
     3-D weight give the right answer, and the program holds only the primal dots."""
