@@ -156,9 +156,16 @@ class _ConvSpec:
         return self.n + 1 if self.lay.endswith("C") else 1
 
     def conv(self, x, w, acc):
-        return lax.conv_general_dilated(x, w, self.stride, self.pads, rhs_dilation=self.dilation,
-                                        dimension_numbers=(self.lay, self.wlay, self.lay),
-                                        feature_group_count=self.groups, preferred_element_type=acc)
+        pads, trim = self.pads, _trim_valid(self.pads)
+        if trim:   # one more output column, sliced off (see _trim_valid)
+            pads = pads[:-1] + ((0, self.stride[-1]),)
+        y = lax.conv_general_dilated(x, w, self.stride, pads, rhs_dilation=self.dilation,
+                                     dimension_numbers=(self.lay, self.wlay, self.lay),
+                                     feature_group_count=self.groups, preferred_element_type=acc)
+        if trim:
+            axis = self.n if self.lay.endswith("C") else self.n + 1
+            y = lax.slice_in_dim(y, 0, y.shape[axis] - 1, axis=axis)
+        return y
 
     def bias(self, b, acc):
         shape = [1] * (self.n + 2)
@@ -188,6 +195,15 @@ class _ConvSpec:
         out = jnp.einsum(f"n{sp}kgc,gokc->n{sp}go", pg, wg, preferred_element_type=acc)
         out = out.reshape(out.shape[:-2] + (o,))
         return out if cl else jnp.moveaxis(out, -1, 1)
+
+
+def _trim_valid(pads) -> bool:
+    """Whether to run an unpadded convolution as one padded by ``stride`` at the end of
+    its last spatial axis, then drop the extra output column (same values, one more
+    column of products). XLA:CPU (JAX 0.10) runs unpadded 2-D convolutions of a batch
+    several times slower than padded ones (measured: 64x26x26x32 -> 64, 3x3: 40 ms
+    unpadded, 15 ms padded with the column dropped); other backends keep the plain one."""
+    return all(p == (0, 0) for p in pads) and jax.default_backend() == "cpu"
 
 
 def _build_conv(lay, wlay, stride, pads, dilation, groups, has_bias):
