@@ -7,9 +7,9 @@ linear 9216->128 -> relu -> linear 128->10 -> log_softmax, NLL loss, MNIST-sized
 linear here as ``(in, out)``, the layout ``fl.nn.linear`` takes).
 
 ``per_sample_grads`` is the tutorial's ``vmap(grad(compute_loss), in_dims=(None, 0, 0))``;
-``fl.nn.conv`` gives each sample's conv weight gradient as a patch product (one batched
-matmul) rather than the grouped convolution that ``vmap`` of ``lax.conv``'s own rule
-becomes. ``lax_model`` is the same network written by hand with ``lax``, the peer that
+``fl.nn.conv`` gives each sample's conv weight gradient as a patch product (batched
+matmuls, one per kernel offset) rather than the grouped convolution that ``vmap`` of
+``lax.conv``'s own rule becomes. ``lax_model`` is the same network written by hand with ``lax``, the peer that
 raw JAX users write.
 
 Run: ``python examples/per_sample_cnn.py`` (checks against a Python loop over samples).

@@ -23,6 +23,8 @@ CONV = {   # name -> (x shape NC..., w shape OI..., kwargs)
     "2d": ((2, 4, 7, 6), (6, 2, 3, 2), dict(stride=(2, 1), padding=((1, 0), (1, 2)), dilation=(1, 2), groups=2)),
     "2d_same": ((2, 3, 6, 5), (4, 3, 2, 3), dict(padding="same")),
     "3d": ((1, 2, 5, 4, 4), (3, 2, 2, 2, 3), dict(padding="valid", stride=(1, 2, 1))),
+    # unpadded: on CPU run padded by the stride at the end and the extra column dropped
+    "2d_valid": ((2, 3, 8, 9), (4, 3, 3, 2), dict(stride=(1, 2), dilation=(2, 1))),
 }
 
 
@@ -50,7 +52,7 @@ def conv_args(name, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name", ["1d", "2d", pytest.param("2d_same", marks=pytest.mark.slow),
+@pytest.mark.parametrize("name", ["1d", "2d", "2d_valid", pytest.param("2d_same", marks=pytest.mark.slow),
                                   pytest.param("3d", marks=pytest.mark.slow)])
 def test_conv_matches_lax_and_torch(dtype, name):
     torch = pytest.importorskip("torch")
@@ -125,8 +127,9 @@ def test_conv_every_raw_jax_transform(x64, name):
                          rtol=1e-9, atol=1e-10)
 
 
-def test_conv_per_sample_grads_match_a_loop_and_use_patch_products():
-    x, w, b, kw = conv_args("2d", jnp.float32)
+@pytest.mark.parametrize("name", ["2d", "2d_valid"])
+def test_conv_per_sample_grads_match_a_loop_and_use_patch_products(name):
+    x, w, b, kw = conv_args(name, jnp.float32)
     loss = lambda w, b, x: jnp.sum(jnp.tanh(nn.conv(x, w, b, **kw)) ** 2)
     per = jax.jit(fl.vmap(fl.grad(loss, argnums=(0, 1)), in_dims=(None, None, 0)))(w, b, x)
     loop = [jax.grad(loss, argnums=(0, 1))(w, b, x[i]) for i in range(x.shape[0])]
@@ -138,6 +141,18 @@ def test_conv_per_sample_grads_match_a_loop_and_use_patch_products():
         jnp.tanh(lax_conv(x[None], w, b, **kw)) ** 2)), in_axes=(None, None, 0)))(w, b, x))
     assert jaxpr.count("conv_general_dilated") < ref.count("conv_general_dilated")
     assert "dot_general" in jaxpr
+
+
+def test_unpadded_conv_runs_padded_by_the_stride_on_cpu_with_the_extra_column_dropped():
+    x, w, b, kw = conv_args("2d_valid", jnp.float32)
+    text = str(jax.make_jaxpr(lambda x: nn.conv(x, w, b, **kw))(x))
+    if jax.default_backend() == "cpu":
+        assert "padding=((0, 0), (0, 2))" in text and "slice" in text
+    else:
+        assert "padding=((0, 0), (0, 0))" in text
+    y = nn.conv(x, w, b, **kw)
+    assert y.shape == (2, 4, 4, 4)
+    np.testing.assert_allclose(y, lax_conv(x, w, b, **kw), rtol=2e-5, atol=2e-5)
 
 
 def test_conv_reverse_mode_stores_x_and_w_and_equals_the_rule(x64):
