@@ -121,11 +121,7 @@ class Program:
     nodes: list[Node]
     shapes: list[tuple]
     dtypes: list[np.dtype]
-    sizes: list[int] = dataclasses.field(default_factory=list)
-
-    def __post_init__(self):
-        if len(self.sizes) != len(self.shapes):
-            self.sizes = [math.prod(s) for s in self.shapes]
+    sizes: list[int]          # math.prod of each shape, recorded once by flatten
 
     def size(self, i: int) -> int:
         return self.sizes[i]
@@ -186,7 +182,7 @@ def flatten(closed: ClosedJaxpr) -> Program:
             return Lit(a.val) if isinstance(a, Literal) else env[a]
 
         for eqn in jaxpr.eqns:
-            ins = tuple(Lit(a.val) if isinstance(a, Literal) else env[a] for a in eqn.invars)
+            ins = tuple(ref(a) for a in eqn.invars)
             key = _INLINE.get(eqn.primitive.name)
             if key is not None and key in eqn.params:
                 sub = eqn.params[key]
@@ -215,6 +211,8 @@ def _numpy_dtype(dtype: Any) -> np.dtype:
     """The value's numpy dtype; ``void`` for tokens and PRNG keys (never differentiated)."""
     if isinstance(dtype, np.dtype):
         return dtype
+    if dtype is None:   # np.dtype(None) would be float64
+        return np.dtype(np.void)
     try:
         return np.dtype(dtype)
     except TypeError:
@@ -241,9 +239,7 @@ def _jaxpr_flops(jaxpr: Any) -> float:
 def _eqn_flops(eqn: Any) -> float:
     """Primal FLOPs of one equation (a static count from shapes)."""
     name = primitive_name(eqn)
-    outvars = eqn.outvars
-    out = (_aval_size(outvars[0].aval) if len(outvars) == 1
-           else sum(_aval_size(v.aval) for v in outvars))
+    out = sum(_aval_size(v.aval) for v in eqn.outvars)
     if name == "dot_general":
         (lc, _), _ = eqn.params["dimension_numbers"]
         lhs = eqn.invars[0].aval.shape

@@ -396,7 +396,8 @@ def _pool_args(x, window, stride, padding, dilation, layout, where):
 def _window_slices(x, sp0, window, stride, dilation, out, axis=0, stack=True):
     """The ``|window|`` strided slices ``x[s p + d k]`` (one per window offset ``k``, in
     row-major order) of the padded ``x``, whose spatial axes start at ``sp0``, stacked on
-    a new axis ``axis`` (default leading: shape ``(|window|, *y.shape)``)."""
+    a new axis ``axis`` (default leading: shape ``(|window|, *y.shape)``); with
+    ``stack=False`` the list of slices."""
     slices = []
     for offs in np.ndindex(*window):
         start, limit, strides = [0] * x.ndim, list(x.shape), [1] * x.ndim
