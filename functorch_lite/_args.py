@@ -100,6 +100,8 @@ def check_argnums(argnums: Any, transform: str) -> tuple[tuple[int, ...], bool]:
 
 def normalize_argnums(argnums: Argnums, nargs: int, where: str) -> tuple[int, ...]:
     """Resolve negative indices against ``nargs`` and reject range errors and repeats."""
+    if type(argnums) is int and -nargs <= argnums < nargs:   # the common case
+        return (argnums % nargs,)
     raw, _ = check_argnums(argnums, where)
     if nargs == 0:
         raise ValueError(
@@ -195,12 +197,22 @@ def check_arraylike(tree: Any, where: str, argname: str) -> None:
             )
 
 
+def _plain_real_arrays(tree: Any) -> bool:
+    """Whether ``tree`` has leaves and every one is an array of a numpy floating dtype
+    (``kind == "f"``; bfloat16 and friends take the general path)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return bool(leaves) and all(isinstance(x, ARRAY_TYPES) and getattr(x.dtype, "kind", "") == "f"
+                                for x in leaves)
+
+
 def check_inexact_output(tree: Any, where: str, what: str = "the output", *,
                          complex_output: str = "allow", transform: str = "") -> None:
     """The output of a differentiated function: at least one array, every leaf a
     floating-point (or complex) *array* (a Python number is a constant the transform
     cannot see; torch.func rejects it too). ``complex_output``: ``"allow"`` (vjp, jvp),
     ``"reject"`` (jacrev/jacfwd without ``holomorphic``), ``"require"`` (with it)."""
+    if complex_output != "require" and _plain_real_arrays(tree):
+        return   # the common case (real float arrays), without the per-leaf checks below
     items = jax.tree_util.tree_leaves_with_path(tree)
     if not items:
         raise ValueError(
@@ -387,11 +399,15 @@ def order_of(tree: Any) -> tuple:
     >>> order_of({"b": 1.0, "a": 2.0})[2]
     ('b', 'a')
     """
-    if type(tree) in (dict, collections.defaultdict):
+    kind = type(tree)
+    if kind in (dict, collections.defaultdict):
         children = [order_of(tree[k]) for k in tree]
         return ("dict", True, tuple(tree), tuple(children))
     if tree is None or isinstance(tree, ARRAY_TYPES) or isinstance(tree, (numbers.Number, str)):
         return _LEAF
+    if kind in (tuple, list) and tree:   # what _one_level gives, without flattening
+        kids = tuple(order_of(c) for c in tree)
+        return ("node", any(k[1] for k in kids), kids)
     children, treedef = _one_level(tree)
     if jax.tree_util.treedef_is_leaf(treedef):
         return _LEAF

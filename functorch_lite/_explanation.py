@@ -360,7 +360,7 @@ def _jacobian_report(func, args, kwargs, argnums, calibrate, xla, where, devices
                     chosen=_NAMES[plan.kind], source=plan.source, reason=_reason(plan),
                     plan=plan, notes=list(plan.reasons) + ([plan.split] if plan.split else []))
     ends, labels = _chain_labels(func, args, plan.profile)
-    report.cuts = [dataclasses.replace(c, label=labels.get(c.position, c.label))
+    report.cuts = [c._replace(label=labels.get(c.position, c.label))
                    for c in plan.candidates]
     run = _runner(func, args, kwargs, argnums, where) if xla else None
     report.candidates = [_candidate(plan, kind, run) for kind in _NAMES if kind in plan.costs]

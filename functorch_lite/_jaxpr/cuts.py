@@ -156,55 +156,46 @@ class Program:
 
 def flatten(closed: ClosedJaxpr) -> Program:
     """The flat :class:`Program` of a closed jaxpr (``jax.jit`` sub-calls inlined)."""
-    shapes: list[tuple] = []
-    sizes: list[int] = []
-    dtypes: list[np.dtype] = []
+    avals: list = []          # one per value id; shapes, sizes and dtypes are read at the end
     consts: dict[int, Any] = {}
     nodes: list[Node] = []
-
-    def new(aval: Any) -> int:
-        shape = tuple(getattr(aval, "shape", ()))
-        shapes.append(shape)
-        sizes.append(math.prod(shape))
-        dtypes.append(_numpy_dtype(getattr(aval, "dtype", None)))
-        return len(shapes) - 1
 
     def inline(jaxpr: Any, const_values: Sequence[Any], in_refs: Sequence) -> list:
         env: dict = {}
         for v, c in zip(jaxpr.constvars, const_values):
-            i = new(v.aval)
-            consts[i] = c
-            env[v] = i
+            consts[len(avals)] = c
+            env[v] = len(avals)
+            avals.append(v.aval)
         for v, r in zip(jaxpr.invars, in_refs):
             env[v] = r
-
-        def ref(a: Any) -> Any:
-            return Lit(a.val) if isinstance(a, Literal) else env[a]
-
         for eqn in jaxpr.eqns:
-            ins = tuple(ref(a) for a in eqn.invars)
+            ins = tuple([Lit(a.val) if isinstance(a, Literal) else env[a] for a in eqn.invars])
             key = _INLINE.get(eqn.primitive.name)
             if key is not None and key in eqn.params:
                 sub = eqn.params[key]
                 outs = inline(getattr(sub, "jaxpr", sub), getattr(sub, "consts", ()), ins)
                 for v, o in zip(eqn.outvars, outs):
-                    if not isinstance(v, jcore.DropVar):
+                    if not isinstance(v, DropVar):
                         env[v] = o
                 continue
             outs = []
             for v in eqn.outvars:
-                i = new(v.aval)
+                i = len(avals)
+                avals.append(v.aval)
                 if isinstance(v, DropVar):
                     i = -1
                 else:
                     env[v] = i
                 outs.append(i)
             nodes.append(Node(eqn, ins, tuple(outs)))
-        return [ref(a) for a in jaxpr.outvars]
+        return [Lit(a.val) if isinstance(a, Literal) else env[a] for a in jaxpr.outvars]
 
-    inputs = [new(v.aval) for v in closed.jaxpr.invars]
+    inputs = list(range(len(closed.jaxpr.invars)))
+    avals.extend(v.aval for v in closed.jaxpr.invars)
     outs = inline(closed.jaxpr, closed.consts, inputs)
-    return Program(inputs, outs, consts, nodes, shapes, dtypes, sizes)
+    shapes = [tuple(getattr(a, "shape", ())) for a in avals]
+    dtypes = [_numpy_dtype(getattr(a, "dtype", None)) for a in avals]
+    return Program(inputs, outs, consts, nodes, shapes, dtypes, [math.prod(s) for s in shapes])
 
 
 def _numpy_dtype(dtype: Any) -> np.dtype:
@@ -236,20 +227,29 @@ def _jaxpr_flops(jaxpr: Any) -> float:
     return sum(_eqn_flops(e) for e in jaxpr.eqns)
 
 
-def _eqn_flops(eqn: Any) -> float:
-    """Primal FLOPs of one equation (a static count from shapes)."""
-    name = primitive_name(eqn)
-    out = sum(_aval_size(v.aval) for v in eqn.outvars)
+def _contraction(eqn: Any) -> int:
+    """The contracted size of a ``dot_general`` (the product of its contracting dims)."""
+    (lc, _), _ = eqn.params["dimension_numbers"]
+    lhs = eqn.invars[0].aval.shape
+    return math.prod([lhs[d] for d in lc])
+
+
+def _eqn_flops(eqn: Any, name: str | None = None, out: int | None = None,
+               subs: list | None = None, contraction: int | None = None) -> float:
+    """Primal FLOPs of one equation (a static count from shapes); ``name`` (its
+    primitive's), ``out`` (its output elements), ``subs`` (its sub-jaxprs) and, for a
+    ``dot_general``, its ``contraction`` where the caller knows them already."""
+    name = name or primitive_name(eqn)
+    if out is None:
+        out = sum(_aval_size(v.aval) for v in eqn.outvars)
     if name == "dot_general":
-        (lc, _), _ = eqn.params["dimension_numbers"]
-        lhs = eqn.invars[0].aval.shape
-        return 2.0 * out * math.prod(lhs[d] for d in lc)
+        return 2.0 * out * (_contraction(eqn) if contraction is None else contraction)
     if name == "conv_general_dilated":
         rhs = eqn.invars[1].aval.shape
         spec = eqn.params["dimension_numbers"]
         out_feat = rhs[spec.rhs_spec[0]] if spec is not None else rhs[0]
         return 2.0 * out * math.prod(rhs) / max(out_feat, 1)
-    subs = _subs(eqn)
+    subs = _subs(eqn) if subs is None else subs
     if subs:
         inner = [_jaxpr_flops(getattr(s, "jaxpr", s)) for s in subs]
         if name == "scan":
@@ -264,16 +264,17 @@ def _eqn_flops(eqn: Any) -> float:
     return float(out)
 
 
-def _tangent_flops(eqn: Any, primal: float, active_ins: int, out_size: int) -> float:
-    """Work of pushing one tangent through one equation (= pulling one cotangent back):
-    linear operations cost their primal per active operand; data movement one unit per
-    element; a nonlinear elementwise operation one multiply by its (stored) derivative."""
-    name = primitive_name(eqn)
+def _tangent_flops(name: str, primal: float, active_ins: int, out_size: int,
+                   has_subs: bool) -> float:
+    """Work of pushing one tangent through one equation (primitive ``name``; = pulling
+    one cotangent back): linear operations cost their primal per active operand; data
+    movement one unit per element; a nonlinear elementwise operation one multiply by its
+    (stored) derivative; a sub-program its primal plus its outputs."""
     if name in ("dot_general", "conv_general_dilated"):
         return primal * active_ins
     if name in _MOVES:
         return float(out_size)
-    if _subs(eqn):
+    if has_subs:
         return primal + out_size
     if name in _REDUCTIONS:
         return primal
@@ -298,6 +299,8 @@ class Analysis:
       stored: elements of the active intermediate values (what reverse mode stores).
       deps: a static upper bound on the number of inputs one output element depends on
         (``in_size`` when unknown); small means the Jacobian may be sparse.
+      primal, per_pass: the totals of ``flops`` and ``tangent`` (``P`` and ``T``).
+      active_matmul: whether tangents pass through a matrix product (``dot_general``).
     """
 
     widths: list[int]
@@ -313,6 +316,9 @@ class Analysis:
     active_out: int
     stored: int = 0
     deps: int = 0
+    primal: float = 0.0
+    per_pass: float = 0.0
+    active_matmul: bool = False
 
 
 class _Live:
@@ -344,13 +350,12 @@ _SUM_DEPS = frozenset({"select_n", "add", "sub", "mul", "div", "max", "min", "po
                        "add_any", "rem", "nextafter", "complex", "clamp"})
 
 
-def _dep_bound(eqn: Any, name: str, ins: list, n: int) -> int:
+def _dep_bound(eqn: Any, name: str, ins: list, n: int, contraction: int = 0) -> int:
     """An upper bound on how many inputs one element of ``eqn``'s outputs depends on,
-    from its operands' bounds ``ins`` (0 for an inactive operand)."""
+    from its operands' bounds ``ins`` (0 for an inactive operand); a ``dot_general``
+    sums its operands' bounds over its ``contraction`` (both contract the same size)."""
     if name == "dot_general":
-        (lc, rc), _ = eqn.params["dimension_numbers"]
-        lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
-        return ins[0] * math.prod(lhs[d] for d in lc) + ins[1] * math.prod(rhs[d] for d in rc)
+        return (ins[0] + ins[1]) * (contraction or _contraction(eqn))
     if name in ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin"):
         axes = eqn.params.get("axes", ())
         return max(ins) * math.prod(eqn.invars[0].aval.shape[a] for a in axes)
@@ -363,20 +368,33 @@ def _dep_bound(eqn: Any, name: str, ins: list, n: int) -> int:
 
 
 def _forward_sweep(prog: Program) -> tuple:
-    """Activity, FLOPs, names, active operand counts, dependency bounds, doubtful nodes."""
-    nval, N, dtypes = len(prog.shapes), len(prog.nodes), prog.dtypes
+    """One pass in program order: activity, dependency bounds, the defining node of
+    each value, and per node its name, output size, primal FLOPs, active operand count
+    and whether it holds sub-programs; the doubtful and control-flow nodes."""
+    nval, N, dtypes, sizes = len(prog.shapes), len(prog.nodes), prog.dtypes, prog.sizes
     active = [False] * nval
     deps = [0] * nval
-    n_in = sum(prog.sizes[i] for i in prog.inputs)
+    defined = [-1] * nval
+    n_in = sum(sizes[i] for i in prog.inputs)
     for i in prog.inputs:
         active[i] = _inexact(dtypes[i])
         deps[i] = 1 if active[i] else 0
-    flops, names, act_ins = [0.0] * N, [""] * N, [0] * N
+    flops, names, act_ins, out_sizes = [0.0] * N, [""] * N, [0] * N, [0] * N
+    has_subs = [False] * N
     no_fwd, no_rev, control = [], [], []
     for k, node in enumerate(prog.nodes):
-        eqn = node.eqn
+        eqn, outs = node.eqn, node.outs
         name = names[k] = eqn.primitive.name
-        flops[k] = _eqn_flops(eqn)
+        out = 0
+        for i in outs:
+            if i >= 0:
+                defined[i] = k
+                out += sizes[i]
+        out_sizes[k] = out      # the kept outputs (what a tangent writes)
+        subs = [] if name in _PLAIN else sub_jaxprs(eqn)
+        has_subs[k] = bool(subs)
+        contraction = _contraction(eqn) if name == "dot_general" else None
+        flops[k] = _eqn_flops(eqn, name, out if -1 not in outs else None, subs, contraction)
         ins, a = [], 0
         for r in node.ins:
             if type(r) is int and active[r]:
@@ -387,9 +405,9 @@ def _forward_sweep(prog: Program) -> tuple:
         if not a:
             continue
         act_ins[k] = a
-        bound = min(n_in, _dep_bound(eqn, name, ins, n_in))
-        for i in node.outs:
-            if i >= 0 and _inexact(dtypes[i]):
+        bound = min(n_in, _dep_bound(eqn, name, ins, n_in, contraction or 0))
+        for i in outs:
+            if i >= 0 and (dtypes[i].kind in "fc" or _inexact(dtypes[i])):
                 active[i], deps[i] = True, bound
         if name in _PLAIN:  # no sub-program, neither doubtful nor control flow
             continue
@@ -400,64 +418,60 @@ def _forward_sweep(prog: Program) -> tuple:
             no_rev.append((k, sorted(inner & NO_REVERSE)[0]))
         if name in CONTROL_FLOW:
             control.append((k, name))
-    return active, deps, flops, names, act_ins, no_fwd, no_rev, control
-
-
-def _backward_sweep(prog: Program, outs: list) -> tuple[list[bool], list[int], list[bool]]:
-    """Which values reach a differentiated output, the last use of each, useful nodes."""
-    nval, N = len(prog.shapes), len(prog.nodes)
-    useful, last = [False] * nval, [-2] * nval
-    for r in outs:
-        if type(r) is int:
-            useful[r], last[r] = True, N
-    node_useful = [False] * N
-    for k in range(N - 1, -1, -1):
-        node = prog.nodes[k]
-        if any(i >= 0 and useful[i] for i in node.outs):
-            node_useful[k] = True
-            for r in node.ins:
-                if type(r) is int:
-                    useful[r] = True
-                    if last[r] < k:
-                        last[r] = k
-    return useful, last, node_useful
+    return (active, deps, defined, flops, names, act_ins, out_sizes, has_subs, no_fwd,
+            no_rev, control)
 
 
 def analyse(prog: Program, n_outputs: int | None = None) -> Analysis:
     """Activity, widths and per-node costs of ``prog``; the first ``n_outputs`` outputs are
     differentiated (the rest, e.g. ``has_aux`` values, only computed)."""
     outs = prog.outputs if n_outputs is None else prog.outputs[:n_outputs]
-    N = len(prog.nodes)
-    active, deps, flops, names, act_ins, no_fwd, no_rev, control = _forward_sweep(prog)
-    useful, last, node_useful = _backward_sweep(prog, outs)
+    N, sizes = len(prog.nodes), prog.sizes
+    (active, deps, defined, flops, names, act_ins, out_sizes, has_subs, no_fwd, no_rev,
+     control) = _forward_sweep(prog)
+    # backward, in reverse program order: which values reach a differentiated output,
+    # the last use of each, and the tangent work of the nodes that are active and useful
+    useful, last = [False] * len(sizes), [-2] * len(sizes)
+    for r in outs:
+        if type(r) is int:
+            useful[r], last[r] = True, N
     tangent = [0.0] * N
-    defined = {}
-    sizes = prog.sizes
-    for k, node in enumerate(prog.nodes):
-        for i in node.outs:
-            if i >= 0:
-                defined[i] = k
-        if act_ins[k] and node_useful[k]:
-            out_size = sum(sizes[i] for i in node.outs if i >= 0)
-            tangent[k] = _tangent_flops(node.eqn, flops[k], act_ins[k], out_size)
+    nodes = prog.nodes
+    active_matmul = False
+    for k in range(N - 1, -1, -1):
+        node = nodes[k]
+        if not any(i >= 0 and useful[i] for i in node.outs):
+            continue
+        for r in node.ins:
+            if type(r) is int:
+                useful[r] = True
+                if last[r] < k:
+                    last[r] = k
+        if act_ins[k]:
+            t = tangent[k] = _tangent_flops(names[k], flops[k], act_ins[k], out_sizes[k],
+                                            has_subs[k])
+            active_matmul = active_matmul or (t > 0 and names[k] == "dot_general")
     delta = [0] * (N + 2)
     spans = {}
-    for i in range(len(sizes)):
+    stored = 0
+    for i, size in enumerate(sizes):
         if active[i] and useful[i]:
-            lo, hi = defined.get(i, -1) + 1, last[i]
+            lo, hi = defined[i] + 1, last[i]
             if hi >= lo:
                 spans[i] = (lo, hi)
-                delta[lo] += sizes[i]
-                delta[hi + 1] -= sizes[i]
+                delta[lo] += size
+                delta[hi + 1] -= size
+                if lo > 0:   # defined by a node (not an input or a constant)
+                    stored += size
     widths = list(itertools.accumulate(delta[:N + 1]))
     widths[0] = in_size = sum(sizes[i] for i in prog.inputs)
     widths[N] = out_size = sum(math.prod(np.shape(r.val)) if isinstance(r, Lit) else sizes[r]
                                for r in outs)
     real = [r for r in outs if type(r) is int and active[r]]
-    stored = sum(sizes[i] for i in spans if i in defined)
     return Analysis(widths, _Live(spans, N + 1), flops, tangent, names, no_fwd, no_rev,
                     control, in_size, out_size, sum(sizes[r] for r in real), stored,
-                    max((deps[r] for r in real), default=0))
+                    max((deps[r] for r in real), default=0), sum(flops),
+                    sum(tangent), active_matmul)
 
 
 # ----------------------------------------------------------------------------- stages

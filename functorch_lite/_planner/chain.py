@@ -27,12 +27,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 __all__ = ["plan_chain", "Plan", "Step"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """How the dense product ``J_j ... J_i`` (stages ``i..j``, 1-based) is obtained.
 
     kind:
@@ -70,20 +70,32 @@ def plan_chain(widths: Sequence[int], fwd_cost: Sequence[float],
     >>> p.bracketing(), p.cost < min(p.fwd_cost_total, p.rev_cost_total) / 100
     ('J2 · J1', True)
     """
-    n = [int(w) for w in widths]
+    n = list(map(int, widths))
     K = len(n) - 1
-    cf = [math.nan] + [float(c) for c in fwd_cost]
-    cr = [math.nan] + [float(c) for c in rev_cost]
-    pc = [0.0] + [float(c) for c in (primal_cost if primal_cost is not None else [0.0] * (len(n) - 1))]
+    cf = [math.nan, *map(float, fwd_cost)]
+    cr = [math.nan, *map(float, rev_cost)]
+    pc = [0.0, *map(float, primal_cost)] if primal_cost is not None else [0.0] * len(n)
     if K < 1 or len(cf) != K + 1 or len(cr) != K + 1 or len(pc) != K + 1:
         raise ValueError(f"plan_chain: need K + 1 widths and K costs, got {len(n)} widths, "
                          f"{len(fwd_cost)} and {len(rev_cost)} costs.")
-    best: dict[tuple[int, int], Step] = {}
-    cost = {}   # (i, j) -> best[(i, j)].cost; the identity (j = i - 1) costs 0
-
-    def c(i: int, j: int) -> float:
-        return 0.0 if j < i else cost[(i, j)]
-
+    # Row i of each table below covers the intervals starting at stage i:
+    # sf[i][b] = cf_i + ... + cf_b (likewise sr, sp; summed left to right, so an infinite
+    # stage cost stays inf), cost[i][j] the cheapest dense J_j ... J_i (the identity
+    # cost[i][i - 1] = 0) and best[i][j] its Step.
+    sf, sr, sp, cost, best = [], [], [], [], []
+    for i in range(K + 2):
+        rf, rr, rp = [0.0] * (K + 1), [0.0] * (K + 1), [0.0] * (K + 1)
+        tf = tr = tp = 0.0
+        for b in range(i, K + 1):
+            tf += cf[b]
+            tr += cr[b]
+            tp += pc[b]
+            rf[b], rr[b], rp[b] = tf, tr, tp
+        sf.append(rf)
+        sr.append(rr)
+        sp.append(rp)
+        cost.append([0.0] * (K + 1))
+        best.append([None] * (K + 1))
     for length in range(1, K + 1):
         for i in range(1, K - length + 2):
             j = i + length - 1
@@ -92,26 +104,27 @@ def plan_chain(widths: Sequence[int], fwd_cost: Sequence[float],
             # seeded by J_j..J_{k+1}; the product (J_j..J_{k+1}) (J_k..J_i). NaN counts
             # as infinite. Only the winner becomes a Step.
             v, kind, k = math.inf, "fwd", i - 1
+            ni, nj, ci, sri, spi = n[i - 1], n[j], cost[i], sr[i], sp[i]
             for kk in range(i - 1, j):
-                o = c(i, kk) + n[i - 1] * sum(cf[kk + 1:j + 1]) + sum(pc[kk + 1:j + 1])
+                o = ci[kk] + ni * sf[kk + 1][j] + sp[kk + 1][j]
                 if o < v:
                     v, kind, k = o, "fwd", kk
             for kk in range(j, i - 1, -1):
-                o = c(kk + 1, j) + n[j] * sum(cr[i:kk + 1]) + sum(pc[i:kk + 1])
+                o = cost[kk + 1][j] + nj * sri[kk] + spi[kk]
                 if o < v:
                     v, kind, k = o, "rev", kk
             for kk in range(i, j):
-                o = c(i, kk) + c(kk + 1, j) + 2.0 * n[j] * n[kk] * n[i - 1]
+                o = ci[kk] + cost[kk + 1][j] + 2.0 * nj * n[kk] * ni
                 if o < v:
                     v, kind, k = o, "mul", kk
-            cost[(i, j)] = v
+            ci[j] = v
             if kind == "fwd":
-                best[(i, j)] = Step("fwd", i, j, k, v, sub=None if k < i else best[(i, k)])
+                best[i][j] = Step("fwd", i, j, k, v, best[i][k] if k >= i else None)
             elif kind == "rev":
-                best[(i, j)] = Step("rev", i, j, k, v, sub=None if k >= j else best[(k + 1, j)])
+                best[i][j] = Step("rev", i, j, k, v, best[k + 1][j] if k < j else None)
             else:
-                best[(i, j)] = Step("mul", i, j, k, v, left=best[(k + 1, j)], right=best[(i, k)])
-    return Plan(widths=n, fwd_cost=cf[1:], rev_cost=cr[1:], root=best[(1, K)], primal_cost=pc[1:])
+                best[i][j] = Step("mul", i, j, k, v, None, best[k + 1][j], best[i][k])
+    return Plan(widths=n, fwd_cost=cf[1:], rev_cost=cr[1:], root=best[1][K], primal_cost=pc[1:])
 
 
 @dataclasses.dataclass

@@ -92,9 +92,9 @@ def pure_costs(info: _cuts.Analysis, devices: int = 1) -> dict[str, float]:
     """The static costs of forward and reverse mode (per device over ``devices``); the
     transposed write only where a matrix product is active (:func:`has_active_matmul`)."""
     n, m = info.in_size, info.out_size
-    P, T = sum(info.flops), sum(info.tangent)
+    P, T = info.primal, info.per_pass
     per_n, per_m = -(-n // devices) if n else 0, -(-m // devices) if m else 0
-    layout = layout_cost(m, per_n) if has_active_matmul(info) else 0.0
+    layout = layout_cost(m, per_n) if info.active_matmul else 0.0
     return {"fwd": per_n * T + P + layout, "rev": per_m * T + P + store_cost(info.stored)}
 
 
@@ -115,16 +115,16 @@ class NestingTerms(NamedTuple):
 
 def has_active_matmul(info: _cuts.Analysis) -> bool:
     """Whether tangents pass through a matrix product (an active ``dot_general``)."""
-    return any(name == "dot_general" and t > 0 for name, t in zip(info.names, info.tangent))
+    return info.active_matmul
 
 
 def nesting_terms(info: _cuts.Analysis, outer: str) -> NestingTerms:
     """The outer Jacobian (``outer`` ``"fwd"`` or ``"rev"``) of a Hessian's inner
     gradient program ``info``, priced term by term (see the module docstring)."""
     n, m = info.in_size, info.out_size
-    P, T = float(sum(info.flops)), float(sum(info.tangent))
+    P, T = float(info.primal), float(info.per_pass)
     if outer == "fwd":
-        extra = layout_cost(m, n) if has_active_matmul(info) else 0.0
+        extra = layout_cost(m, n) if info.active_matmul else 0.0
         return NestingTerms(n, T, P, "transposed write", extra)
     return NestingTerms(m, T, P, "store", store_cost(info.stored))
 
@@ -132,7 +132,7 @@ def nesting_terms(info: _cuts.Analysis, outer: str) -> NestingTerms:
 def sparse_cost(info: _cuts.Analysis, n_jvp: int, n_vjp: int) -> float:
     """A sparse plan: ``n_jvp`` compressed JVPs and ``n_vjp`` VJPs, the primal once (twice
     with both), and one write per element of the dense result (decompression)."""
-    P, T = sum(info.flops), sum(info.tangent)
+    P, T = info.primal, info.per_pass
     return ((n_jvp + n_vjp) * T + P * (1 + (n_jvp > 0 and n_vjp > 0))
             + (store_cost(info.stored) if n_vjp else 0.0) + info.in_size * info.out_size)
 
@@ -182,14 +182,16 @@ def _chain(info: _cuts.Analysis, positions: list[int], forced: dict[int, str],
            unsupported: dict[str, str]):
     """The bracketing of the stages between ``positions`` (plan_chain)."""
     N = len(info.widths) - 1
-    bounds = [0] + positions + [N]
+    bounds = [0, *positions, N]
+    no_fwd = [k for k, _ in info.no_forward] if info.no_forward else ()
+    no_rev = [k for k, _ in info.no_reverse] if info.no_reverse else ()
+    fwd_off = "fwd" in unsupported and not no_fwd   # the whole function, not one stage
+    rev_off = "rev" in unsupported and not no_rev
     cf, cr, pc = [], [], []
     for a, b in zip(bounds, bounds[1:]):
         t = sum(info.tangent[a:b])
-        fwd_bad = any(a <= k < b for k, _ in info.no_forward)
-        rev_bad = any(a <= k < b for k, _ in info.no_reverse)
-        cf.append(math.inf if fwd_bad or "fwd" in unsupported and not info.no_forward else t)
-        cr.append(math.inf if rev_bad or "rev" in unsupported and not info.no_reverse else t)
+        cf.append(math.inf if fwd_off or no_fwd and any(a <= k < b for k in no_fwd) else t)
+        cr.append(math.inf if rev_off or no_rev and any(a <= k < b for k in no_rev) else t)
         pc.append(sum(info.flops[a:b]) + STEP_OVERHEAD)
     chain = plan_chain([info.widths[b] for b in bounds], cf, cr, pc)
     chain.names = [forced.get(b, f"eqns {a}..{b - 1}" if b > a else "identity")
@@ -198,7 +200,7 @@ def _chain(info: _cuts.Analysis, positions: list[int], forced: dict[int, str],
 
 
 def _control_flow_note(info: _cuts.Analysis) -> str:
-    P = sum(info.flops)
+    P = info.primal
     k, name = max(info.control_flow, key=lambda c: info.flops[c[0]])
     share = info.flops[k] / P if P else 0.0
     return (f"cuts are taken between top-level equations only: the {name} at equation {k} "
@@ -212,19 +214,21 @@ def decide(prog: _cuts.Program, info: _cuts.Analysis, *, unsupported: dict[str, 
     probing found cannot run the whole function. ``forced``: cut positions that must
     be candidates (a chain's stage boundaries), with their labels. ``devices``: the
     mesh's device count (pure modes split over it)."""
-    forced = dict(forced or {})
+    forced = forced or {}
     N, names, limit = len(prog.nodes), tuple(info.names), min(info.in_size, info.out_size)
     costs = pure_costs(info, devices)
-    costs.update({mode: math.inf for mode in unsupported})
+    for mode in unsupported:
+        costs[mode] = math.inf
     positions = _candidates(info, limit) if allow_mixed else []
-    positions = sorted(set(positions) | {p for p in forced if 0 < p < N})
+    if forced:
+        positions = sorted(set(positions).union(p for p in forced if 0 < p < N))
     reasons = [] if allow_mixed else [why_not_mixed]
     if allow_mixed and not positions:
         reasons.append(_no_cut_reason(info, names, limit))
     chain = _chain(info, positions, forced, unsupported) if positions else None
     if chain is not None and chain.kind == "mixed":
         costs["mixed"] = chain.cost
-    pure = min(("fwd", "rev"), key=lambda k: (costs[k], k != "fwd"))
+    pure = "fwd" if costs["fwd"] <= costs["rev"] else "rev"   # a tie goes to forward
     kind = pure
     if "mixed" in costs and costs["mixed"] <= PAY * costs[pure]:
         kind = "mixed"
@@ -243,5 +247,5 @@ def decide(prog: _cuts.Program, info: _cuts.Analysis, *, unsupported: dict[str, 
                         candidates=tuple(Cut(p, info.widths[p], names[p - 1] if p else "",
                                              forced.get(p, "")) for p in positions),
                         unsupported=dict(unsupported), reasons=reasons, n_nodes=N,
-                        primal_flops=sum(info.flops), tangent_flops=sum(info.tangent),
+                        primal_flops=info.primal, tangent_flops=info.per_pass,
                         stage_names=tuple(forced.values()), devices=devices)

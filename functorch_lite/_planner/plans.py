@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 from .._cost import format_number as _num
 from .chain import Plan as ChainPlan
@@ -15,8 +16,7 @@ from .chain import Plan as ChainPlan
 __all__ = ["JacobianPlan", "HessianPlan", "Cut"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Cut:
+class Cut(NamedTuple):
     """A vertex cut the planner considered: ``position`` (equations before it), its
     active ``width``, and the primitive just before it (for the profile)."""
 
