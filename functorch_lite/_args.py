@@ -314,9 +314,10 @@ def first_line(exc: BaseException) -> str:
 
 
 def check_scalar(out: Any, where: str, alternative: str = "vjp or jacrev", *,
-                 holomorphic: bool = False) -> None:
+                 holomorphic: bool = False, has_aux_hint: bool = True) -> None:
     """``grad``-like transforms need a real scalar array output (a complex one with
-    ``holomorphic=True``)."""
+    ``holomorphic=True``). ``has_aux_hint``: the transform takes ``has_aux`` (the
+    message suggests it for returning other values)."""
     dtype = leaf_dtype(out)
     if out is None or (isinstance(out, (tuple, list, dict)) and not jax.tree_util.tree_leaves(out)):
         raise ValueError(
@@ -326,8 +327,9 @@ def check_scalar(out: Any, where: str, alternative: str = "vjp or jacrev", *,
     if dtype is None:
         raise TypeError(
             f"{where}: expected the function to return a scalar array, got "
-            f"{type(out).__name__}. Return one scalar (with has_aux=True to also return "
-            f"other values), or use {alternative}."
+            f"{type(out).__name__}. Return one scalar"
+            + (" (with has_aux=True to also return other values)" if has_aux_hint else "")
+            + f", or use {alternative}."
         )
     if isinstance(out, numbers.Number) and not isinstance(out, ARRAY_TYPES):
         raise TypeError(

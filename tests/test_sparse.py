@@ -450,6 +450,16 @@ def test_error_non_array_output():
         fl.jacobian(lambda x: (x, x), sparse=True)(jnp.ones(3))
 
 
+def test_error_sparse_hessian_of_a_tuple_does_not_suggest_has_aux():
+    # the sparse Hessian takes no has_aux: its message must not send the user there
+    with pytest.raises(TypeError, match=r"hessian\(<lambda>, sparse=True\).*got tuple\. Return one "
+                                        r"scalar, or use jacobian\(\.\.\., sparse=True\)") as info:
+        fl.hessian(lambda x: (jnp.sum(x ** 2), x), sparse=True)(jnp.ones(3))
+    assert "has_aux" not in str(info.value)
+    with pytest.raises(TypeError, match="has_aux=True to also return other values"):
+        fl.grad(lambda x: (jnp.sum(x ** 2), x))(jnp.ones(3))   # grad does take it
+
+
 def test_error_pattern_wrong_shape():
     with pytest.raises(ValueError, match=r"jacobian\(<lambda>, sparsity=\.\.\.\).*shape \(3, 3\).*expected \(2, 3\)"):
         fl.jacobian(lambda x: x[1:], sparsity=np.eye(3, dtype=bool))(jnp.ones(3))

@@ -490,7 +490,7 @@ def _hessian_at(args, kwargs, *, func, argnums, as_tuple, outer, chunk_size, spa
 
     def scalar(xf):
         out = prob.call(xf)
-        _args.check_scalar(out, where, "jacobian(..., sparse=True) of its gradient")
+        _args.check_scalar(out, where, "jacobian(..., sparse=True) of its gradient", has_aux_hint=False)
         return out
 
     grad_f = jax.grad(scalar)
@@ -532,7 +532,7 @@ def sparsity(func: Callable, *args: Any, argnums: _args.Argnums = 0, hessian: bo
     if hessian:
         def scalar(xf):
             out = prob.call(xf)
-            _args.check_scalar(out, where, "sparsity(...) of its gradient")
+            _args.check_scalar(out, where, "sparsity(...) of its gradient", has_aux_hint=False)
             return out
 
         return _detect(jax.grad(scalar), prob.flat, prob.in_shape, prob.in_shape, name, symmetric=True)
