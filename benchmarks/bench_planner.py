@@ -158,7 +158,7 @@ def sweep(quick: bool) -> list[Row]:
             jax.block_until_ready(g(x))
         times = interleaved({k: (lambda g=g: g(x)) for k, g in contenders.items()}, reps=reps)
         best = min(times["jax.jacfwd"], times["jax.jacrev"])
-        plan_s, trace_s = planning_seconds(f, x, 5 if quick else 15)
+        plan_s, trace_s = planning_seconds(f, x, 21 if quick else 51)
         prep = ""
         if plan.kind == "sparse":
             prep_s = sparse_preparation_seconds(f, x, 5 if quick else 15)
