@@ -241,6 +241,32 @@ def test_colorings_are_valid():
             assert _bicoloring_valid(P, bi), name
 
 
+def test_cyclic_coloring_is_optimal_where_valid_and_falls_back_otherwise():
+    block = sp.block_diag([np.ones((6, 4), bool)] * 5, format="csr")         # a batch
+    band = sp.diags([np.ones(19), np.ones(20), np.ones(19)], [-1, 0, 1], shape=(20, 20), format="csr")
+    for P, k in ((block, 4), (band, 3)):
+        assert coloring._cyclic(P, k) is not None
+        c = coloring.column_coloring(P)
+        assert coloring.is_valid_column_coloring(P, c) and coloring.ncolors(c) == k
+        greedy = coloring._greedy(coloring._intersection_graph(P), np.arange(P.shape[1]))
+        assert coloring.ncolors(c) <= coloring.ncolors(greedy)
+    # a 5-point stencil on a 6 x 6 grid: row v holds columns v - 6 and v - 1, congruent
+    # mod 5, so the cyclic coloring is not valid and the graph coloring runs
+    g = 6
+    tri = sp.diags([np.ones(g - 1), np.ones(g), np.ones(g - 1)], [-1, 0, 1])
+    lap = sp.csr_matrix(sp.kronsum(tri, tri) != 0)
+    assert coloring._cyclic(lap, 5) is None
+    c = coloring.column_coloring(lap)
+    assert coloring.is_valid_column_coloring(lap, c) and coloring.ncolors(c) >= 5
+    # mostly empty rows: the check sorts instead of counting per (row, color)
+    tall = np.zeros((20000, 6), bool)
+    tall[0, [0, 1]] = tall[7, [2, 3]] = True
+    assert coloring._cyclic(sp.csr_matrix(tall), 2) is not None
+    tall[9, [0, 2]] = True                          # 0 and 2 are both even
+    assert coloring._cyclic(sp.csr_matrix(tall), 2) is None
+    assert coloring.is_valid_column_coloring(sp.csr_matrix(tall), coloring.column_coloring(tall))
+
+
 def test_validity_checkers_can_fail():
     P = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 1]], bool))
     assert not coloring.is_valid_column_coloring(P, np.array([0, 0, 1]))

@@ -38,7 +38,7 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -100,8 +100,7 @@ class Lit:
         self.val = val
 
 
-@dataclasses.dataclass
-class Node:
+class Node(NamedTuple):
     """One equation of the flat program: ``outs = eqn.primitive(*ins)``. ``ins`` are value
     ids (``int``) or :class:`Lit`; ``outs`` value ids (``-1`` for a dropped output)."""
 
