@@ -418,7 +418,7 @@ def _forward_sweep(prog: Program) -> tuple:
         if name in CONTROL_FLOW:
             control.append((k, name))
     return (active, deps, defined, flops, names, act_ins, out_sizes, has_subs, no_fwd,
-            no_rev, control)
+            no_rev, control, n_in)
 
 
 def analyse(prog: Program, n_outputs: int | None = None) -> Analysis:
@@ -427,7 +427,7 @@ def analyse(prog: Program, n_outputs: int | None = None) -> Analysis:
     outs = prog.outputs if n_outputs is None else prog.outputs[:n_outputs]
     N, sizes = len(prog.nodes), prog.sizes
     (active, deps, defined, flops, names, act_ins, out_sizes, has_subs, no_fwd, no_rev,
-     control) = _forward_sweep(prog)
+     control, in_size) = _forward_sweep(prog)
     # backward, in reverse program order: which values reach a differentiated output,
     # the last use of each, and the tangent work of the nodes that are active and useful
     useful, last = [False] * len(sizes), [-2] * len(sizes)
@@ -439,7 +439,10 @@ def analyse(prog: Program, n_outputs: int | None = None) -> Analysis:
     active_matmul = False
     for k in range(N - 1, -1, -1):
         node = nodes[k]
-        if not any(i >= 0 and useful[i] for i in node.outs):
+        for i in node.outs:
+            if i >= 0 and useful[i]:
+                break
+        else:   # no output of this node reaches a differentiated output
             continue
         for r in node.ins:
             if type(r) is int:
@@ -462,14 +465,19 @@ def analyse(prog: Program, n_outputs: int | None = None) -> Analysis:
                 delta[hi + 1] -= size
                 if lo > 0:   # defined by a node (not an input or a constant)
                     stored += size
+    out_size = active_out = max_deps = 0
+    for r in outs:
+        if type(r) is not int:          # a literal output
+            out_size += math.prod(np.shape(r.val))
+            continue
+        out_size += sizes[r]
+        if active[r]:
+            active_out += sizes[r]
+            max_deps = max(max_deps, deps[r])
     widths = list(itertools.accumulate(delta[:N + 1]))
-    widths[0] = in_size = sum(sizes[i] for i in prog.inputs)
-    widths[N] = out_size = sum(math.prod(np.shape(r.val)) if isinstance(r, Lit) else sizes[r]
-                               for r in outs)
-    real = [r for r in outs if type(r) is int and active[r]]
+    widths[0], widths[N] = in_size, out_size
     return Analysis(widths, _Live(spans, N + 1), flops, tangent, names, no_fwd, no_rev,
-                    control, in_size, out_size, sum(sizes[r] for r in real), stored,
-                    max((deps[r] for r in real), default=0), sum(flops),
+                    control, in_size, out_size, active_out, stored, max_deps, sum(flops),
                     sum(tangent), active_matmul)
 
 

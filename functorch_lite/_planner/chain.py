@@ -164,16 +164,13 @@ class Plan:
     @property
     def kind(self) -> str:
         """``"fwd"``/``"rev"`` when the plan is a pure mode, else ``"mixed"``."""
-        kinds: set[str] = set()
-
-        def walk(s: Step | None) -> None:
-            if s is not None:
-                kinds.add(s.kind)
-                for child in (s.sub, s.left, s.right):
-                    walk(child)
-
-        walk(self.root)
-        return kinds.pop() if len(kinds) == 1 and "mul" not in kinds else "mixed"
+        first, todo = self.root.kind, [self.root]
+        while todo:
+            s = todo.pop()
+            if s.kind != first or first == "mul":
+                return "mixed"
+            todo.extend(c for c in (s.sub, s.left, s.right) if c is not None)
+        return first
 
     def bracketing(self) -> str:
         """The product as a bracketed expression, e.g. ``J3 · (J2 · J1)``."""
