@@ -24,6 +24,11 @@ def test_explain_sparse_shows_pattern_colorings_and_the_dense_plan(x64):
     assert "dense forward (jacfwd)            50" in text
     assert "dense reverse (jacrev)            49" in text
     assert f"planner's dense plan: {r.chosen}" in text
+    # the dense plan's row prices the mode it names (not the cheaper of fwd and rev)
+    row = next(l for l in text.splitlines() if "planner's dense plan" in l).split()
+    same = next(l for l in text.splitlines()
+                if l.strip().startswith(f"dense {'forward' if r.chosen == 'fwd' else 'reverse'}")).split()
+    assert row[-2:] == same[-2:]
     assert "columns colored (JVPs)             2" in text
     assert "rows colored (VJPs)                2" in text
     assert "###...." in text                           # the spy plot
@@ -39,6 +44,11 @@ def test_explain_sparse_for_a_hessian(x64):
                    sparse=True, xla=False)
     assert "sparse Hessian of" in r.sparse and "star coloring (HVPs)" in r.sparse
     assert "planner's dense plan: fwd-over-rev" in str(r)
+    # a long label widens the column: passes and costs stay aligned
+    table = [l for l in r.sparse.splitlines()[2:] if l.startswith("  ") and l.strip()][:6]
+    ends = {len(l) for l in table[1:] if l.rstrip()[-1].isdigit()}
+    assert len(ends) == 1, table
+    assert table[0].index("passes") + len("passes") == table[1].index("30") + 2
 
 
 def test_explain_sparse_bad_input():
