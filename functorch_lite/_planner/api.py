@@ -19,6 +19,7 @@ planned again).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -63,6 +64,11 @@ def plan_key(args: tuple, kwargs: dict, argnums: Any, *options: Any) -> Any:
     return key
 
 
+# ``flat(*leaves)``'s signature: JAX reads it (``inspect.signature``) for the trace's debug
+# info; set on each new ``flat`` it spares that lookup (~6 us a call).
+_FLAT_SIGNATURE = inspect.Signature([inspect.Parameter("leaves", inspect.Parameter.VAR_POSITIONAL)])
+
+
 @dataclasses.dataclass
 class Traced:
     """The function read at one call: its flat program and how to rebuild pytrees.
@@ -97,6 +103,7 @@ def trace(func: Callable, args: tuple, kwargs: dict, argnums: Any, has_aux: bool
         store.update(out_tree=o_tree, aux_tree=a_tree, n_out=len(o_leaves))
         return o_leaves + a_leaves
 
+    flat.__signature__ = _FLAT_SIGNATURE   # what inspect.signature would find, known already
     closed = jax.make_jaxpr(flat)(*leaves)
     if store["n_out"] == 0:
         raise ValueError(f"{where}: the function returned no arrays (None or an empty "
