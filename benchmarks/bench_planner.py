@@ -115,13 +115,15 @@ def _median_time(fn, reps):
     return statistics.median(ts)
 
 
-def planning_seconds(f, x, reps):
-    """Median cold-cache planning time of a fresh function (a new closure over ``f``, as a
-    new lambda per call would be) and median time of one ``jax.make_jaxpr`` of a fresh
-    closure (JAX caches the trace of a function object it has seen, so re-tracing ``f``
-    itself would time a cache hit), interleaved."""
+def planning_seconds(f, x, reps, warmup=3):
+    """Cold-cache planning of a fresh function (a new closure over ``f``, as a new lambda
+    per call would be) against one ``jax.make_jaxpr`` of a fresh closure (JAX caches the
+    trace of a function object it has seen, so re-tracing ``f`` itself would time a cache
+    hit), run in adjacent pairs: the medians of each, and the median of the pairs' ratios
+    (each pair shares the machine's state of the moment, so drift and a neighbour's load
+    cancel in it). ``warmup`` pairs first, not counted."""
     plan_t, trace_t = [], []
-    for _ in range(reps):
+    for _ in range(warmup + reps):
         fl.clear_caches()
         t0 = time.perf_counter()
         jax.make_jaxpr(lambda v: f(v))(x)
@@ -130,7 +132,9 @@ def planning_seconds(f, x, reps):
         t2 = time.perf_counter()
         trace_t.append(t1 - t0)
         plan_t.append(t2 - t1)
-    return statistics.median(plan_t), statistics.median(trace_t)
+    plan_t, trace_t = plan_t[warmup:], trace_t[warmup:]
+    ratio = statistics.median(p / t for p, t in zip(plan_t, trace_t))
+    return statistics.median(plan_t), statistics.median(trace_t), ratio
 
 
 def sparse_preparation_seconds(f, x, reps):
@@ -158,7 +162,7 @@ def sweep(quick: bool) -> list[Row]:
             jax.block_until_ready(g(x))
         times = interleaved({k: (lambda g=g: g(x)) for k, g in contenders.items()}, reps=reps)
         best = min(times["jax.jacfwd"], times["jax.jacrev"])
-        plan_s, trace_s = planning_seconds(f, x, 21 if quick else 51)
+        plan_s, trace_s, ratio = planning_seconds(f, x, 21 if quick else 51)
         prep = ""
         if plan.kind == "sparse":
             prep_s = sparse_preparation_seconds(f, x, 5 if quick else 15)
@@ -169,7 +173,8 @@ def sweep(quick: bool) -> list[Row]:
             target="<= 1.10x best pure; planning <= 1.3x one trace",
             note=(f"plan {plan.kind}{' ' + plan.bracketing() if plan.kind == 'mixed' else ''}; "
                   f"auto/best = {times['auto'] / best:.2f}; planning {plan_s * 1e3:.2f} ms "
-                  f"(trace {trace_s * 1e3:.2f} ms, {plan_s / trace_s:.2f}x{prep})")))
+                  f"(trace {trace_s * 1e3:.2f} ms; planning / trace {ratio:.2f}, median of "
+                  f"paired runs{prep})")))
     return rows
 
 
