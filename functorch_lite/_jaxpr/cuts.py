@@ -35,6 +35,7 @@ This module reads the program; the planner (:mod:`functorch_lite._planner`) deci
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -234,15 +235,15 @@ def _contraction(eqn: Any) -> int:
 
 
 def _eqn_flops(eqn: Any, name: str | None = None, out: int | None = None,
-               subs: list | None = None, contraction: int | None = None) -> float:
+               subs: list | None = None) -> float:
     """Primal FLOPs of one equation (a static count from shapes); ``name`` (its
-    primitive's), ``out`` (its output elements), ``subs`` (its sub-jaxprs) and, for a
-    ``dot_general``, its ``contraction`` where the caller knows them already."""
+    primitive's), ``out`` (its output elements) and ``subs`` (its sub-jaxprs) where the
+    caller knows them already."""
     name = name or primitive_name(eqn)
     if out is None:
         out = sum(_aval_size(v.aval) for v in eqn.outvars)
     if name == "dot_general":
-        return 2.0 * out * (_contraction(eqn) if contraction is None else contraction)
+        return 2.0 * out * _contraction(eqn)
     if name == "conv_general_dilated":
         rhs = eqn.invars[1].aval.shape
         spec = eqn.params["dimension_numbers"]
@@ -297,7 +298,8 @@ class Analysis:
       active_out: how many output elements depend on the inputs.
       stored: elements of the active intermediate values (what reverse mode stores).
       deps: a static upper bound on the number of inputs one output element depends on
-        (``in_size`` when unknown); small means the Jacobian may be sparse.
+        (``in_size`` when unknown); small means the Jacobian may be sparse. Computed on
+        first use (one more pass over the program): only a sparsity check reads it.
       primal, per_pass: the totals of ``flops`` and ``tangent`` (``P`` and ``T``).
       active_matmul: whether tangents pass through a matrix product (``dot_general``).
     """
@@ -314,10 +316,16 @@ class Analysis:
     out_size: int
     active_out: int
     stored: int = 0
-    deps: int = 0
     primal: float = 0.0
     per_pass: float = 0.0
     active_matmul: bool = False
+    _deps: Any = dataclasses.field(default=0, repr=False, compare=False)  # int, or how to count it
+
+    @property
+    def deps(self) -> int:
+        if callable(self._deps):
+            self._deps = self._deps()
+        return self._deps
 
 
 class _Live:
@@ -349,12 +357,12 @@ _SUM_DEPS = frozenset({"select_n", "add", "sub", "mul", "div", "max", "min", "po
                        "add_any", "rem", "nextafter", "complex", "clamp"})
 
 
-def _dep_bound(eqn: Any, name: str, ins: list, n: int, contraction: int = 0) -> int:
+def _dep_bound(eqn: Any, name: str, ins: list, n: int) -> int:
     """An upper bound on how many inputs one element of ``eqn``'s outputs depends on,
     from its operands' bounds ``ins`` (0 for an inactive operand); a ``dot_general``
-    sums its operands' bounds over its ``contraction`` (both contract the same size)."""
+    sums its operands' bounds over its contraction (both contract the same size)."""
     if name == "dot_general":
-        return (ins[0] + ins[1]) * (contraction or _contraction(eqn))
+        return (ins[0] + ins[1]) * _contraction(eqn)
     if name in ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin"):
         axes = eqn.params.get("axes", ())
         return max(ins) * math.prod(eqn.invars[0].aval.shape[a] for a in axes)
@@ -372,12 +380,10 @@ def _forward_sweep(prog: Program) -> tuple:
     and whether it holds sub-programs; the doubtful and control-flow nodes."""
     nval, N, dtypes, sizes = len(prog.shapes), len(prog.nodes), prog.dtypes, prog.sizes
     active = [False] * nval
-    deps = [0] * nval
     defined = [-1] * nval
     n_in = sum(sizes[i] for i in prog.inputs)
     for i in prog.inputs:
         active[i] = _inexact(dtypes[i])
-        deps[i] = 1 if active[i] else 0
     flops, names, act_ins, out_sizes = [0.0] * N, [""] * N, [0] * N, [0] * N
     has_subs = [False] * N
     no_fwd, no_rev, control = [], [], []
@@ -392,22 +398,17 @@ def _forward_sweep(prog: Program) -> tuple:
         out_sizes[k] = out      # the kept outputs (what a tangent writes)
         subs = [] if name in _PLAIN else sub_jaxprs(eqn)
         has_subs[k] = bool(subs)
-        contraction = _contraction(eqn) if name == "dot_general" else None
-        flops[k] = _eqn_flops(eqn, name, out if -1 not in outs else None, subs, contraction)
-        ins, a = [], 0
+        flops[k] = _eqn_flops(eqn, name, out if -1 not in outs else None, subs)
+        a = 0
         for r in node.ins:
             if type(r) is int and active[r]:
-                ins.append(deps[r])
                 a += 1
-            else:
-                ins.append(0)
         if not a:
             continue
         act_ins[k] = a
-        bound = min(n_in, _dep_bound(eqn, name, ins, n_in, contraction or 0))
         for i in outs:
             if i >= 0 and (dtypes[i].kind in "fc" or _inexact(dtypes[i])):
-                active[i], deps[i] = True, bound
+                active[i] = True
         if name in _PLAIN:  # no sub-program, neither doubtful nor control flow
             continue
         inner = _nested_names(eqn) | {name}
@@ -417,8 +418,26 @@ def _forward_sweep(prog: Program) -> tuple:
             no_rev.append((k, sorted(inner & NO_REVERSE)[0]))
         if name in CONTROL_FLOW:
             control.append((k, name))
-    return (active, deps, defined, flops, names, act_ins, out_sizes, has_subs, no_fwd,
-            no_rev, control, n_in)
+    return (active, defined, flops, names, act_ins, out_sizes, has_subs, no_fwd, no_rev,
+            control, n_in)
+
+
+def _dependency_bound(prog: Program, active: list[bool], outs: list) -> int:
+    """The largest static bound (:func:`_dep_bound`) over the active outputs ``outs`` on
+    the inputs one output element depends on, propagated in program order."""
+    n_in = sum(prog.sizes[i] for i in prog.inputs)
+    deps = [0] * len(prog.sizes)
+    for i in prog.inputs:
+        deps[i] = 1 if active[i] else 0
+    for node in prog.nodes:
+        ins = [deps[r] if type(r) is int and active[r] else 0 for r in node.ins]
+        if not any(type(r) is int and active[r] for r in node.ins):
+            continue
+        bound = min(n_in, _dep_bound(node.eqn, node.eqn.primitive.name, ins, n_in))
+        for i in node.outs:
+            if i >= 0 and active[i]:
+                deps[i] = bound
+    return max((deps[r] for r in outs if type(r) is int and active[r]), default=0)
 
 
 def analyse(prog: Program, n_outputs: int | None = None) -> Analysis:
@@ -426,7 +445,7 @@ def analyse(prog: Program, n_outputs: int | None = None) -> Analysis:
     differentiated (the rest, e.g. ``has_aux`` values, only computed)."""
     outs = prog.outputs if n_outputs is None else prog.outputs[:n_outputs]
     N, sizes = len(prog.nodes), prog.sizes
-    (active, deps, defined, flops, names, act_ins, out_sizes, has_subs, no_fwd, no_rev,
+    (active, defined, flops, names, act_ins, out_sizes, has_subs, no_fwd, no_rev,
      control, in_size) = _forward_sweep(prog)
     # backward, in reverse program order: which values reach a differentiated output,
     # the last use of each, and the tangent work of the nodes that are active and useful
@@ -465,20 +484,19 @@ def analyse(prog: Program, n_outputs: int | None = None) -> Analysis:
                 delta[hi + 1] -= size
                 if lo > 0:   # defined by a node (not an input or a constant)
                     stored += size
-    out_size = active_out = max_deps = 0
+    out_size = active_out = 0
     for r in outs:
         if type(r) is not int:          # a literal output
             out_size += math.prod(np.shape(r.val))
-            continue
-        out_size += sizes[r]
-        if active[r]:
-            active_out += sizes[r]
-            max_deps = max(max_deps, deps[r])
+        else:
+            out_size += sizes[r]
+            active_out += sizes[r] if active[r] else 0
     widths = list(itertools.accumulate(delta[:N + 1]))
     widths[0], widths[N] = in_size, out_size
     return Analysis(widths, _Live(spans, N + 1), flops, tangent, names, no_fwd, no_rev,
-                    control, in_size, out_size, active_out, stored, max_deps, sum(flops),
-                    sum(tangent), active_matmul)
+                    control, in_size, out_size, active_out, stored, sum(flops),
+                    sum(tangent), active_matmul,
+                    functools.partial(_dependency_bound, prog, active, outs))
 
 
 # ----------------------------------------------------------------------------- stages

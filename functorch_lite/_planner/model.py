@@ -147,7 +147,7 @@ def may_be_sparse(info: _cuts.Analysis, dense_cost: float | None = None) -> bool
     what it may save on every call."""
     limit = min(info.in_size, info.out_size)
     cheap = dense_cost is not None and dense_cost < DETECT_MIN
-    return limit > 1 and 0 < info.deps * SPARSE_DEPS <= limit and not cheap
+    return limit > 1 and not cheap and 0 < info.deps * SPARSE_DEPS <= limit   # deps: a pass
 
 
 def _candidates(info: _cuts.Analysis, limit: int) -> list[int]:
