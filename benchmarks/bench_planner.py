@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import functorch_lite as fl
 from functorch_lite._planner import api
 
+from . import harness
 from .harness import Row, interleaved
 
 
@@ -162,6 +163,11 @@ def sweep(quick: bool) -> list[Row]:
             jax.block_until_ready(g(x))
         times = interleaved({k: (lambda g=g: g(x)) for k, g in contenders.items()}, reps=reps)
         best = min(times["jax.jacfwd"], times["jax.jacrev"])
+        same = ""   # a pure plan should compile to raw JAX's program: then auto/best is noise
+        if plan.kind in ("fwd", "rev"):
+            peer = "jax.jacfwd" if plan.kind == "fwd" else "jax.jacrev"
+            ops = [harness.hlo_ops(contenders[k].lower(x).compile()) for k in ("auto", peer)]
+            same = f"; {'same' if ops[0] == ops[1] else 'DIFFERENT'} optimized HLO as {peer}"
         plan_s, trace_s, ratio = planning_seconds(f, x, 21 if quick else 51)
         prep = ""
         if plan.kind == "sparse":
@@ -172,7 +178,7 @@ def sweep(quick: bool) -> list[Row]:
             peers={"jax.jacfwd": times["jax.jacfwd"], "jax.jacrev": times["jax.jacrev"]},
             target="<= 1.10x best pure; planning <= 1.3x one trace",
             note=(f"plan {plan.kind}{' ' + plan.bracketing() if plan.kind == 'mixed' else ''}; "
-                  f"auto/best = {times['auto'] / best:.2f}; planning {plan_s * 1e3:.2f} ms "
+                  f"auto/best = {times['auto'] / best:.2f}{same}; planning {plan_s * 1e3:.2f} ms "
                   f"(trace {trace_s * 1e3:.2f} ms; planning / trace {ratio:.2f}, median of "
                   f"paired runs{prep})")))
     return rows
@@ -247,9 +253,12 @@ def hessians(quick: bool) -> list[Row]:
                             reps=7 if quick else 21)
         ours = times.pop("auto")
         best = min(times.values())
+        ops = [harness.hlo_ops(progs[k].lower(x).compile()) for k in ("auto", plan.mode)]
         rows.append(Row(group="planner", job=f"hessian auto: {name}", unit="s", ours=ours,
                         peers=times, target="auto <= 1.10x best nesting",
-                        note=f"chose {plan.mode}; auto/best = {ours / best:.2f}"))
+                        note=f"chose {plan.mode}; auto/best = {ours / best:.2f}; "
+                             f"{'same' if ops[0] == ops[1] else 'DIFFERENT'} optimized HLO "
+                             f"as {plan.mode}"))
     return rows
 
 
