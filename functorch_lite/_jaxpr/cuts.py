@@ -396,7 +396,7 @@ def _forward_sweep(prog: Program) -> tuple:
                 defined[i] = k
                 out += sizes[i]
         out_sizes[k] = out      # the kept outputs (what a tangent writes)
-        subs = [] if name in _PLAIN else sub_jaxprs(eqn)
+        subs = _subs(eqn)
         has_subs[k] = bool(subs)
         flops[k] = _eqn_flops(eqn, name, out if -1 not in outs else None, subs)
         a = 0
@@ -422,16 +422,21 @@ def _forward_sweep(prog: Program) -> tuple:
             control, n_in)
 
 
-def _dependency_bound(prog: Program, active: list[bool], outs: list) -> int:
+def _dependency_bound(prog: Program, active: list[bool], outs: list, n_in: int) -> int:
     """The largest static bound (:func:`_dep_bound`) over the active outputs ``outs`` on
-    the inputs one output element depends on, propagated in program order."""
-    n_in = sum(prog.sizes[i] for i in prog.inputs)
+    the ``n_in`` inputs one output element depends on, propagated in program order."""
     deps = [0] * len(prog.sizes)
     for i in prog.inputs:
         deps[i] = 1 if active[i] else 0
     for node in prog.nodes:
-        ins = [deps[r] if type(r) is int and active[r] else 0 for r in node.ins]
-        if not any(type(r) is int and active[r] for r in node.ins):
+        ins, any_active = [], False
+        for r in node.ins:
+            if type(r) is int and active[r]:
+                ins.append(deps[r])
+                any_active = True
+            else:
+                ins.append(0)
+        if not any_active:
             continue
         bound = min(n_in, _dep_bound(node.eqn, node.eqn.primitive.name, ins, n_in))
         for i in node.outs:
@@ -496,7 +501,7 @@ def analyse(prog: Program, n_outputs: int | None = None) -> Analysis:
     return Analysis(widths, _Live(spans, N + 1), flops, tangent, names, no_fwd, no_rev,
                     control, in_size, out_size, active_out, stored, sum(flops),
                     sum(tangent), active_matmul,
-                    functools.partial(_dependency_bound, prog, active, outs))
+                    functools.partial(_dependency_bound, prog, active, outs, in_size))
 
 
 # ----------------------------------------------------------------------------- stages

@@ -92,7 +92,7 @@ def store_cost(stored: int) -> float:
 
 def pure_costs(info: _cuts.Analysis, devices: int = 1) -> dict[str, float]:
     """The static costs of forward and reverse mode (per device over ``devices``); the
-    transposed write only where a matrix product is active (:func:`has_active_matmul`)."""
+    transposed write only where a matrix product is active (``info.active_matmul``)."""
     n, m = info.in_size, info.out_size
     P, T = info.primal, info.per_pass
     per_n, per_m = -(-n // devices) if n else 0, -(-m // devices) if m else 0
@@ -113,11 +113,6 @@ class NestingTerms(NamedTuple):
     @property
     def total(self) -> float:
         return self.passes * self.per_pass + self.primal + self.extra
-
-
-def has_active_matmul(info: _cuts.Analysis) -> bool:
-    """Whether tangents pass through a matrix product (an active ``dot_general``)."""
-    return info.active_matmul
 
 
 def nesting_terms(info: _cuts.Analysis, outer: str) -> NestingTerms:
@@ -185,15 +180,15 @@ def _chain(info: _cuts.Analysis, positions: list[int], forced: dict[int, str],
     """The bracketing of the stages between ``positions`` (plan_chain)."""
     N = len(info.widths) - 1
     bounds = [0, *positions, N]
-    no_fwd = [k for k, _ in info.no_forward] if info.no_forward else ()
-    no_rev = [k for k, _ in info.no_reverse] if info.no_reverse else ()
+    no_fwd = [k for k, _ in info.no_forward]
+    no_rev = [k for k, _ in info.no_reverse]
     fwd_off = "fwd" in unsupported and not no_fwd   # the whole function, not one stage
     rev_off = "rev" in unsupported and not no_rev
     cf, cr, pc = [], [], []
     for a, b in zip(bounds, bounds[1:]):
         t = sum(info.tangent[a:b])
-        cf.append(math.inf if fwd_off or no_fwd and any(a <= k < b for k in no_fwd) else t)
-        cr.append(math.inf if rev_off or no_rev and any(a <= k < b for k in no_rev) else t)
+        cf.append(math.inf if fwd_off or any(a <= k < b for k in no_fwd) else t)
+        cr.append(math.inf if rev_off or any(a <= k < b for k in no_rev) else t)
         pc.append(sum(info.flops[a:b]) + STEP_OVERHEAD)
     chain = plan_chain([info.widths[b] for b in bounds], cf, cr, pc)
     chain.names = [forced.get(b, f"eqns {a}..{b - 1}" if b > a else "identity")
