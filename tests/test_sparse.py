@@ -66,6 +66,8 @@ _A_BAND = _banded(12, 1)
 _IDX = np.array([3, 1, 1, 7, 11, 0])
 _SEG = np.array([0, 0, 1, 2, 2, 2, 3, 3, 1, 0, 3, 2])
 _W5 = np.random.default_rng(1).standard_normal((3, 3))
+# a batch of two 2 x 3 constants, each with its own zeros (the batched contraction)
+_B2 = np.random.default_rng(2).standard_normal((2, 2, 3)) * np.array([[[1, 0, 1], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]])
 _K2 = np.random.default_rng(2).standard_normal((2, 1, 3, 3))
 
 
@@ -115,6 +117,8 @@ CASES = [
     ("banded matmul (constant)", lambda x: jnp.asarray(_A_BAND) @ x, 12, True),
     ("block-diagonal matmul", lambda x: (x.reshape(4, 3) @ jnp.asarray(_W5)).ravel(), 12, True),
     ("kron structure einsum", lambda x: jnp.einsum("ij,jk->ik", jnp.asarray(np.kron(np.eye(2), _W5[:2, :2])), x.reshape(4, 3)).ravel(), 12, True),
+    ("batched einsum, sparse constant per batch", lambda x: jnp.einsum("bmk,bkn->bmn", x.reshape(2, 3, 2), jnp.asarray(_B2)).ravel(), 12, True),
+    ("sums of inputs through a sparse constant", lambda x: ((x[:6] + x[6:]).reshape(2, 3) @ jnp.asarray(_B2[0].T)).ravel(), 12, True),
     ("bilinear x^T x blocks", lambda x: (x.reshape(2, 2, 3) @ x.reshape(2, 3, 2)).ravel(), 12, True),
     ("transpose reshape", lambda x: jnp.tanh(x.reshape(3, 4).T).ravel(), 12, True),
     ("interior/negative pad", lambda x: jax.lax.pad(x, 0.0, ((-1, 2, 1),)) ** 2, 12, True),

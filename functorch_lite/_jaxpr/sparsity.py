@@ -126,6 +126,8 @@ def _rows(dep, idx):
     if dep is None:
         return None
     idx = np.asarray(idx, np.int64).ravel()
+    if len(idx) == dep.shape[0] and (idx[1:] - idx[:-1] == 1).all() and (not len(idx) or idx[0] == 0):
+        return dep      # every row in place (a transpose or slice that moves nothing)
     valid = idx >= 0
     out = dep[np.where(valid, idx, 0)]
     if not valid.all():
@@ -137,7 +139,24 @@ def _apply(m, dep):
     """``m @ dep`` for a structural matrix ``m`` (out elements x operand elements)."""
     if dep is None or m is None:
         return None
-    return _bin(sp.csr_matrix(m) @ dep)
+    m = sp.csr_matrix(m)
+    counts = np.diff(dep.indptr)
+    if counts.max(initial=0) > 1:
+        return _bin(m @ dep)
+    # each operand element depends on at most one input (an input itself, or a copy of
+    # one): the product renames m's columns, no sparse product needed
+    input_of = np.full(dep.shape[0], -1, np.int64)
+    input_of[counts == 1] = dep.indices
+    cols = input_of[m.indices]
+    keep = cols >= 0
+    if keep.all():
+        indptr = m.indptr
+    else:
+        rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+        indptr = np.zeros(m.shape[0] + 1, np.int64)
+        np.cumsum(np.bincount(rows[keep], minlength=m.shape[0]), out=indptr[1:])
+        cols = cols[keep]
+    return _bin(sp.csr_matrix((np.ones(len(cols), np.float32), cols, indptr), shape=(m.shape[0], dep.shape[1])))
 
 
 def _dense(deps, size, n):
@@ -210,11 +229,26 @@ def _contract(dep, other, B, M, K, N):
     if other is None:
         red = _selection(np.repeat(np.arange(B * M), K), np.arange(B * M * K), (B * M, B * M * K))
         return _rows(_apply(red, dep), np.repeat(np.arange(B * M), N))
-    b, k, nn = np.nonzero(other)
+    # the selection matrix (rows (b, m, n), columns (b, m, k) where other[b, k, n]) built
+    # in CSR form directly: row (b, m, n) holds the k of column n of other[b], ascending
+    onk = np.transpose(other, (0, 2, 1))                # (b, n, k)
+    b_e, _, k_e = np.nonzero(onk)                       # in (b, n, k) order
+    per_bn = onk.sum(axis=2)                            # nonzeros of each (b, n)
+    indptr = np.zeros(B * M * N + 1, np.int64)
+    np.cumsum(np.broadcast_to(per_bn[:, None, :], (B, M, N)), out=indptr[1:])
     m = np.arange(M)[:, None]
-    rows = ((b * M + m) * N + nn).ravel()
-    cols = ((b * M + m) * K + k).ravel()
-    return _apply(_selection(rows, cols, (B * M * N, B * M * K)), dep)
+    if B == 1:
+        indices = (m * K + k_e).ravel()
+    else:   # entry e of block b goes to row block (b, m) at offset M * start[b] + m * L_b
+        per_b = per_bn.sum(axis=1)
+        start = np.cumsum(per_b) - per_b
+        local = np.arange(len(k_e)) - start[b_e]
+        pos = M * start[b_e] + m * per_b[b_e] + local
+        indices = np.empty(M * len(k_e), np.int64)
+        indices[pos.ravel()] = ((b_e * M + m) * K + k_e).ravel()
+    sel = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr),
+                        shape=(B * M * N, B * M * K))
+    return _apply(sel, dep)
 
 
 def _kron_all(mats):
@@ -974,7 +1008,10 @@ def jacobian_pattern(closed: ClosedJaxpr, name: str = "f") -> sp.csr_matrix:
             "outputs are taken to depend on all their inputs (correct, but denser than needed).",
             SparsityWarning, stacklevel=3)
     blocks = [o.dep if o.dep is not None else sp.csr_matrix((o.size, n), dtype=np.float32) for o in outs]
-    out = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, n), dtype=np.float32)
+    if len(blocks) == 1:
+        out = blocks[0]
+    else:
+        out = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, n), dtype=np.float32)
     out = sp.csr_matrix(out, dtype=bool)
     out.sum_duplicates()
     out.sort_indices()
