@@ -61,9 +61,13 @@ def _digest(closed) -> tuple:
     return tuple(parts)
 
 
-def _detect(func: Callable, flat: Any, out_shape: tuple, in_shape: tuple, name: str,
-            symmetric: bool) -> Pattern:
-    closed = stage(func, jax.ShapeDtypeStruct(np.shape(flat), flat.dtype))
+def _staged(func: Callable, flat: Any):
+    """The closed jaxpr of ``func`` at ``flat``'s shape and dtype."""
+    return stage(func, jax.ShapeDtypeStruct(np.shape(flat), flat.dtype))
+
+
+def _detect(closed, out_shape: tuple, in_shape: tuple, name: str, symmetric: bool) -> Pattern:
+    """The pattern of the program ``closed`` (remembered per program)."""
     key = ("hessian" if symmetric else "jacobian", _digest(closed), name)
 
     def make():
@@ -330,13 +334,15 @@ class _Problem:
         others = [a for k, a in enumerate(self.args) if k not in self.positions]
         return _has_tracers((others, self.kwargs))
 
-    def pattern(self, fn: Callable, out_shape: tuple, sparsity: Any, name: str, transform: str,
-                symmetric: bool = False) -> Pattern:
-        """The user's ``sparsity=``, else the pattern of ``fn`` read from its jaxpr."""
+    def pattern(self, fn: Callable | None, out_shape: tuple, sparsity: Any, name: str, transform: str,
+                symmetric: bool = False, closed: Any = None) -> Pattern:
+        """The user's ``sparsity=``, else the pattern of ``fn`` (or of its program
+        ``closed``, staged already) read from its jaxpr."""
         if sparsity is not None:
             return as_pattern(sparsity, out_shape, self.in_shape, f"{transform}({name}, sparsity=...)",
                               symmetric=symmetric, name=name)
-        return _detect(fn, self.flat, out_shape, self.in_shape, name, symmetric=symmetric)
+        closed = _staged(fn, self.flat) if closed is None else closed
+        return _detect(closed, out_shape, self.in_shape, name, symmetric=symmetric)
 
     def check(self, dense_fn: Callable, pattern: Pattern, name: str, transform: str) -> None:
         """``check=True``: the pattern against the dense derivative at a random point."""
@@ -422,12 +428,18 @@ def _jacobian_at(args, kwargs, *, func, argnums, as_tuple, mode, layout, chunk_s
         _check_output(out, where)
         return out, aux
 
-    def fo(xf):
-        return call(xf)[0].reshape(-1)
+    def out_of(xf):
+        return call(xf)[0]
 
-    out_struct = jax.eval_shape(lambda xf: call(xf)[0], prob.flat)
+    def fo(xf):
+        return out_of(xf).reshape(-1)
+
+    # one trace gives the output's shape and, unless sparsity= is given, the program
+    # whose pattern is read (row-major, as fo's)
+    closed = _staged(out_of, prob.flat) if sparsity is None else None
+    out_struct = closed.out_avals[0] if closed is not None else jax.eval_shape(out_of, prob.flat)
     out_shape = tuple(out_struct.shape)
-    pattern = prob.pattern(fo, out_shape, sparsity, name, "jacobian")
+    pattern = prob.pattern(None, out_shape, sparsity, name, "jacobian", closed=closed)
     if check:
         prob.check(jax.jacfwd(fo), pattern, name, "jacobian")
     plan = pattern.plan(mode)
@@ -535,11 +547,15 @@ def sparsity(func: Callable, *args: Any, argnums: _args.Argnums = 0, hessian: bo
             _args.check_scalar(out, where, "sparsity(...) of its gradient", has_aux_hint=False)
             return out
 
-        return _detect(jax.grad(scalar), prob.flat, prob.in_shape, prob.in_shape, name, symmetric=True)
-    out = jax.eval_shape(prob.call, prob.flat)
-    _check_output(out, where, fallback="take the pattern of each output separately")
-    return _detect(lambda xf: prob.call(xf).reshape(-1), prob.flat, tuple(out.shape), prob.in_shape, name,
-                   symmetric=False)
+        return _detect(_staged(jax.grad(scalar), prob.flat), prob.in_shape, prob.in_shape, name,
+                       symmetric=True)
+    def out_of(xf):
+        out = prob.call(xf)
+        _check_output(out, where, fallback="take the pattern of each output separately")
+        return out
+
+    closed = _staged(out_of, prob.flat)      # the program jacobian(..., sparse=True) reads too
+    return _detect(closed, tuple(closed.out_avals[0].shape), prob.in_shape, name, symmetric=False)
 
 
 jacobian_sparsity = sparsity
