@@ -216,9 +216,11 @@ def _thresholds(counts: np.ndarray) -> np.ndarray:
 def bicoloring_lower_bound(P: sp.spmatrix) -> int:
     """A lower bound on the passes of any split :func:`bicoloring` tries (cheap: counts)."""
     P = sp.csr_matrix(P, dtype=bool)
+    P.sum_duplicates()
     m, n = P.shape
     best = m + n
-    for counts, by_rows in ((np.diff(P.indptr), True), (np.diff(P.tocsc().indptr), False)):
+    col_nnz = np.bincount(P.indices, minlength=n)      # no duplicates in a canonical P
+    for counts, by_rows in ((np.diff(P.indptr), True), (col_nnz, False)):
         for t in _thresholds(counts):
             chosen = counts >= t
             if chosen.all() or not chosen.any():

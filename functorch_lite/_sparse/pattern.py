@@ -177,7 +177,7 @@ class Pattern:
         a bound cannot beat the best found: an arrowhead never colors its n columns."""
         m = self.matrix
         lb_col = int(np.diff(m.indptr).max(initial=0))
-        lb_row = int(np.diff(m.tocsc().indptr).max(initial=0))
+        lb_row = int(np.bincount(m.indices, minlength=m.shape[1]).max(initial=0))   # densest column
         lb_bi = _coloring.bicoloring_lower_bound(m)
         best = None
         for bound, kind in sorted([(lb_col, "fwd"), (lb_row, "rev"), (lb_bi, "bi")],
