@@ -583,13 +583,33 @@ def _key_shape(key: Any) -> tuple[str, tuple] | None:
     return None
 
 
-def check_key(key: Any, where: str) -> None:
-    """``key`` must be one PRNG key: ``jax.random.key(0)`` or a raw ``uint32[2]`` key."""
-    if _key_shape(key) in (("typed", ()), ("raw", (2,))):
+def check_key(key: Any, where: str, *, required: str = "", alternatives: str = "") -> None:
+    """``key`` must be one PRNG key: a typed key of shape ``()`` (``jax.random.key``) or a
+    raw ``uint32[2]`` key (``jax.random.PRNGKey``). ``None`` (with ``required``, what to
+    pass instead), a batch of keys and anything else are refused by name; the last
+    message lists ``alternatives`` (what else the caller accepts) after the keys.
+
+    >>> check_key(jax.random.key(0), "nn.dropout")
+    >>> check_key(jax.random.split(jax.random.key(0)), "nn.dropout")
+    Traceback (most recent call last):
+    ValueError: nn.dropout: key must be one PRNG key, got an array of 2 keys (jax.random.split returns several); pass one of them, e.g. keys[0], or vmap over them.
+    """
+    if key is None:
+        raise TypeError(f"{where}: key is required (JAX has no hidden random state); pass "
+                        f"key=jax.random.key(0){required}.")
+    kind = _key_shape(key)
+    if kind in (("typed", ()), ("raw", (2,))):
         return
-    shape = f" of shape {tuple(np.shape(key))}" if hasattr(key, "shape") else ""
-    raise TypeError(f"{where}: key must be one PRNG key, e.g. key=jax.random.key(0), got "
-                    f"{type(key).__name__}{shape}.")
+    if kind is not None and (kind[0] == "typed" or len(kind[1]) == 2):
+        shape = kind[1] if kind[0] == "typed" else kind[1][:-1]
+        what = (f"{shape[0]} " if len(shape) == 1 else f"{shape} of ") + ("raw keys" if kind[0] == "raw" else "keys")
+        raise ValueError(f"{where}: key must be one PRNG key, got an array of {what} "
+                         "(jax.random.split returns several); pass one of them, e.g. keys[0], "
+                         "or vmap over them.")
+    dtype = getattr(key, "dtype", None)
+    got = type(key).__name__ + (f" of dtype {dtype} and shape {tuple(np.shape(key))}" if dtype is not None else "")
+    raise TypeError(f"{where}: key must be one PRNG key (jax.random.key(seed), or a raw uint32 "
+                    f"key of shape (2,){alternatives}); got {got}.")
 
 
 def as_key(key: Any, where: str) -> jax.Array:
@@ -603,20 +623,8 @@ def as_key(key: Any, where: str) -> jax.Array:
         return jax.random.key(0)
     if isinstance(key, int) and not isinstance(key, bool):
         return jax.random.key(key)
-    kind = _key_shape(key)
-    if kind == ("typed", ()):
-        return key
-    if kind == ("raw", (2,)):
-        return jax.random.wrap_key_data(np.asarray(key))
-    if kind is not None and kind[0] == "typed":
-        shape = kind[1]
-        raise ValueError(f"{where}: key must be one PRNG key, got an array of {shape[0] if len(shape) == 1 else shape} "
-                         "keys (jax.random.split returns several); pass one of them, e.g. keys[0].")
-    if kind is not None and len(kind[1]) == 2:
-        raise ValueError(f"{where}: key must be one PRNG key, got {kind[1][0]} raw keys of shape "
-                         f"{kind[1]} (jax.random.split returns several); pass one of them, e.g. keys[0].")
-    raise TypeError(f"{where}: key must be a PRNG key (jax.random.key(seed)), a raw uint32 key of "
-                    f"shape (2,), an int seed, or None; got {type(key).__name__}.")
+    check_key(key, where, alternatives=", an int seed, or None")
+    return key if _key_shape(key)[0] == "typed" else jax.random.wrap_key_data(np.asarray(key))
 
 
 def check_choice(value: Any, choices: Sequence[str], transform: str, argname: str) -> str:

@@ -349,7 +349,7 @@ def test_hessian_diag_bad_input():
     with pytest.raises(ValueError, match=r"method='hutchinson' draws random probe vectors and needs a PRNG key; "
                                          r"pass key=jax.random.key\(0\)"):
         fl.hessian_diag(f, method="hutchinson")
-    with pytest.raises(TypeError, match=r"hessian_diag: key must be one PRNG key, e.g. key=jax.random.key\(0\), got int"):
+    with pytest.raises(TypeError, match=r"hessian_diag: key must be one PRNG key \(jax.random.key\(seed\), or a raw uint32 key of shape \(2,\)\); got int"):
         fl.hessian_diag(f, method="hutchinson", key=0)
     with pytest.raises(ValueError, match="key is only used by method='hutchinson'"):
         fl.hessian_diag(f, key=jax.random.key(0))

@@ -175,6 +175,13 @@ def test_mlp_bad_input_messages():
     block = nn.mlp([2, 3, 1])
     with pytest.raises(TypeError, match=r"nn.mlp\(sizes=\[2, 3, 1\]\).init\(key\).*jax.random.key"):
         block.init("key")
+    # the same key check as dropout, hessian_diag, the stochastic operators and fit
+    with pytest.raises(ValueError, match=r"nn.mlp\(sizes=\[2, 3, 1\]\).init\(key\): key must be one PRNG key, "
+                                         r"got an array of 3 keys \(jax.random.split returns several\)"):
+        block.init(jax.random.split(jax.random.key(0), 3))
+    with pytest.raises(TypeError, match=r"nn.dense\(2, 3\).init\(key\): key is required"):
+        nn.dense(2, 3).init(None)
+    assert nn.dense(2, 3).init(jax.random.PRNGKey(0))["w"].shape == (2, 3)   # a raw key works
     other = nn.mlp([2, 5, 1]).init(jax.random.key(0))
     with pytest.raises(ValueError, match=r"apply\(params, x\).*params\[0\]\['w'\] has shape \(2, 5\).*"
                                          r"expected \(2, 3\)"):

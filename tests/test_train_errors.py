@@ -148,7 +148,7 @@ def test_other_arguments():
         train.fit(3, W, optax.sgd(0.1), (X, Y), steps=1)
     with pytest.raises(TypeError, match=FIT + r"params has dtype int32; derivatives are taken"):
         fit(loss, jnp.zeros(3, jnp.int32), optax.sgd(0.1), (X, Y))
-    with pytest.raises(TypeError, match=FIT + r"key must be a PRNG key"):
+    with pytest.raises(TypeError, match=FIT + r"key must be one PRNG key \(jax.random.key\(seed\), or a raw uint32 key of shape \(2,\), an int seed, or None\); got str"):
         fit(loss, W, optax.sgd(0.1), (X, Y), key="seed")
     with pytest.raises(TypeError, match=FIT + r"expected callbacks\[0\] to be a callable"):
         fit(loss, W, optax.sgd(0.1), (X, Y), callbacks=[3])
@@ -196,7 +196,7 @@ def test_several_keys_are_refused():
     with pytest.raises(ValueError, match=FIT + r"key must be one PRNG key, got an array of 2 keys \(jax.random.split "
                                              r"returns several\); pass one of them, e.g. keys\[0\]"):
         fit(loss, W, optax.sgd(0.1), (X, Y), key=keys)
-    with pytest.raises(ValueError, match=FIT + r"key must be one PRNG key, got 2 raw keys"):
+    with pytest.raises(ValueError, match=FIT + r"key must be one PRNG key, got an array of 2 raw keys"):
         fit(loss, W, optax.sgd(0.1), (X, Y), key=jax.random.split(jax.random.PRNGKey(0), 2))
 
 

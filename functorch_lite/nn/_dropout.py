@@ -17,26 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _args
 from . import _common
 
 __all__ = ["dropout"]
-
-
-def _check_key(key: Any, where: str) -> None:
-    if key is None:
-        raise TypeError(f"{where}: key is required (JAX has no hidden random state); pass "
-                        "key=jax.random.key(0), a fresh one per step (jax.random.split), "
-                        "or deterministic=True to switch dropout off.")
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
-        if np.ndim(key) != 0:
-            raise ValueError(f"{where}: key must be one key (shape ()), got a batch of shape "
-                             f"{tuple(np.shape(key))}; split it outside, or vmap over it.")
-        return
-    if dtype is not None and np.dtype(dtype) == np.uint32 and tuple(np.shape(key)) == (2,):
-        return   # a legacy raw key (jax.random.PRNGKey)
-    raise TypeError(f"{where}: key must be a JAX PRNG key such as jax.random.key(0), got "
-                    f"{type(key).__name__}" + (f" of dtype {dtype}" if dtype is not None else "") + ".")
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None = None, *,
@@ -68,7 +52,8 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None = None, *,
         raise TypeError(f"{where}: deterministic must be True or False, got {deterministic!r}.")
     if deterministic or rate == 0.0:
         return x
-    _check_key(key, where)
+    _args.check_key(key, where, required=", a fresh one per step (jax.random.split), "
+                    "or deterministic=True to switch dropout off")
     keep = jax.random.bernoulli(key, 1.0 - rate, jnp.shape(x))
     scale = jnp.asarray(1.0 / (1.0 - rate), x.dtype)
     return jnp.where(keep, x * scale, jnp.zeros((), x.dtype))

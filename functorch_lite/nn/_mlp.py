@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _args
 from ._fused import linear_norm_act
 from ._linear import linear
 from ._norms import layer_norm, rms_norm
@@ -62,16 +63,6 @@ def _check_dtype(dtype, where):
     return dt
 
 
-def _check_key(key, where):
-    dtype = getattr(key, "dtype", None)
-    ok = dtype is not None and (jnp.issubdtype(dtype, jax.dtypes.prng_key) and np.ndim(key) == 0
-                                or np.dtype(dtype) == np.uint32 and np.shape(key) == (2,))
-    if not ok:
-        raise TypeError(f"{where}: key must be one JAX PRNG key such as jax.random.key(0), got "
-                        f"{type(key).__name__}" + (f" of shape {tuple(np.shape(key))}" if dtype is not None else "")
-                        + ".")
-
-
 def _check_params(params, want, where):
     """``params`` must have the structure, shapes and dtypes ``want`` (what init builds)."""
     if not isinstance(params, (list, tuple)) or len(params) != len(want):
@@ -114,7 +105,7 @@ def dense(d_in: int, d_out: int, *, dtype: Any = jnp.float32) -> Block:
     dtype = _check_dtype(dtype, "nn.dense(d_in, d_out)")
 
     def init(key):
-        _check_key(key, f"nn.dense({d_in}, {d_out}).init(key)")
+        _args.check_key(key, f"nn.dense({d_in}, {d_out}).init(key)")
         return _dense_init(key, d_in, d_out, dtype)
 
     return Block(init, lambda params, x: linear(x, params["w"], params["b"]))
@@ -163,7 +154,7 @@ def mlp(sizes: Sequence[int], *, norm: str | None = None,
     sizes = [int(s) for s in sizes]
 
     def init(key):
-        _check_key(key, f"nn.mlp(sizes={sizes}).init(key)")
+        _args.check_key(key, f"nn.mlp(sizes={sizes}).init(key)")
         return _mlp_init(key, sizes, norm, dtype)
 
     def apply(params, x):
