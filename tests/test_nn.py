@@ -549,10 +549,15 @@ def test_fused_block_stores_less_and_mlp_option():
 
 def test_fused_block_bad_input():
     x, w, b, scale, offset = fused_args(jnp.float32, "layer")
-    with pytest.raises(ValueError, match=r"x has shape \(3, 4\) and w has shape \(5, 5\)"):
+    fused = r"nn.linear_norm_act\(x, w, b, scale, offset, norm='layer'\): "   # the block names itself
+    with pytest.raises(ValueError, match=fused + r"x has shape \(3, 4\) and w has shape \(5, 5\)"):
         nn.linear_norm_act(x, jnp.ones((5, 5)), b, scale, offset)
-    with pytest.raises(ValueError, match=r"scale has shape \(4,\)"):
+    with pytest.raises(ValueError, match=fused + r"scale has shape \(4,\) but x W \+ b has shape \(3, 5\)"):
         nn.linear_norm_act(x, w, b, jnp.ones(4), offset)
+    with pytest.raises(TypeError, match=fused + r"offset has dtype float16 but x W \+ b has float32"):
+        nn.linear_norm_act(x, w, b, scale, offset.astype(jnp.float16))
+    with pytest.raises(TypeError, match=fused + r"w must be a floating-point array, got list"):
+        nn.linear_norm_act(x, [[1.0]], b, scale, offset)
     with pytest.raises(ValueError, match="rms_norm has no offset"):
         nn.linear_norm_act(x, w, b, scale, offset, norm="rms")
     with pytest.raises(ValueError, match="layer_norm needs an offset"):

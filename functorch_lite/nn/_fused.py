@@ -32,8 +32,8 @@ import jax.numpy as jnp
 
 from .. import _caches
 from . import _common
-from ._linear import bias_row, xw, backward, linear
-from ._norms import layer_norm, rms_norm, row_stats, through_xhat
+from ._linear import backward, bias_row, check_linear, xw
+from ._norms import check_param, row_stats, through_xhat
 
 __all__ = ["linear_norm_act"]
 
@@ -165,9 +165,10 @@ def linear_norm_act(x: jax.Array, w: jax.Array, b: jax.Array, scale: jax.Array,
     if norm == "layer" and offset is None:
         raise ValueError(f"{where}: layer_norm needs an offset; pass jnp.zeros(d_out).")
     eps = _common.check_eps((1e-5 if norm == "layer" else 1e-6) if eps is None else eps, where)
-    unfused = lambda: activation(  # noqa: E731
-        layer_norm(linear(x, w, b), scale, offset, eps=eps) if norm == "layer"
-        else rms_norm(linear(x, w, b), scale, eps=eps))
-    jax.eval_shape(unfused)   # runs the unfused layers' input checks and messages
+    # the unfused layers' checks, naming this function (no trace of the unfused layers)
+    check_linear(x, w, b, where)
+    y = jax.ShapeDtypeStruct(tuple(x.shape[:-1]) + (w.shape[1],), x.dtype)   # x W + b
+    for name, p in (("scale", scale), ("offset", offset)):
+        check_param(p, y, (len(y.shape) - 1,), where, name, x_name="x W + b")
     args = (x, w, b, scale) + ((offset,) if offset is not None else ())
     return _make(norm, activation, eps, offset is not None)(*args)

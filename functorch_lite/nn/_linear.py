@@ -12,6 +12,8 @@ batched outer product, one ``dot_general`` with a batch axis.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,7 +119,14 @@ def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
     >>> linear(x, w, jnp.array([0.5, 0.5, 0.5]))
     Array([[1.5, 2.5, 8.5]], dtype=float32)
     """
-    where = "nn.linear(x, w, b)"
+    check_linear(x, w, b, "nn.linear(x, w, b)")
+    if b is None:
+        return _make(False)(x, w)
+    return _make(True)(x, w, b)
+
+
+def check_linear(x: Any, w: Any, b: Any, where: str) -> None:
+    """The arguments of :func:`linear` (also checked by the fused block, naming itself)."""
     _common.check_float(x, where, "x")
     _common.check_float(w, where, "w")
     _common.check_float(b, where, "b", optional=True)
@@ -144,6 +153,3 @@ def linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
             f"{where}: x, w and b must share one dtype, got {sorted(dtypes)}; cast them, "
             "e.g. w.astype(x.dtype)."
         )
-    if b is None:
-        return _make(False)(x, w)
-    return _make(True)(x, w, b)

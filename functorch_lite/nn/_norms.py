@@ -136,19 +136,21 @@ def through_xhat(v, xhat, rstd, axes, centre):
     return rstd * inner
 
 
-def _check_param(p, x, axes, where, name):
+def check_param(p, x, axes, where, name, x_name="x"):
+    """A norm's ``scale``/``offset`` ``p`` (None: none) against its input ``x`` (an array or
+    a ``ShapeDtypeStruct``, called ``x_name`` in messages) normalised over ``axes``."""
     _common.check_float(p, where, name, optional=True)
     if p is None:
         return
     want = _common.param_shape(x.shape, axes)
     if tuple(np.shape(p)) != want:
         raise ValueError(
-            f"{where}: {name} has shape {tuple(np.shape(p))} but x has shape {tuple(x.shape)}, "
+            f"{where}: {name} has shape {tuple(np.shape(p))} but {x_name} has shape {tuple(x.shape)}, "
             f"whose normalised axes {axes} have shape {want}; give {name} the shape {want}."
         )
     if p.dtype != x.dtype:
         raise TypeError(
-            f"{where}: {name} has dtype {np.dtype(p.dtype).name} but x has "
+            f"{where}: {name} has dtype {np.dtype(p.dtype).name} but {x_name} has "
             f"{np.dtype(x.dtype).name}; cast it, e.g. {name}.astype(x.dtype)."
         )
 
@@ -234,8 +236,8 @@ def _norm(kind, x, scale, offset, axis, eps, where):
     if np.ndim(x) < 1:
         raise ValueError(f"{where}: x must have at least one axis to normalise, got a scalar.")
     axes = _common.normalize_axes(axis, x.ndim, where, allow_none=False)
-    _check_param(scale, x, axes, where, "scale")
-    _check_param(offset, x, axes, where, "offset")
+    check_param(scale, x, axes, where, "scale")
+    check_param(offset, x, axes, where, "offset")
     eps = _common.check_eps(eps, where)
     params = tuple(p for p in (scale, offset) if p is not None)
     fn = _make_norm(kind, axes, eps, scale is not None, offset is not None)
