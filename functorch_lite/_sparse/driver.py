@@ -549,6 +549,7 @@ def sparsity(func: Callable, *args: Any, argnums: _args.Argnums = 0, hessian: bo
 
         return _detect(_staged(jax.grad(scalar), prob.flat), prob.in_shape, prob.in_shape, name,
                        symmetric=True)
+
     def out_of(xf):
         out = prob.call(xf)
         _check_output(out, where, fallback="take the pattern of each output separately")
