@@ -1008,10 +1008,10 @@ def jacobian_pattern(closed: ClosedJaxpr, name: str = "f") -> sp.csr_matrix:
             "outputs are taken to depend on all their inputs (correct, but denser than needed).",
             SparsityWarning, stacklevel=3)
     blocks = [o.dep if o.dep is not None else sp.csr_matrix((o.size, n), dtype=np.float32) for o in outs]
-    if len(blocks) == 1:
-        out = blocks[0]
+    if not blocks:
+        out = sp.csr_matrix((0, n), dtype=np.float32)
     else:
-        out = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, n), dtype=np.float32)
+        out = blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr")
     out = sp.csr_matrix(out, dtype=bool)
     out.sum_duplicates()
     out.sort_indices()

@@ -11,7 +11,6 @@ gradient sees the same mask as the forward pass, and ``vmap`` over a batch of ke
 from __future__ import annotations
 
 import numbers
-from typing import Any
 
 import jax
 import jax.numpy as jnp
