@@ -505,6 +505,46 @@ def test_planner_picks_sparse_for_a_sparse_jacobian_and_returns_dense(x64, case)
                                rtol=1e-12, atol=1e-14)
 
 
+def test_sparse_plan_reads_the_pattern_once_from_the_planners_trace(x64, monkeypatch):
+    # planning detects the pattern in the program it traced, and the run of the same call
+    # reuses it: one detection per call, none of a second trace; has_aux's outputs are
+    # left out of the pattern (rows of the first output only)
+    from functorch_lite._sparse import driver
+    calls = []
+    real = driver.jacobian_pattern
+    monkeypatch.setattr(driver, "jacobian_pattern", lambda *a, **k: calls.append(1) or real(*a, **k))
+    W = jax.random.normal(jax.random.key(1), (64, 32))
+    x = jax.random.normal(jax.random.key(2), (48, 32))
+    f = lambda X: (jnp.tanh(X @ W.T), {"norm": jnp.sum(X ** 2), "h": X * 2.0})  # noqa: E731
+    fl.clear_caches()
+    J, aux = fl.jacobian(f, has_aux=True)(x)
+    assert len(calls) == 1 and api.plan_jacobian(f, (x,), has_aux=True)[0].kind == "sparse"
+    ref = jax.jacrev(lambda X: f(X)[0])(x)
+    np.testing.assert_allclose(np.asarray(J), np.asarray(ref), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(aux["h"]), np.asarray(x) * 2.0)
+    calls.clear()
+    fl.clear_caches()
+    J = jax.jit(fl.jacobian(lambda X: f(X)[0]))(x)                  # under jit: the same
+    assert len(calls) == 1
+    np.testing.assert_allclose(np.asarray(J), np.asarray(ref), rtol=1e-12, atol=1e-14)
+
+
+def test_cached_sparse_plan_reads_a_changed_program_again(x64):
+    # the plan is cached on the function; its constants changed (zero columns of W filled
+    # in), so the old pattern would miss nonzeros: the run reads the program again
+    params = {"W": jax.random.normal(jax.random.key(1), (64, 32)).at[:, ::2].set(0.0)}
+    f = lambda X: jnp.tanh(X @ params["W"].T)  # noqa: E731
+    x = jax.random.normal(jax.random.key(2), (48, 32))
+    fl.clear_caches()
+    np.testing.assert_allclose(np.asarray(fl.jacobian(f)(x)), np.asarray(jax.jacrev(f)(x)),
+                               rtol=1e-12, atol=1e-14)      # planned, and run on its pattern
+    assert api.plan_jacobian(f, (x,))[0].kind == "sparse"
+    params["W"] = jax.random.normal(jax.random.key(3), (64, 32))
+    assert api.plan_jacobian(f, (x,))[0].kind == "sparse"          # from the cache
+    np.testing.assert_allclose(np.asarray(fl.jacobian(f)(x)), np.asarray(jax.jacrev(f)(x)),
+                               rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("n", [500, 2000])
 def test_small_dense_plans_skip_detection(x64, n):
     # elementwise n -> n: the bound says sparse, but the dense plan (n fused JVPs,

@@ -13,7 +13,9 @@ dtypes, the values of non-array arguments (a Python ``bool`` can change the prog
 argnums, has_aux, chunk_size, calibrate, the mesh's device count and axis, and whether
 Taylor mode is tracing. A plan holds numbers and strings only. A cached mixed plan is checked against the
 program traced for the call before it runs (a function whose program changed is
-planned again).
+planned again). A sparse plan's pattern is read from the program the planner traced
+and reused by the run of the same call; a sparse plan from the cache reads the
+call's program again (its constants shape the pattern).
 """
 
 from __future__ import annotations
@@ -71,9 +73,12 @@ _FLAT_SIGNATURE = inspect.Signature([inspect.Parameter("leaves", inspect.Paramet
 
 @dataclasses.dataclass
 class Traced:
-    """The function read at one call: its flat program and how to rebuild pytrees.
-    Lives for one call only (it holds the call's arrays)."""
+    """The function read at one call: its program (``closed``, and flattened: ``prog``)
+    and how to rebuild pytrees; ``pattern``: the sparsity pattern the planner detected
+    in ``closed``, which the run of the same call reuses. Lives for one call only (it
+    holds the call's arrays)."""
 
+    closed: Any
     prog: _cuts.Program
     info: _cuts.Analysis
     n_out: int
@@ -82,6 +87,7 @@ class Traced:
     aux_tree: Any
     out_avals: list
     primal: Any
+    pattern: Any = None
 
 
 def trace(func: Callable, args: tuple, kwargs: dict, argnums: Any, has_aux: bool,
@@ -111,7 +117,7 @@ def trace(func: Callable, args: tuple, kwargs: dict, argnums: Any, has_aux: bool
                          "floating-point values whose Jacobian you want.")
     prog = _cuts.flatten(closed)
     info = _cuts.analyse(prog, store["n_out"])
-    return Traced(prog, info, store["n_out"], in_tree, store["out_tree"], store["aux_tree"],
+    return Traced(closed, prog, info, store["n_out"], in_tree, store["out_tree"], store["aux_tree"],
                   list(closed.out_avals[:store["n_out"]]), primal)
 
 
@@ -189,11 +195,14 @@ def _consider_sparse(plan: JacobianPlan, func, traced: Traced, args, kwargs,
     at least ``1 / PAY`` times cheaper than ``plan`` (the same static model)."""
     from .. import _sparse
 
-    try:
-        pattern = _sparse.sparsity(func, *args, argnums=argnums, **kwargs)
+    try:   # read from the program traced for this decision (no second trace)
+        pattern = _sparse.program_pattern(traced.closed, tuple(traced.out_avals[0].shape),
+                                          tuple(traced.closed.in_avals[0].shape),
+                                          _args.func_name(func))
     except Exception as exc:  # noqa: BLE001 - detection failed: stay dense, say why
         plan.reasons.append(f"sparsity not detected: {_args.first_line(exc)}")
         return plan
+    traced.pattern = pattern
     colored = pattern.plan("auto")
     cost = _model.sparse_cost(traced.info, colored.n_jvp, colored.n_vjp)
     info = {"nnz": int(pattern.nnz), "n_jvp": colored.n_jvp, "n_vjp": colored.n_vjp,
@@ -251,8 +260,12 @@ def run_jacobian(plan: JacobianPlan, traced: Traced | None, func: Callable, args
         return jac(*args, **kwargs)
     if plan.kind == "sparse":  # compressed passes, decompressed to the dense result
         from .. import _sparse
+        # the pattern planning just read from this call's program; a plan from the cache
+        # reads the program again (it may have changed since: its constants shape it)
+        pattern = traced.pattern if traced is not None else None
         return _sparse.jacobian(func, argnums, layout=layout, chunk_size=chunk_size,
-                                has_aux=has_aux, output="dense")(*args, **kwargs)
+                                has_aux=has_aux, output="dense",
+                                sparsity=pattern)(*args, **kwargs)
     if traced is None:
         traced = trace(func, args, kwargs, argnums, has_aux, where)
     if not _fits(plan, traced):  # the function's program changed since it was planned

@@ -72,9 +72,9 @@ SPARSE_DEPS = 4         # sparsity is detected only when one output element depe
                         # most min(n, m) / SPARSE_DEPS inputs (a static bound from the program)
 DETECT_MIN = 5.0e8      # ... and the best dense plan costs at least this (FLOP-equivalents):
                         # detecting and coloring a pattern takes milliseconds of Python
-                        # (~4.5 ms on a cold cache for the 3072 x 1536 block-diagonal
-                        # pattern of 48 samples through a 32 -> 64 layer: re-trace 1.2,
-                        # detection 1.5, cyclic coloring 1.0, setup and digest 0.7; several
+                        # (~1.9 ms on a cold cache for the 3072 x 1536 block-diagonal
+                        # pattern of 48 samples through a 32 -> 64 layer, read from the
+                        # planner's own trace: detection 1.1, cyclic coloring 0.8; several
                         # ms more where the graph coloring runs), about what a dense
                         # plan of this cost runs in on a CPU core (a jacrev priced 6.8e7
                         # ran 1.25 ms, one priced 5.1e8 4.1 ms): below it, detecting would

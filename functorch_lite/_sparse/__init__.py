@@ -9,8 +9,8 @@
   compares with dense plans.
 """
 
-from .driver import hessian, jacobian, sparsity
+from .driver import hessian, jacobian, program_pattern, sparsity
 from .pattern import Pattern, Plan
 from .report import explain_sparse, sparse_cost
 
-__all__ = ["jacobian", "hessian", "sparsity", "Pattern", "Plan", "explain_sparse", "sparse_cost"]
+__all__ = ["jacobian", "hessian", "sparsity", "program_pattern", "Pattern", "Plan", "explain_sparse", "sparse_cost"]

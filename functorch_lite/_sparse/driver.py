@@ -36,7 +36,8 @@ from .._jaxpr.sparsity import jacobian_pattern
 from . import coloring as _coloring
 from .pattern import Pattern, Plan, as_pattern
 
-__all__ = ["jacobian", "hessian", "sparsity", "jacobian_sparsity", "hessian_sparsity"]
+__all__ = ["jacobian", "hessian", "sparsity", "jacobian_sparsity", "hessian_sparsity",
+           "program_pattern"]
 
 OUTPUTS = ("bcoo", "dense")
 _patterns = _caches.lru("sparse.patterns", maxsize=64)
@@ -77,6 +78,22 @@ def _detect(closed, out_shape: tuple, in_shape: tuple, name: str, symmetric: boo
         return Pattern(mat, out_shape, in_shape, symmetric=symmetric, name=name, source="jaxpr")
 
     return _patterns.get_or_compute(key, make)
+
+
+def program_pattern(closed, out_shape: tuple, in_shape: tuple, name: str) -> Pattern:
+    """The Jacobian pattern of the first output of ``closed`` (a program of one array
+    in, staged by its caller) w.r.t. its input, its other outputs (``has_aux``) left
+    out. Not remembered here: the planner reads the program it traced for its own
+    decision and hands the pattern to the run of the same call (``sparsity=``)."""
+    (var,) = closed.jaxpr.invars
+    out_aval = closed.out_avals[0]
+    for what, dtype in (("input", var.aval.dtype), ("output", out_aval.dtype)):
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"sparsity needs a real floating-point {what}; got {dtype}")
+    mat = jacobian_pattern(closed, name)
+    m = math.prod(out_shape)
+    return Pattern(mat[:m] if mat.shape[0] != m else mat, out_shape, in_shape, name=name,
+                   source="jaxpr")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -285,6 +285,8 @@ def as_pattern(given: Any, out_shape: tuple, in_shape: tuple, where: str, symmet
     full = tuple(out_shape) + tuple(in_shape)
     expected = f"{(m, n)}" if full == (m, n) else f"{(m, n)} or {full}"
     if isinstance(given, Pattern):
+        if (given.shape == full and given.symmetric == symmetric and given.name == name):
+            return given       # as it is, with the colorings it has computed
         mat = given.matrix
     elif sp.issparse(given):
         mat = sp.csr_matrix(given)
