@@ -149,7 +149,7 @@ def sparse_preparation_seconds(f, x, reps):
         fl.clear_caches()
         closed = jax.make_jaxpr(lambda v: f(v))(x)
         t0 = time.perf_counter()
-        _sparse.program_pattern(closed, tuple(closed.out_avals[0].shape), x.shape, "f").plan("auto")
+        _sparse.program_pattern(closed, "f").plan("auto")
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
 

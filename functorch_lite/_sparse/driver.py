@@ -80,19 +80,20 @@ def _detect(closed, out_shape: tuple, in_shape: tuple, name: str, symmetric: boo
     return _patterns.get_or_compute(key, make)
 
 
-def program_pattern(closed, out_shape: tuple, in_shape: tuple, name: str) -> Pattern:
+def program_pattern(closed, name: str) -> Pattern:
     """The Jacobian pattern of the first output of ``closed`` (a program of one array
     in, staged by its caller) w.r.t. its input, its other outputs (``has_aux``) left
-    out. Not remembered here: the planner reads the program it traced for its own
-    decision and hands the pattern to the run of the same call (``sparsity=``)."""
+    out; the shapes are the program's. Not remembered here: the planner reads the
+    program it traced for its own decision and hands the pattern to the run of the same
+    call (``sparsity=``)."""
+    where = f"sparsity({name})"
     (var,) = closed.jaxpr.invars
-    out_aval = closed.out_avals[0]
-    for what, dtype in (("input", var.aval.dtype), ("output", out_aval.dtype)):
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"sparsity needs a real floating-point {what}; got {dtype}")
+    out = closed.out_avals[0]
+    _check_inputs(var.aval, where)
+    _check_output(jax.ShapeDtypeStruct(out.shape, out.dtype), where)
     mat = jacobian_pattern(closed, name)
-    m = math.prod(out_shape)
-    return Pattern(mat[:m] if mat.shape[0] != m else mat, out_shape, in_shape, name=name,
+    m = math.prod(out.shape)
+    return Pattern(mat[:m] if mat.shape[0] != m else mat, out.shape, var.aval.shape, name=name,
                    source="jaxpr")
 
 
