@@ -505,27 +505,39 @@ def test_planner_picks_sparse_for_a_sparse_jacobian_and_returns_dense(x64, case)
                                rtol=1e-12, atol=1e-14)
 
 
-def test_sparse_plan_reads_the_pattern_once_from_the_planners_trace(x64, monkeypatch):
+@pytest.mark.parametrize("zeros", [False, True], ids=["axis map", "index sets"])
+def test_sparse_plan_reads_the_pattern_once_from_the_planners_trace(x64, monkeypatch, zeros):
     # planning detects the pattern in the program it traced, and the run of the same call
     # reuses it: one detection per call, none of a second trace; has_aux's outputs are
-    # left out of the pattern (rows of the first output only)
+    # left out of the pattern (rows of the first output only). A dense W: the axis map
+    # reads it; zeros in W: the axis map declines and the index sets read it.
     from functorch_lite._sparse import driver
-    calls = []
-    real = driver.jacobian_pattern
-    monkeypatch.setattr(driver, "jacobian_pattern", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = {"blocks": 0, "index sets": 0}
+
+    def counted(name, real):
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return real(*a, **k)
+        return wrapper
+
+    monkeypatch.setattr(driver, "block_pattern", counted("blocks", driver.block_pattern))
+    monkeypatch.setattr(driver, "jacobian_pattern", counted("index sets", driver.jacobian_pattern))
     W = jax.random.normal(jax.random.key(1), (64, 32))
+    if zeros:
+        W = W.at[::3, 1::2].set(0.0)
+    expected = {"blocks": 1, "index sets": int(zeros)}
     x = jax.random.normal(jax.random.key(2), (48, 32))
     f = lambda X: (jnp.tanh(X @ W.T), {"norm": jnp.sum(X ** 2), "h": X * 2.0})  # noqa: E731
     fl.clear_caches()
     J, aux = fl.jacobian(f, has_aux=True)(x)
-    assert len(calls) == 1 and api.plan_jacobian(f, (x,), has_aux=True)[0].kind == "sparse"
+    assert calls == expected and api.plan_jacobian(f, (x,), has_aux=True)[0].kind == "sparse"
     ref = jax.jacrev(lambda X: f(X)[0])(x)
     np.testing.assert_allclose(np.asarray(J), np.asarray(ref), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(np.asarray(aux["h"]), np.asarray(x) * 2.0)
-    calls.clear()
+    calls.update(blocks=0, **{"index sets": 0})
     fl.clear_caches()
     J = jax.jit(fl.jacobian(lambda X: f(X)[0]))(x)                  # under jit: the same
-    assert len(calls) == 1
+    assert calls == expected
     np.testing.assert_allclose(np.asarray(J), np.asarray(ref), rtol=1e-12, atol=1e-14)
 
 

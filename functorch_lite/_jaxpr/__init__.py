@@ -6,6 +6,7 @@ Each reader of the program lives in its own module here:
 
 - ``cuts``      narrow vertex cuts of a program, for the planner's mixed mode;
 - ``sparsity``  index-set propagation, for sparse Jacobians and Hessians;
+- ``blocks``    axis maps, for block-diagonal Jacobian patterns without index sets;
 - ``taylor``    collapsed Taylor-mode propagation, for differential operators;
 - ``graph``     equation labels, avals and inlined calls, for the pictures of ``viz``.
 

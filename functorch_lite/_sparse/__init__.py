@@ -1,7 +1,9 @@
 """Sparse Jacobians and Hessians (private; the public names are re-exported by
 :mod:`functorch_lite`).
 
-- :mod:`functorch_lite._jaxpr.sparsity` reads the pattern from the jaxpr;
+- :mod:`functorch_lite._jaxpr.blocks` reads a block-diagonal pattern from the jaxpr as
+  axis maps, with its colorings in closed form; :mod:`functorch_lite._jaxpr.sparsity`
+  reads any other pattern as index sets;
 - :mod:`.coloring` colors it (columns, rows, bicoloring, star);
 - :mod:`.pattern` holds it (:class:`Pattern`) with its plan;
 - :mod:`.driver` runs the compressed passes and decompresses;

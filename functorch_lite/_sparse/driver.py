@@ -32,6 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from .. import _args, _caches, _mesh
 from .._jaxpr import stage
+from .._jaxpr.blocks import block_pattern
 from .._jaxpr.sparsity import jacobian_pattern
 from . import coloring as _coloring
 from .pattern import Pattern, Plan, as_pattern
@@ -72,6 +73,10 @@ def _detect(closed, out_shape: tuple, in_shape: tuple, name: str, symmetric: boo
     key = ("hessian" if symmetric else "jacobian", _digest(closed), name)
 
     def make():
+        if not symmetric and len(closed.jaxpr.invars) == len(closed.out_avals) == 1:
+            blocks = block_pattern(closed, in_shape)      # an axis map: no index sets
+            if blocks is not None:
+                return Pattern.from_blocks(blocks, name=name)
         mat = jacobian_pattern(closed, name)
         if symmetric:
             mat = sp.csr_matrix(mat + mat.T)
@@ -91,6 +96,9 @@ def program_pattern(closed, name: str) -> Pattern:
     out = closed.out_avals[0]
     _check_inputs(var.aval, where)
     _check_output(jax.ShapeDtypeStruct(out.shape, out.dtype), where)
+    blocks = block_pattern(closed)                # an axis map: no index sets to build
+    if blocks is not None:
+        return Pattern.from_blocks(blocks, name=name)
     mat = jacobian_pattern(closed, name)
     m = math.prod(out.shape)
     return Pattern(mat[:m] if mat.shape[0] != m else mat, out.shape, var.aval.shape, name=name,

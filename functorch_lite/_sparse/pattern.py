@@ -72,11 +72,29 @@ class Pattern:
         m.sum_duplicates()
         m.eliminate_zeros()
         m.sort_indices()
-        self.matrix = m
+        self._matrix, self.blocks = m, None
         self.out_shape = tuple(out_shape) if out_shape is not None else (m.shape[0],)
         self.in_shape = tuple(in_shape) if in_shape is not None else (m.shape[1],)
         self.symmetric, self.name, self.source = symmetric, name, source
         self._cache: dict = {}
+
+    @classmethod
+    def from_blocks(cls, blocks: Any, *, name: str = "f", source: str = "jaxpr") -> "Pattern":
+        """The pattern of an axis map (:class:`~functorch_lite._jaxpr.blocks.Blocks`): its
+        colorings in closed form, its matrix built only when something reads it."""
+        self = cls.__new__(cls)
+        self._matrix, self.blocks = None, blocks
+        self.out_shape, self.in_shape = tuple(blocks.out_shape), tuple(blocks.in_shape)
+        self.symmetric, self.name, self.source = False, name, source
+        self._cache = {}
+        return self
+
+    @property
+    def matrix(self) -> sp.csr_matrix:
+        """The boolean CSR matrix (flattened outputs x flattened inputs)."""
+        if self._matrix is None:
+            self._matrix = self.blocks.matrix()
+        return self._matrix
 
     # -- basic facts ------------------------------------------------------------------
 
@@ -86,15 +104,17 @@ class Pattern:
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
-        return self.matrix.shape
+        if self._matrix is not None:
+            return self._matrix.shape
+        return (math.prod(self.out_shape), math.prod(self.in_shape))
 
     @property
     def nnz(self) -> int:
-        return int(self.matrix.nnz)
+        return self.blocks.nnz if self.blocks is not None else int(self.matrix.nnz)
 
     @property
     def density(self) -> float:
-        m, n = self.matrix.shape
+        m, n = self.matrix_shape
         return self.nnz / (m * n) if m * n else 0.0
 
     @property
@@ -125,13 +145,16 @@ class Pattern:
     def column_colors(self) -> np.ndarray:
         """A color per column; columns of one color share no row (one JVP per color)."""
         if "col" not in self._cache:
-            self._cache["col"] = _coloring.column_coloring(self.matrix)
+            self._cache["col"] = (self.blocks.column_colors() if self.blocks is not None
+                                  else _coloring.column_coloring(self.matrix))
         return self._cache["col"]
 
     def row_colors(self) -> np.ndarray:
         """A color per row; rows of one color share no column (one VJP per color)."""
         if "row" not in self._cache:
-            if self._structurally_symmetric():
+            if self.blocks is not None:
+                self._cache["row"] = self.blocks.row_colors()
+            elif self._structurally_symmetric():
                 self._cache["row"] = self.column_colors()
             else:
                 self._cache["row"] = _coloring.row_coloring(self.matrix)
@@ -145,6 +168,8 @@ class Pattern:
 
     def bicoloring(self) -> "_coloring.Bicoloring | None":
         """The cheapest direct bicoloring (JVPs and VJPs), when it beats one-sided ones."""
+        if "bi" not in self._cache and self.blocks is not None:
+            self._cache["bi"] = None    # no bicoloring beats min(rows, columns) on blocks
         if "bi" not in self._cache:
             upper = min(_coloring.ncolors(self.column_colors()), _coloring.ncolors(self.row_colors()))
             self._cache["bi"] = _coloring.bicoloring(self.matrix, upper=upper)
@@ -174,7 +199,12 @@ class Pattern:
     def _cheapest(self) -> Plan:
         """Fewest passes among columns, rows and a bicoloring, computed in the order of
         their lower bounds (densest row, densest column, the split bound) and skipped once
-        a bound cannot beat the best found: an arrowhead never colors its n columns."""
+        a bound cannot beat the best found: an arrowhead never colors its n columns.
+        An axis map's colorings meet their bounds (see :mod:`~functorch_lite._jaxpr.blocks`)."""
+        if self.blocks is not None:
+            if self.blocks.n_col_colors <= self.blocks.n_row_colors:
+                return Plan("fwd", col_colors=self.column_colors())
+            return Plan("rev", row_colors=self.row_colors())
         m = self.matrix
         lb_col = int(np.diff(m.indptr).max(initial=0))
         lb_row = int(np.bincount(m.indices, minlength=m.shape[1]).max(initial=0))   # densest column
