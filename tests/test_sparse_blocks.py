@@ -145,13 +145,14 @@ def test_batched_layer_is_an_axis_map_with_optimal_colorings():
     assert pattern.passes() == {"fwd": 32, "rev": 64, "dense fwd": 1536, "dense rev": 3072}
 
 
-@pytest.mark.parametrize("case", ["zeros in W", "a slice", "a reshape that splits an input axis",
+@pytest.mark.parametrize("case", ["zeros in W", "zeros in a scaled W.T", "a slice", "a reshape that splits an input axis",
                                   "two different maps", "no dependence", "a while loop"])
 def test_programs_that_are_not_axis_maps_fall_back_to_index_sets(x64, case):
     W = np.ones((5, 4))
     W[2, 1] = 0.0
     f, shape = {
         "zeros in W": (lambda X: jnp.tanh(X @ jnp.asarray(W).T), (3, 4)),
+        "zeros in a scaled W.T": (lambda X: jnp.tanh(X @ (jnp.asarray(W).T * 2.0)), (3, 4)),
         "a slice": (lambda x: x[1:] - x[:-1], (6,)),
         "a reshape that splits an input axis": (lambda x: jnp.sin(x).reshape(2, 3), (6,)),
         "two different maps": (lambda X: X + X.T, (4, 4)),

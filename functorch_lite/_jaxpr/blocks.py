@@ -140,6 +140,23 @@ class _Map(NamedTuple):
     pair: tuple
 
 
+class _Moved(NamedTuple):
+    """A known constant moved by an index op (:data:`_MOVES`), not computed: the rules
+    read only whether it may hold a zero, and moving elements does not change that."""
+
+    zero: bool
+
+
+_MOVES = frozenset("transpose reshape squeeze expand_dims broadcast_in_dim".split())
+
+
+def _may_be_zero(e) -> bool:
+    """A known operand (moved or not) with a zero: the index sets would drop rows there."""
+    if e.dep is not None or e.val is None:
+        return False
+    return e.val.zero if isinstance(e.val, _Moved) else not e.val.all()
+
+
 def _top(ndim: int) -> _Map:
     """Every element depends on the whole input."""
     return _Map((None,) * ndim)
@@ -178,7 +195,7 @@ def _value_only(prop, eqn, ins, shapes):
 
 def _mul(prop, eqn, ins, shapes):
     """As :func:`.sparsity._rule_mul`: a known factor with a zero would drop rows."""
-    if any(_known(e) and not e.val.all() for e in ins):      # .all(): no element is zero
+    if any(_may_be_zero(e) for e in ins):
         raise _NotBlocks("a known factor with zeros")
     return _elementwise(prop, eqn, ins, shapes)
 
@@ -278,7 +295,7 @@ def _dot_general(prop, eqn, ins, shapes):
     lhs, rhs = ins
     if lhs.dep is not None and rhs.dep is not None:
         raise _NotBlocks("a product of two operands that both depend on the input")
-    if any(_known(e) and not e.val.all() for e in ins):
+    if any(_may_be_zero(e) for e in ins):
         raise _NotBlocks("a known operand with zeros")
     lf = [d for d in range(len(lhs.shape)) if d not in lc and d not in lb]
     rf = [d for d in range(len(rhs.shape)) if d not in rc and d not in rb]
@@ -319,6 +336,21 @@ class _AxisPropagator(_Propagator):
     """:class:`.sparsity._Propagator` (its constant folding, its calls, its
     differentiability checks) with axis maps in place of dependency matrices."""
 
+    def eqn(self, eqn, ins: list) -> list:
+        avals = [v.aval for v in eqn.outvars]
+        if all(e.dep is None for e in ins):     # constants: folded as the index sets fold them,
+            moved = [e.val for e in ins if isinstance(e.val, _Moved)]   # or only moved
+            if len(ins) == 1 and primitive_name(eqn) in _MOVES and (moved or _known(ins[0])):
+                return [_Entry(None, _Moved(_may_be_zero(ins[0])), avals[0].shape, avals[0].dtype)]
+            if moved:                           # computed from a moved constant: say it may
+                return [_Entry(None, _Moved(True), a.shape, a.dtype) for a in avals]  # hold zeros
+            return super().eqn(eqn, ins)
+        keep = [self.structural > 0 or _float(a.dtype) for a in avals]
+        if not any(keep):
+            return [_Entry(None, None, a.shape, a.dtype) for a in avals]
+        deps = self.rule(eqn, ins, [a.shape for a in avals])
+        return [_Entry(d if k else None, None, a.shape, a.dtype) for d, k, a in zip(deps, keep, avals)]
+
     def rule(self, eqn, ins, shapes) -> list:
         name = primitive_name(eqn)
         if name in _CALLS:
@@ -331,6 +363,12 @@ class _AxisPropagator(_Propagator):
         return fn(self, eqn, ins, shapes)
 
 
+def _float(dtype) -> bool:
+    """:func:`.sparsity._inexact` (differentiable), its common answers first."""
+    kind = getattr(dtype, "kind", None)
+    return True if kind in ("f", "c") else False if kind in ("i", "u", "b") else _inexact(dtype)
+
+
 def block_pattern(closed: ClosedJaxpr, in_shape: tuple | None = None) -> Blocks | None:
     """The pattern of the first output of ``closed`` (one array in) w.r.t. its input as
     :class:`Blocks`, or ``None`` where it is not an axis map (or is empty). ``in_shape``:
@@ -339,7 +377,7 @@ def block_pattern(closed: ClosedJaxpr, in_shape: tuple | None = None) -> Blocks 
     out = closed.out_avals[0]
     var_shape, out_shape = tuple(var.aval.shape), tuple(out.shape)
     in_shape = var_shape if in_shape is None else tuple(in_shape)
-    if (not _inexact(var.aval.dtype) or 0 in in_shape or 0 in out_shape
+    if (not _float(var.aval.dtype) or 0 in in_shape or 0 in out_shape
             or math.prod(in_shape) != math.prod(var_shape)):
         return None
     start = tuple((b,) for b in range(len(in_shape))) if in_shape == var_shape else None

@@ -95,7 +95,7 @@ def program_pattern(closed, name: str) -> Pattern:
     (var,) = closed.jaxpr.invars
     out = closed.out_avals[0]
     _check_inputs(var.aval, where)
-    _check_output(jax.ShapeDtypeStruct(out.shape, out.dtype), where)
+    _check_output(out, where)
     blocks = block_pattern(closed)                # an axis map: no index sets to build
     if blocks is not None:
         return Pattern.from_blocks(blocks, name=name)
@@ -109,7 +109,8 @@ def program_pattern(closed, name: str) -> Pattern:
 
 
 def _check_output(out: Any, where: str, fallback: str = "use sparse=False") -> None:
-    if not isinstance(out, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)) and not hasattr(out, "aval"):
+    if (not isinstance(out, (jax.Array, np.ndarray, jax.ShapeDtypeStruct, jax.core.ShapedArray))
+            and not hasattr(out, "aval")):
         raise TypeError(
             f"{where}: a sparse derivative needs f to return one array; got {_args.describe(out)}. "
             f"Return a single array (e.g. jnp.concatenate the pieces) or {fallback}.")

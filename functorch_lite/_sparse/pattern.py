@@ -18,16 +18,35 @@ class Plan:
     coloring, JVPs), ``"rev"`` (row coloring, VJPs), ``"bi"`` (both, a bicoloring) or
     ``"star"`` (star coloring of a Hessian, HVPs)."""
 
-    def __init__(self, kind, col_colors=None, row_colors=None, fwd_entry=None):
+    def __init__(self, kind, col_colors=None, row_colors=None, fwd_entry=None, *, counts=None):
         self.kind = kind
-        self.col_colors, self.row_colors, self.fwd_entry = col_colors, row_colors, fwd_entry
+        self._col, self._row, self.fwd_entry = col_colors, row_colors, fwd_entry
+        # (n_jvp, n_vjp) known in advance: the colors may then be given as functions, and
+        # are computed when the run reads them (an axis map's count is a product of sizes)
+        self._counts = counts
+
+    @property
+    def col_colors(self):
+        if callable(self._col):
+            self._col = self._col()
+        return self._col
+
+    @property
+    def row_colors(self):
+        if callable(self._row):
+            self._row = self._row()
+        return self._row
 
     @property
     def n_jvp(self) -> int:
+        if self._counts is not None:
+            return self._counts[0]
         return _coloring.ncolors(self.col_colors) if self.col_colors is not None else 0
 
     @property
     def n_vjp(self) -> int:
+        if self._counts is not None:
+            return self._counts[1]
         return _coloring.ncolors(self.row_colors) if self.row_colors is not None else 0
 
     @property
@@ -201,10 +220,11 @@ class Pattern:
         their lower bounds (densest row, densest column, the split bound) and skipped once
         a bound cannot beat the best found: an arrowhead never colors its n columns.
         An axis map's colorings meet their bounds (see :mod:`~functorch_lite._jaxpr.blocks`)."""
-        if self.blocks is not None:
-            if self.blocks.n_col_colors <= self.blocks.n_row_colors:
-                return Plan("fwd", col_colors=self.column_colors())
-            return Plan("rev", row_colors=self.row_colors())
+        b = self.blocks
+        if b is not None:
+            if b.n_col_colors <= b.n_row_colors:
+                return Plan("fwd", col_colors=self.column_colors, counts=(b.n_col_colors, 0))
+            return Plan("rev", row_colors=self.row_colors, counts=(0, b.n_row_colors))
         m = self.matrix
         lb_col = int(np.diff(m.indptr).max(initial=0))
         lb_row = int(np.bincount(m.indices, minlength=m.shape[1]).max(initial=0))   # densest column
