@@ -71,14 +71,16 @@ CACHE_ELEMENTS = 4096   # elements (16 KiB of float32) that stay in cache: no la
 SPARSE_DEPS = 4         # sparsity is detected only when one output element depends on at
                         # most min(n, m) / SPARSE_DEPS inputs (a static bound from the program)
 DETECT_MIN = 5.0e8      # ... and the best dense plan costs at least this (FLOP-equivalents):
-                        # detecting and coloring a pattern takes milliseconds of Python
-                        # (~1.9 ms on a cold cache for the 3072 x 1536 block-diagonal
-                        # pattern of 48 samples through a 32 -> 64 layer, read from the
-                        # planner's own trace: detection 1.1, cyclic coloring 0.8; several
-                        # ms more where the graph coloring runs), about what a dense
-                        # plan of this cost runs in on a CPU core (a jacrev priced 6.8e7
-                        # ran 1.25 ms, one priced 5.1e8 4.1 ms): below it, detecting would
-                        # cost more than the run it might shorten
+                        # reading a pattern as index sets and coloring it takes
+                        # milliseconds of Python (~1.9 ms on a cold cache for the
+                        # 3072 x 1536 block-diagonal pattern of 48 samples through a
+                        # 32 -> 64 layer: detection 1.1, cyclic coloring 0.8; several ms
+                        # more where the graph coloring runs), about what a dense plan of
+                        # this cost runs in on a CPU core (a jacrev priced 6.8e7 ran
+                        # 1.25 ms, one priced 5.1e8 4.1 ms): below it, detecting would
+                        # cost more than the run it might shorten. (That same pattern
+                        # read as an axis map, _jaxpr/blocks.py, takes ~0.05 ms; the gate
+                        # stays, since which reading applies is known only after trying.)
 
 
 def layout_cost(m: int, n: int) -> float:
