@@ -216,3 +216,19 @@ def test_reshapes_merge_and_split_whole_input_axes(f, shape, pair):
     assert (blocks.pair if blocks is not None else None) == pair
     flat = jax.make_jaxpr(lambda v: f(v.reshape(shape)))(jnp.ones(int(np.prod(shape))))
     assert _same(_check_against_index_sets(flat, shape), blocks)
+
+
+@pytest.mark.parametrize("f, shape, pair", [
+    (lambda X: X @ jnp.ones((4, 3)), (5, 4), ((0,), None)),                 # a literal broadcast
+    (lambda X: X @ (jnp.ones((4, 3)) * 2.0), (5, 4), None),                 # folded: may hold zeros
+    (lambda X: X @ jnp.zeros((4, 3)), (5, 4), None),                        # a literal zero broadcast
+    (lambda X: X @ jnp.zeros((4, 3)).at[0, 0].set(1.0), (5, 4), None),      # a zero, read by index sets
+    (lambda X: jnp.where(X > 0, X, 2 * X), (5, 4), ((0,), (1,))),          # a traced predicate
+    (lambda X: jnp.where(jnp.arange(4) > 1, X, 0.0), (5, 4), None),        # a known predicate
+    (lambda X: jax.nn.relu(X) @ jnp.full((4, 2), 3.0), (5, 4), ((0,), None)),  # custom_jvp call
+    (lambda X: jnp.round(X) * X, (5, 4), ((0,), (1,))),                    # zero-derivative factor
+])
+def test_axis_maps_through_constants_calls_and_predicates(f, shape, pair):
+    closed = jax.make_jaxpr(f)(jnp.ones(shape))
+    blocks = _check_against_index_sets(closed)
+    assert (blocks.pair if blocks is not None else None) == pair

@@ -39,14 +39,16 @@ True
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 import scipy.sparse as sp
 
-from . import ClosedJaxpr, primitive_name
+from . import ClosedJaxpr
+from .cuts import Lit, Program, flatten
 from .sparsity import (_CALLS, _ELEMENTWISE, _IDENTITY_MULTI, _REDUCTIONS, _VALUE_ONLY,
-                       _ZERO_DERIVATIVE, _Entry, _known, _Propagator, _inexact)
+                       _ZERO_DERIVATIVE, _inexact)
 
 __all__ = ["Blocks", "block_pattern"]
 
@@ -133,33 +135,23 @@ class _NotBlocks(Exception):
     """The program's pattern is not an axis map (or this module has no rule for it)."""
 
 
-class _Map(NamedTuple):
-    """The dependency of one variable: ``pair[a]`` is the tuple of (consecutive) input
-    axes that axis ``a`` of the variable is paired with, or ``None``."""
-
-    pair: tuple
+# A variable's map is the tuple ``pair`` (``pair[a]``: the tuple of input axes that its
+# axis ``a`` is paired with, or ``None``), or ``None`` when it depends on no input.
 
 
-class _Moved(NamedTuple):
-    """A known constant moved by an index op (:data:`_MOVES`), not computed: the rules
-    read only whether it may hold a zero, and moving elements does not change that."""
+class _Ops(NamedTuple):
+    """One node's operands: their maps and shapes, and what the index sets would know of
+    the value of each operand that depends on no input (``known``, ``zero``)."""
 
-    zero: bool
-
-
-_MOVES = frozenset("transpose reshape squeeze expand_dims broadcast_in_dim".split())
-
-
-def _may_be_zero(e) -> bool:
-    """A known operand (moved or not) with a zero: the index sets would drop rows there."""
-    if e.dep is not None or e.val is None:
-        return False
-    return e.val.zero if isinstance(e.val, _Moved) else not e.val.all()
+    maps: list
+    shapes: list
+    known: Any
+    zero: Any
 
 
-def _top(ndim: int) -> _Map:
+def _top(ndim: int) -> tuple:
     """Every element depends on the whole input."""
-    return _Map((None,) * ndim)
+    return (None,) * ndim
 
 
 def _union(maps: list, ndim: int):
@@ -174,40 +166,42 @@ def _union(maps: list, ndim: int):
     return maps[0]
 
 
-def _same_shape(e, shape):
-    """An operand's map as seen at the output's shape (same shape, or a scalar)."""
-    if e.dep is None:
-        return None
-    if tuple(e.shape) == tuple(shape):
-        return e.dep
-    if not e.shape:
+def _at(ops: _Ops, k: int, shape: tuple):
+    """Operand ``k``'s map as seen at the output's shape (same shape, or a scalar)."""
+    m = ops.maps[k]
+    if m is None or tuple(ops.shapes[k]) == tuple(shape):
+        return m
+    if not ops.shapes[k]:
         return _top(len(shape))
     raise _NotBlocks("implicit broadcast")
 
 
-def _elementwise(prop, eqn, ins, shapes):
-    return [_union([_same_shape(e, shapes[0]) for e in ins], len(shapes[0]))]
+def _elementwise(eqn, ops, out_shapes, structural):
+    shape = out_shapes[0]
+    return [_union([_at(ops, k, shape) for k in range(len(ops.maps))], len(shape))]
 
 
-def _value_only(prop, eqn, ins, shapes):
-    return _elementwise(prop, eqn, ins, shapes) if prop.structural else [None]
+def _value_only(eqn, ops, out_shapes, structural):
+    """Zero derivative: no dependence, except inside a custom rule (as the index sets)."""
+    return _elementwise(eqn, ops, out_shapes, structural) if structural else [None]
 
 
-def _mul(prop, eqn, ins, shapes):
+def _mul(eqn, ops, out_shapes, structural):
     """As :func:`.sparsity._rule_mul`: a known factor with a zero would drop rows."""
-    if any(_may_be_zero(e) for e in ins):
+    if any(ops.zero(k) for k in range(len(ops.maps))):
         raise _NotBlocks("a known factor with zeros")
-    return _elementwise(prop, eqn, ins, shapes)
+    return _elementwise(eqn, ops, out_shapes, structural)
 
 
-def _select_n(prop, eqn, ins, shapes):
-    if _known(ins[0]):
+def _select_n(eqn, ops, out_shapes, structural):
+    if ops.maps[0] is None and ops.known(0):
         raise _NotBlocks("a known predicate picks cases per element")
-    return [_union([_same_shape(e, shapes[0]) for e in ins[1:]], len(shapes[0]))]
+    shape = out_shapes[0]
+    return [_union([_at(ops, k, shape) for k in range(1, len(ops.maps))], len(shape))]
 
 
-def _identity_multi(prop, eqn, ins, shapes):
-    return [e.dep for e in ins][:len(shapes)]
+def _identity_multi(eqn, ops, out_shapes, structural):
+    return list(ops.maps[:len(out_shapes)])
 
 
 def _merge(pairs: list, in_shape: tuple):
@@ -241,76 +235,72 @@ def _split(axes, sizes: list, in_shape: tuple) -> list:
     return out[:-1] + [out[-1] + tuple(axes[k:])]      # length-1 axes left over
 
 
-def _reshape(prop, eqn, ins, shapes):
+def _reshape(eqn, ops, out_shapes, structural, in_shape):
     """A row-major reshape: axes are grouped where the sizes' running products meet; in
     each group the operand's axes merge into one and split into the output's."""
-    x, out_shape = ins[0], tuple(shapes[0])
+    shape, pairs, out_shape = ops.shapes[0], ops.maps[0], tuple(out_shapes[0])
     if eqn.params.get("dimensions") is not None:
         raise _NotBlocks("reshape with a transpose")
-    src = [d for d, s in enumerate(x.shape) if s != 1]
-    dst = [d for d, s in enumerate(out_shape) if s != 1]
+    src = [d for d, n in enumerate(shape) if n != 1]
+    dst = [d for d, n in enumerate(out_shape) if n != 1]
     pair = [None] * len(out_shape)
     i = j = 0
     while i < len(src) or j < len(dst):
-        gi, gj, pi, pj = [src[i]], [dst[j]], x.shape[src[i]], out_shape[dst[j]]
+        gi, gj, pi, pj = [src[i]], [dst[j]], shape[src[i]], out_shape[dst[j]]
         i, j = i + 1, j + 1
         while pi != pj:
             if pi < pj:
-                gi.append(src[i]); pi *= x.shape[src[i]]; i += 1   # noqa: E702
+                gi.append(src[i]); pi *= shape[src[i]]; i += 1   # noqa: E702
             else:
                 gj.append(dst[j]); pj *= out_shape[dst[j]]; j += 1  # noqa: E702
-        merged = _merge([x.dep.pair[d] for d in gi], prop.in_shape)
-        for d, p in zip(gj, _split(merged, [out_shape[d] for d in gj], prop.in_shape)):
+        merged = _merge([pairs[d] for d in gi], in_shape)
+        for d, p in zip(gj, _split(merged, [out_shape[d] for d in gj], in_shape)):
             pair[d] = p
-    return [_Map(tuple(pair))]
+    return [tuple(pair)]
 
 
-def _split_one(prop, eqn, ins, shapes):
+def _split_one(eqn, ops, out_shapes, structural):
     """``split`` into one piece (how a single array is unraveled): the operand itself."""
-    if len(shapes) != 1:
+    if len(out_shapes) != 1:
         raise _NotBlocks("split into pieces")
-    return [ins[0].dep]
+    return [ops.maps[0]]
 
 
-def _broadcast_in_dim(prop, eqn, ins, shapes):
-    x, out_shape = ins[0], shapes[0]
+def _broadcast_in_dim(eqn, ops, out_shapes, structural):
+    shape, pairs, out_shape = ops.shapes[0], ops.maps[0], out_shapes[0]
     pair = [None] * len(out_shape)
     for i, d in enumerate(eqn.params["broadcast_dimensions"]):
-        if x.shape[i] == out_shape[d]:
-            pair[d] = x.dep.pair[i]      # a length-1 axis stretched becomes free
-    return [_Map(tuple(pair))]
+        if shape[i] == out_shape[d]:
+            pair[d] = pairs[i]           # a length-1 axis stretched becomes free
+    return [tuple(pair)]
 
 
-def _transpose(prop, eqn, ins, shapes):
-    pair = ins[0].dep.pair
-    return [_Map(tuple(pair[p] for p in eqn.params["permutation"]))]
+def _transpose(eqn, ops, out_shapes, structural):
+    pairs = ops.maps[0]
+    return [tuple(pairs[p] for p in eqn.params["permutation"])]
 
 
-def _dot_general(prop, eqn, ins, shapes):
+def _dot_general(eqn, ops, out_shapes, structural):
     """``out`` axes: batch, lhs free, rhs free. Through the operand that depends on the
     input, its contracted axes become full and the other operand's free axes free; the
     other operand must be traced or known without zeros (its zeros would thin the
     pattern)."""
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-    lhs, rhs = ins
-    if lhs.dep is not None and rhs.dep is not None:
+    (lm, rm), (ls, rs) = ops.maps, ops.shapes
+    if lm is not None and rm is not None:
         raise _NotBlocks("a product of two operands that both depend on the input")
-    if any(_may_be_zero(e) for e in ins):
+    if ops.zero(0) or ops.zero(1):
         raise _NotBlocks("a known operand with zeros")
-    lf = [d for d in range(len(lhs.shape)) if d not in lc and d not in lb]
-    rf = [d for d in range(len(rhs.shape)) if d not in rc and d not in rb]
-    if lhs.dep is not None:
-        p = lhs.dep.pair
-        pair = [p[d] for d in lb] + [p[d] for d in lf] + [None] * len(rf)
-    else:
-        p = rhs.dep.pair
-        pair = [p[d] for d in rb] + [None] * len(lf) + [p[d] for d in rf]
-    return [_Map(tuple(pair))]
+    lf = [d for d in range(len(ls)) if d not in lc and d not in lb]
+    rf = [d for d in range(len(rs)) if d not in rc and d not in rb]
+    if lm is not None:
+        return [tuple([lm[d] for d in lb] + [lm[d] for d in lf] + [None] * len(rf))]
+    return [tuple([rm[d] for d in rb] + [None] * len(lf) + [rm[d] for d in rf])]
 
 
-def _reduction(prop, eqn, ins, shapes):
+def _reduction(eqn, ops, out_shapes, structural):
     axes = set(eqn.params["axes"])
-    return [_Map(tuple(b for d, b in enumerate(ins[0].dep.pair) if d not in axes))]
+    return [tuple(b for d, b in enumerate(ops.maps[0]) if d not in axes)]
 
 
 def _table() -> dict:
@@ -318,8 +308,7 @@ def _table() -> dict:
     families = [
         (_ZERO_DERIVATIVE | _VALUE_ONLY, _value_only), ({"mul"}, _mul),
         ({"select_n"}, _select_n), (_ELEMENTWISE, _elementwise),
-        (_IDENTITY_MULTI, _identity_multi),
-        ({"reshape", "squeeze", "expand_dims"}, _reshape), ({"split"}, _split_one),
+        (_IDENTITY_MULTI, _identity_multi), ({"split"}, _split_one),
         ({"broadcast_in_dim"}, _broadcast_in_dim), ({"transpose"}, _transpose),
         ({"dot_general"}, _dot_general), (_REDUCTIONS, _reduction),
     ]
@@ -330,37 +319,10 @@ def _table() -> dict:
 
 
 _RULES = _table()
-
-
-class _AxisPropagator(_Propagator):
-    """:class:`.sparsity._Propagator` (its constant folding, its calls, its
-    differentiability checks) with axis maps in place of dependency matrices."""
-
-    def eqn(self, eqn, ins: list) -> list:
-        avals = [v.aval for v in eqn.outvars]
-        if all(e.dep is None for e in ins):     # constants: folded as the index sets fold them,
-            moved = [e.val for e in ins if isinstance(e.val, _Moved)]   # or only moved
-            if len(ins) == 1 and primitive_name(eqn) in _MOVES and (moved or _known(ins[0])):
-                return [_Entry(None, _Moved(_may_be_zero(ins[0])), avals[0].shape, avals[0].dtype)]
-            if moved:                           # computed from a moved constant: say it may
-                return [_Entry(None, _Moved(True), a.shape, a.dtype) for a in avals]  # hold zeros
-            return super().eqn(eqn, ins)
-        keep = [self.structural > 0 or _float(a.dtype) for a in avals]
-        if not any(keep):
-            return [_Entry(None, None, a.shape, a.dtype) for a in avals]
-        deps = self.rule(eqn, ins, [a.shape for a in avals])
-        return [_Entry(d if k else None, None, a.shape, a.dtype) for d, k, a in zip(deps, keep, avals)]
-
-    def rule(self, eqn, ins, shapes) -> list:
-        name = primitive_name(eqn)
-        if name in _CALLS:
-            if not any(k in eqn.params for k in ("jaxpr", "call_jaxpr", "fun_jaxpr")):
-                raise _NotBlocks(name)
-            return self._call(eqn, ins)
-        fn = _RULES.get(name)
-        if fn is None:
-            raise _NotBlocks(name)
-        return fn(self, eqn, ins, shapes)
+_RESHAPES = frozenset({"reshape", "squeeze", "expand_dims"})
+# Index ops: a known operand moved by one keeps whether it holds a zero (not computed).
+_MOVES = frozenset({"transpose", "broadcast_in_dim"}) | _RESHAPES
+_SUB_KEYS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 
 def _float(dtype) -> bool:
@@ -369,29 +331,120 @@ def _float(dtype) -> bool:
     return True if kind in ("f", "c") else False if kind in ("i", "u", "b") else _inexact(dtype)
 
 
-def block_pattern(closed: ClosedJaxpr, in_shape: tuple | None = None) -> Blocks | None:
+class _Known:
+    """What the index sets know of the values that depend on no input: constants and
+    literals, and what constant folding computes from them. Whether one may hold a zero
+    is computed on first question (a moved value asks its source)."""
+
+    def __init__(self, prog: Program, in_facts: dict):
+        self.values = dict(prog.consts)     # id -> a known value (None: traced, unknown)
+        self.alias: dict = {}               # id -> the id it was moved from
+        self.facts = dict(in_facts)         # id -> may hold a zero (computed)
+
+    def known(self, r) -> bool:
+        if type(r) is Lit:
+            return True
+        if r in self.facts or r in self.alias:
+            return True
+        v = self.values.get(r, None)
+        return v is not None and not isinstance(v, jax.core.Tracer)
+
+    def zero(self, r) -> bool:
+        """Known, and may hold a zero."""
+        if type(r) is Lit:
+            return not np.asarray(r.val).all()
+        while r in self.alias:
+            r = self.alias[r]
+        if r not in self.facts:
+            if not self.known(r):
+                return False
+            try:
+                self.facts[r] = not np.asarray(self.values[r]).all()
+            except Exception:  # noqa: BLE001 - opaque (keys): the index sets cannot fold it
+                self.facts[r] = False
+        return self.facts[r]
+
+
+def _run(prog: Program, in_maps: list, in_facts: dict, structural: int, in_shape: tuple) -> list:
+    """The maps of ``prog``'s outputs given its inputs' maps (``in_facts``: what is known of
+    inputs that depend on no input)."""
+    maps: list = [None] * len(prog.shapes)
+    for i, m in zip(prog.inputs, in_maps):
+        maps[i] = m
+    know = _Known(prog, in_facts)
+    shapes, dtypes = prog.shapes, prog.dtypes
+    for node in prog.nodes:
+        eqn, ins, outs = node.eqn, node.ins, node.outs
+        in_maps_ = [None if type(r) is Lit else maps[r] for r in ins]
+        name = eqn.primitive.name
+        if all(m is None for m in in_maps_):      # a value of constants (or of nothing)
+            if not eqn.effects and all(know.known(r) for r in ins):
+                if name in _MOVES and len(ins) == 1:
+                    if type(ins[0]) is Lit:
+                        know.facts[outs[0]] = know.zero(ins[0])
+                    else:
+                        know.alias[outs[0]] = ins[0]
+                else:              # folded by the index sets: say it may hold a zero
+                    know.facts.update((o, True) for o in outs if o >= 0)
+            continue
+        keep = [o >= 0 and (structural > 0 or _float(dtypes[o])) for o in outs]
+        if not any(keep):
+            continue
+        ops = _Ops(in_maps_, [np.shape(r.val) if type(r) is Lit else shapes[r] for r in ins],
+                   lambda k: know.known(ins[k]), lambda k: in_maps_[k] is None and know.zero(ins[k]))
+        out_shapes = [shapes[o] if o >= 0 else () for o in outs]
+        if name in _RESHAPES:
+            out = _reshape(eqn, ops, out_shapes, structural, in_shape)
+        elif name in _CALLS:
+            out = _call(eqn, ins, in_maps_, know, structural, in_shape)
+        else:
+            fn = _RULES.get(name)
+            if fn is None:
+                raise _NotBlocks(name)
+            out = fn(eqn, ops, out_shapes, structural)
+        for o, m, k in zip(outs, out, keep):
+            if k:
+                maps[o] = m
+    return [None if type(r) is Lit else maps[r] for r in prog.outputs]
+
+
+def _call(eqn, ins, in_maps, know: _Known, structural: int, in_shape: tuple) -> list:
+    """A call's sub-program, read the same way (inside a custom rule, value dependencies
+    through zero-derivative ops count, as in the index sets)."""
+    subs = [eqn.params[k] for k in _SUB_KEYS if k in eqn.params]
+    if not subs:
+        raise _NotBlocks(eqn.primitive.name)
+    sub = subs[0]
+    closed = sub if isinstance(sub, ClosedJaxpr) else ClosedJaxpr(sub, [])
+    prog = flatten(closed)
+    facts = {i: know.zero(r) for i, r, m in zip(prog.inputs, ins, in_maps)
+             if m is None and know.known(r)}
+    custom = eqn.primitive.name.startswith("custom")
+    return _run(prog, in_maps, facts, structural + custom, in_shape)
+
+
+def block_pattern(closed: ClosedJaxpr, in_shape: tuple | None = None,
+                  prog: Program | None = None) -> Blocks | None:
     """The pattern of the first output of ``closed`` (one array in) w.r.t. its input as
     :class:`Blocks`, or ``None`` where it is not an axis map (or is empty). ``in_shape``:
-    the input's shape when the program reads it flattened (its size the same)."""
+    the input's shape when the program reads it flattened (its size the same); ``prog``:
+    ``closed`` flattened already (:func:`.cuts.flatten`, the planner's)."""
     (var,) = closed.jaxpr.invars
-    out = closed.out_avals[0]
-    var_shape, out_shape = tuple(var.aval.shape), tuple(out.shape)
+    var_shape, out_shape = tuple(var.aval.shape), tuple(closed.out_avals[0].shape)
     in_shape = var_shape if in_shape is None else tuple(in_shape)
     if (not _float(var.aval.dtype) or 0 in in_shape or 0 in out_shape
             or math.prod(in_shape) != math.prod(var_shape)):
         return None
-    start = tuple((b,) for b in range(len(in_shape))) if in_shape == var_shape else None
-    prop = _AxisPropagator(math.prod(in_shape))
-    prop.in_shape = in_shape
+    if in_shape == var_shape:
+        start = tuple((b,) for b in range(len(in_shape)))
+    elif len(var_shape) == 1:       # the flat input: its one axis merges all the input's axes
+        start = (tuple(range(len(in_shape))),) if in_shape else (None,)
+    else:
+        return None
     try:
-        if start is None:      # the flat input: its one axis merges all the input's axes
-            if len(var_shape) != 1:
-                return None
-            start = (tuple(range(len(in_shape))),) if in_shape else (None,)
-        ins = [_Entry(_Map(start), None, var_shape, var.aval.dtype)]
-        first = prop.run_closed(closed, ins)[0]
+        first = _run(prog if prog is not None else flatten(closed), [start], {}, 0, in_shape)[0]
     except _NotBlocks:
         return None
-    if first.dep is None:
+    if first is None:
         return None
-    return Blocks(out_shape, in_shape, first.dep.pair)
+    return Blocks(out_shape, in_shape, first)

@@ -196,7 +196,7 @@ def _consider_sparse(plan: JacobianPlan, func, traced: Traced, args, kwargs,
     from .. import _sparse
 
     try:   # read from the program traced for this decision (no second trace)
-        pattern = _sparse.program_pattern(traced.closed, _args.func_name(func))
+        pattern = _sparse.program_pattern(traced.closed, _args.func_name(func), traced.prog)
     except Exception as exc:  # noqa: BLE001 - detection failed: stay dense, say why
         plan.reasons.append(f"sparsity not detected: {_args.first_line(exc)}")
         return plan

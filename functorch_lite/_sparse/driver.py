@@ -85,18 +85,18 @@ def _detect(closed, out_shape: tuple, in_shape: tuple, name: str, symmetric: boo
     return _patterns.get_or_compute(key, make)
 
 
-def program_pattern(closed, name: str) -> Pattern:
+def program_pattern(closed, name: str, prog: Any = None) -> Pattern:
     """The Jacobian pattern of the first output of ``closed`` (a program of one array
     in, staged by its caller) w.r.t. its input, its other outputs (``has_aux``) left
     out; the shapes are the program's. Not remembered here: the planner reads the
     program it traced for its own decision and hands the pattern to the run of the same
-    call (``sparsity=``)."""
+    call (``sparsity=``). ``prog``: ``closed`` flattened already (the planner's)."""
     where = f"sparsity({name})"
     (var,) = closed.jaxpr.invars
     out = closed.out_avals[0]
     _check_inputs(var.aval, where)
     _check_output(out, where)
-    blocks = block_pattern(closed)                # an axis map: no index sets to build
+    blocks = block_pattern(closed, prog=prog)     # an axis map: no index sets to build
     if blocks is not None:
         return Pattern.from_blocks(blocks, name=name)
     mat = jacobian_pattern(closed, name)
