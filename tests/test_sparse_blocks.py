@@ -182,6 +182,9 @@ def test_sparse_jacobian_on_an_axis_map_matches_jacrev(x64):
     for sparse_kw in ({"sparse": True}, {"sparsity": pattern}):
         J = fl.jacobian(f, output="dense", check=True, **sparse_kw)(x)
         np.testing.assert_allclose(np.asarray(J), np.asarray(ref), rtol=1e-12, atol=1e-13)
+    Jb = fl.jacobian(f, sparsity=pattern)(x)                          # BCOO: the map's nonzeros
+    assert Jb.nse == pattern.nnz == 200
+    np.testing.assert_allclose(np.asarray(Jb.todense()), np.asarray(ref), rtol=1e-12, atol=1e-13)
     assert pattern.plan("auto").describe() == "1 VJP (row coloring)"    # each input, one output
     assert pattern.nnz == 40 * 5 and np.isclose(pattern.density, 1 / 40)
     assert "nnz=200" in repr(pattern)
