@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import _args, _caches, _cost
 from .._jaxpr import cuts as _cuts
+from .._jaxpr import stage as _stage
 from .._mode import in_taylor_mode
 from .._jacobians import BY_MODE, _closed_over, pure_mode, split_dynamic, to_layout
 from . import model as _model
@@ -110,7 +111,7 @@ def trace(func: Callable, args: tuple, kwargs: dict, argnums: Any, has_aux: bool
         return o_leaves + a_leaves
 
     flat.__signature__ = _FLAT_SIGNATURE   # what inspect.signature would find, known already
-    closed = jax.make_jaxpr(flat)(*leaves)
+    closed = _stage(flat, *leaves)
     if store["n_out"] == 0:
         raise ValueError(f"{where}: the function returned no arrays (None or an empty "
                          "pytree), so there is nothing to differentiate; return the "
