@@ -139,14 +139,22 @@ class _NotBlocks(Exception):
 # axis ``a`` is paired with, or ``None``), or ``None`` when it depends on no input.
 
 
-class _Ops(NamedTuple):
+class _Ops:
     """One node's operands: their maps and shapes, and what the index sets would know of
     the value of each operand that depends on no input (``known``, ``zero``)."""
 
-    maps: list
-    shapes: list
-    known: Any
-    zero: Any
+    __slots__ = ("maps", "shapes", "_ins", "_know")
+
+    def __init__(self, maps: list, shapes: list, ins: tuple, know: "_Known"):
+        self.maps, self.shapes, self._ins, self._know = maps, shapes, ins, know
+
+    def known(self, k: int) -> bool:
+        """Operand ``k``'s value is known (a constant, a literal, or folded from them)."""
+        return self._know.known(self._ins[k])
+
+    def zero(self, k: int) -> bool:
+        """Operand ``k`` depends on no input, is known, and may hold a zero."""
+        return self.maps[k] is None and self._know.zero(self._ins[k])
 
 
 def _top(ndim: int) -> tuple:
@@ -377,7 +385,7 @@ def _run(prog: Program, in_maps: list, in_facts: dict, structural: int, in_shape
         eqn, ins, outs = node.eqn, node.ins, node.outs
         in_maps_ = [None if type(r) is Lit else maps[r] for r in ins]
         name = eqn.primitive.name
-        if all(m is None for m in in_maps_):      # a value of constants (or of nothing)
+        if in_maps_.count(None) == len(in_maps_):      # a value of constants (or of nothing)
             if not eqn.effects and all(know.known(r) for r in ins):
                 if name in _MOVES and len(ins) == 1:
                     if type(ins[0]) is Lit:
@@ -391,7 +399,7 @@ def _run(prog: Program, in_maps: list, in_facts: dict, structural: int, in_shape
         if not any(keep):
             continue
         ops = _Ops(in_maps_, [np.shape(r.val) if type(r) is Lit else shapes[r] for r in ins],
-                   lambda k: know.known(ins[k]), lambda k: in_maps_[k] is None and know.zero(ins[k]))
+                   ins, know)
         out_shapes = [shapes[o] if o >= 0 else () for o in outs]
         if name in _RESHAPES:
             out = _reshape(eqn, ops, out_shapes, structural, in_shape)

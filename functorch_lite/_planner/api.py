@@ -206,12 +206,14 @@ def _consider_sparse(plan: JacobianPlan, func, traced: Traced, args, kwargs,
     cost = _model.sparse_cost(traced.info, colored.n_jvp, colored.n_vjp)
     info = {"nnz": int(pattern.nnz), "n_jvp": colored.n_jvp, "n_vjp": colored.n_vjp,
             "plan": colored.describe()}
-    costs = dict(plan.costs, sparse=cost)
+    # ``plan`` was made for this call (not cached yet): completed in place
     if cost <= _model.PAY * plan.cost:
-        return dataclasses.replace(plan, kind="sparse", cuts=(), costs=costs, sparse=info)
-    reasons = plan.reasons + [f"the sparse plan ({colored.describe()}, cost {cost:.3g}) is "
-                              f"not {1 / _model.PAY:g}x cheaper than {plan.kind} ({plan.cost:.3g})"]
-    return dataclasses.replace(plan, costs=costs, sparse=info, reasons=reasons)
+        plan.kind, plan.cuts = "sparse", ()
+    else:
+        plan.reasons.append(f"the sparse plan ({colored.describe()}, cost {cost:.3g}) is "
+                            f"not {1 / _model.PAY:g}x cheaper than {plan.kind} ({plan.cost:.3g})")
+    plan.costs["sparse"], plan.sparse = cost, info
+    return plan
 
 
 def _fits(plan: JacobianPlan, traced: Traced) -> bool:

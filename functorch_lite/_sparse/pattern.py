@@ -222,9 +222,10 @@ class Pattern:
         An axis map's colorings meet their bounds (see :mod:`~functorch_lite._jaxpr.blocks`)."""
         b = self.blocks
         if b is not None:
-            if b.n_col_colors <= b.n_row_colors:
-                return Plan("fwd", col_colors=self.column_colors, counts=(b.n_col_colors, 0))
-            return Plan("rev", row_colors=self.row_colors, counts=(0, b.n_row_colors))
+            n_col, n_row = b.n_col_colors, b.n_row_colors
+            if n_col <= n_row:
+                return Plan("fwd", col_colors=self.column_colors, counts=(n_col, 0))
+            return Plan("rev", row_colors=self.row_colors, counts=(0, n_row))
         m = self.matrix
         lb_col = int(np.diff(m.indptr).max(initial=0))
         lb_row = int(np.bincount(m.indices, minlength=m.shape[1]).max(initial=0))   # densest column
