@@ -1,8 +1,9 @@
 """The planner's entry points: plan a Jacobian or a Hessian, and run the plan.
 
-:func:`plan_jacobian` traces the function once (``jax.make_jaxpr`` at the call's shapes
-and dtypes), reads the program (:mod:`functorch_lite._jaxpr.cuts`), probes a mode by
-tracing only where the program holds something that mode may not handle (a
+:func:`plan_jacobian` traces the function once at the call's shapes and dtypes
+(:func:`functorch_lite._jaxpr.stage`: ``make_jaxpr``'s program, through
+``jax.jit(f).trace``), reads the program (:mod:`functorch_lite._jaxpr.cuts`), probes a
+mode by tracing only where the program holds something that mode may not handle (a
 ``custom_vjp`` for forward mode, a ``while_loop`` for reverse mode), and decides by the
 static model (:mod:`functorch_lite._planner.model`). No clock is read unless
 ``calibrate=True`` asked for it. :func:`run_jacobian` executes exactly that plan.
@@ -93,8 +94,8 @@ class Traced:
 
 def trace(func: Callable, args: tuple, kwargs: dict, argnums: Any, has_aux: bool,
           where: str) -> Traced:
-    """``jax.make_jaxpr`` of ``func`` in its differentiated arguments, flattened and
-    analysed. User mistakes (integer outputs, bad aux) raise here, naming ``where``."""
+    """The program of ``func`` in its differentiated arguments (``_jaxpr.stage``),
+    flattened and analysed. User mistakes (integer outputs, bad aux) raise here, naming ``where``."""
     positions = _args.normalize_argnums(argnums, len(args), where)
     as_tuple = isinstance(argnums, (tuple, list))
     g = _closed_over(func, args, kwargs, positions, as_tuple, has_aux, where)
