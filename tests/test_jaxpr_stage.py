@@ -24,8 +24,8 @@ def _same_program(a, b) -> None:
 
 @pytest.mark.parametrize("func, args", [
     (lambda x: jnp.tanh(W @ x), (jnp.ones(4),)),                       # a closed-over constant
-    (lambda x, y: {"s": jnp.sin(x) * y}, (jnp.ones(3), 2.0)),           # a Python scalar, a dict out
-    (lambda t: t["a"] @ t["b"], ({"a": jnp.ones((2, 3)), "b": jnp.ones(3)},)),   # a pytree in
+    (lambda x, y: {"s": jnp.sin(x) * y}, (jnp.ones(3), 2.0)),  # a Python scalar, a dict out
+    (lambda t: t["a"] @ t["b"], ({"a": jnp.ones((2, 3)), "b": jnp.ones(3)},)),  # pytree in
     (jax.jit(lambda x: jnp.cos(x) + 1.0), (jnp.ones(5),)),              # a jitted function
     (lambda x: x, (jax.ShapeDtypeStruct((2,), jnp.float32),)),           # avals only
 ])

@@ -95,7 +95,8 @@ class Traced:
 def trace(func: Callable, args: tuple, kwargs: dict, argnums: Any, has_aux: bool,
           where: str) -> Traced:
     """The program of ``func`` in its differentiated arguments (``_jaxpr.stage``),
-    flattened and analysed. User mistakes (integer outputs, bad aux) raise here, naming ``where``."""
+    flattened and analysed. User mistakes (integer outputs, bad aux) raise here, naming
+    ``where``."""
     positions = _args.normalize_argnums(argnums, len(args), where)
     as_tuple = isinstance(argnums, (tuple, list))
     g = _closed_over(func, args, kwargs, positions, as_tuple, has_aux, where)
